@@ -1,0 +1,318 @@
+//! The attack record: one session's metadata and transcript, plus payload hashes.
+//!
+//! A mode handler fills a [`Transcript`] while the session runs; when it ends the
+//! session is frozen into an [`Attack`] that flows, unchanged, to every sink.
+
+use crate::proto::Protocol;
+use chrono::{DateTime, Utc};
+use md5::{Digest as _, Md5};
+use serde::Serialize;
+use sha2::{Sha256, Sha512};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use uuid::Uuid;
+
+/// Most chunks a transcript keeps apart; later ones in the same direction merge.
+pub const MAX_CHUNKS: usize = 4096;
+
+/// Which way a chunk of data travelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// From the attacker to honeytrap.
+    In,
+    /// From honeytrap to the attacker.
+    Out,
+}
+
+/// One read or write of a session, in order.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// When the chunk was read or written.
+    pub at: DateTime<Utc>,
+    /// Which way it went.
+    pub direction: Direction,
+    /// The bytes (possibly cut short when `read_limit` was reached).
+    pub data: Vec<u8>,
+}
+
+/// The ordered, timestamped chunks of one session in both directions, bounded by a
+/// byte limit on what is kept from the attacker.
+#[derive(Debug, Clone, Default)]
+pub struct Transcript {
+    /// Chunks in the order they happened.
+    pub chunks: Vec<Chunk>,
+    /// Bytes received from the attacker and kept.
+    pub bytes_in: u64,
+    /// Bytes sent to the attacker.
+    pub bytes_out: u64,
+    /// True when `read_limit` cut the incoming data short.
+    pub truncated: bool,
+}
+
+impl Transcript {
+    /// Record bytes received, keeping at most `limit` incoming bytes in total.
+    /// Returns false once the limit is reached (the caller should end the session).
+    pub fn push_in(&mut self, data: &[u8], limit: u64) -> bool {
+        let room = limit.saturating_sub(self.bytes_in);
+        let take = (data.len() as u64).min(room) as usize;
+        if take < data.len() {
+            self.truncated = true;
+        }
+        if take > 0 || data.is_empty() {
+            self.bytes_in += take as u64;
+            self.push(Direction::In, data[..take].to_vec());
+        }
+        !self.truncated && self.bytes_in < limit
+    }
+
+    /// Record bytes sent to the attacker.
+    pub fn push_out(&mut self, data: &[u8]) {
+        self.bytes_out += data.len() as u64;
+        self.push(Direction::Out, data.to_vec());
+    }
+
+    fn push(&mut self, direction: Direction, data: Vec<u8>) {
+        // Consecutive chunks the same way within one millisecond are merged: a
+        // trickling attacker must not cost one Chunk per byte.
+        // Past MAX_CHUNKS everything is merged into the last chunk, which bounds the
+        // per-chunk overhead however the peer slices its data.
+        let now = Utc::now();
+        let full = self.chunks.len() >= MAX_CHUNKS;
+        if let Some(last) = self.chunks.last_mut() {
+            if last.direction == direction
+                && (full || (now - last.at).num_milliseconds() < 1)
+            {
+                last.data.extend_from_slice(&data);
+                return;
+            }
+        }
+        self.chunks.push(Chunk { at: now, direction, data });
+    }
+
+    /// Everything received from the attacker, concatenated (the "attack string").
+    pub fn payload(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes_in as usize);
+        for c in self.chunks.iter().filter(|c| c.direction == Direction::In) {
+            out.extend_from_slice(&c.data);
+        }
+        out
+    }
+}
+
+/// How a port is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Not handled at all.
+    Ignore,
+    /// Canned per-port responses.
+    Normal,
+    /// Connect back to the attacker and relay (later issue).
+    Mirror,
+    /// Relay to another host (later issue).
+    Proxy,
+}
+
+impl Mode {
+    /// Lower-case name as used in configs and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Ignore => "ignore",
+            Mode::Normal => "normal",
+            Mode::Mirror => "mirror",
+            Mode::Proxy => "proxy",
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The attacker closed the connection.
+    Closed,
+    /// The attacker stayed silent after the last response.
+    Idle,
+    /// `read_limit` was reached.
+    ReadLimit,
+    /// The hard session time limit passed.
+    SessionTimeout,
+    /// Honeytrap shut down and the grace period ran out.
+    Shutdown,
+    /// A socket error ended the session.
+    Error,
+}
+
+/// Message digests of a byte string.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Hashes {
+    pub md5: String,
+    pub sha256: String,
+    pub sha512: String,
+}
+
+impl Hashes {
+    /// Hash `data` with md5, sha256 and sha512 (hex, lower case).
+    pub fn of(data: &[u8]) -> Hashes {
+        Hashes {
+            md5: hex::encode(Md5::digest(data)),
+            sha256: hex::encode(Sha256::digest(data)),
+            sha512: hex::encode(Sha512::digest(data)),
+        }
+    }
+}
+
+/// One finished session, ready for the sinks.
+#[derive(Debug, Clone)]
+pub struct Attack {
+    /// Unique, time-ordered id (UUIDv7).
+    pub id: Uuid,
+    /// When the session started.
+    pub start: DateTime<Utc>,
+    /// When it ended.
+    pub end: DateTime<Utc>,
+    /// Sensor name from the config.
+    pub sensor: String,
+    /// Monitor that caught the connection attempt.
+    pub monitor: String,
+    /// How the session was handled.
+    pub mode: Mode,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// Honeytrap's side of the connection.
+    pub local: SocketAddr,
+    /// The attacker's side.
+    pub remote: SocketAddr,
+    /// What was said both ways.
+    pub transcript: Transcript,
+    /// Hashes of the payload (everything received from the attacker).
+    pub payload_hashes: Hashes,
+    /// Number of canned responses sent.
+    pub responses_sent: u32,
+    /// Why the session ended.
+    pub end_reason: EndReason,
+    /// Where the transcript file was written, once the file store has run.
+    pub transcript_path: Option<PathBuf>,
+}
+
+/// A finished session as a mode handler hands it over; [`Captured::seal`] hashes
+/// it into an [`Attack`] off the capture path.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub sensor: String,
+    pub monitor: String,
+    pub mode: Mode,
+    pub protocol: Protocol,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub transcript: Transcript,
+    pub responses_sent: u32,
+    pub end_reason: EndReason,
+}
+
+impl Captured {
+    /// Bytes this record holds (for the output queue's byte budget).
+    pub fn size(&self) -> u64 {
+        self.transcript.bytes_in + self.transcript.bytes_out + 512
+    }
+
+    /// Hash the payload and give the record its id.
+    pub fn seal(self) -> Attack {
+        let payload_hashes = Hashes::of(&self.transcript.payload());
+        Attack {
+            id: new_attack_id(self.start),
+            start: self.start,
+            end: self.end,
+            sensor: self.sensor,
+            monitor: self.monitor,
+            mode: self.mode,
+            protocol: self.protocol,
+            local: normalize(self.local),
+            remote: normalize(self.remote),
+            transcript: self.transcript,
+            payload_hashes,
+            responses_sent: self.responses_sent,
+            end_reason: self.end_reason,
+            transcript_path: None,
+        }
+    }
+}
+
+/// A UUIDv7 for an attack that started at `start`.
+fn new_attack_id(start: DateTime<Utc>) -> Uuid {
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        start.timestamp() as u64,
+        start.timestamp_subsec_nanos(),
+    );
+    Uuid::new_v7(ts)
+}
+
+/// Show IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) as plain IPv4.
+pub fn normalize(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_limit_cuts_and_flags() {
+        let mut t = Transcript::default();
+        assert!(t.push_in(b"hello", 8));
+        assert!(!t.push_in(b"world", 8));
+        assert_eq!(t.payload(), b"hellowor");
+        assert!(t.truncated);
+        assert_eq!(t.bytes_in, 8);
+    }
+
+    #[test]
+    fn directions_keep_order() {
+        let mut t = Transcript::default();
+        t.push_in(b"a", 100);
+        t.push_out(b"b");
+        t.push_in(b"c", 100);
+        let dirs: Vec<_> = t.chunks.iter().map(|c| c.direction).collect();
+        assert_eq!(dirs, [Direction::In, Direction::Out, Direction::In]);
+        assert_eq!(t.payload(), b"ac");
+        assert_eq!(t.bytes_out, 1);
+    }
+
+    #[test]
+    fn known_hashes() {
+        let h = Hashes::of(b"abc");
+        assert_eq!(h.md5, "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(
+            h.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(h.sha512.starts_with("ddaf35a193617aba"));
+    }
+
+    #[test]
+    fn ids_are_v7_and_ordered() {
+        let a = new_attack_id(Utc::now());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_attack_id(Utc::now());
+        assert_eq!(a.get_version_num(), 7);
+        assert!(a < b);
+    }
+
+    #[test]
+    fn mapped_v4_is_shown_as_v4() {
+        let a: SocketAddr = "[::ffff:10.1.2.3]:80".parse().unwrap();
+        assert_eq!(normalize(a).to_string(), "10.1.2.3:80");
+        let b: SocketAddr = "[fd00::1]:80".parse().unwrap();
+        assert_eq!(normalize(b), b);
+    }
+}

@@ -1,0 +1,580 @@
+//! The native configuration: the TOML model with its defaults, loading, and
+//! validation that refuses a bad file with the key and line at fault.
+//!
+//! Every option is documented in `docs/configuration.md`; the embedded default file
+//! `default.toml` is what `honeytrap run` uses without `-c`.
+
+mod error;
+pub mod policy;
+pub mod ports;
+pub mod units;
+
+pub use error::{ConfigError, Invalid};
+pub use policy::{PortHandling, PortPolicy};
+pub use ports::{PortRange, Protocols};
+
+use crate::attack::Mode;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The configuration honeytrap runs with when no file is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// Largest response file accepted (responses are held in memory).
+pub const MAX_RESPONSE_BYTES: u64 = 64 * 1024;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sensor: SensorConfig,
+    pub process: ProcessConfig,
+    pub network: NetworkConfig,
+    pub monitor: MonitorConfig,
+    pub limits: LimitsConfig,
+    pub ports: PortsConfig,
+    pub output: OutputConfig,
+}
+
+/// Identity and storage of this sensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SensorConfig {
+    /// Name put into every event; empty means the host name.
+    pub name: String,
+    /// Where events and transcripts are written.
+    pub data_dir: PathBuf,
+}
+
+impl Default for SensorConfig {
+    fn default() -> Self {
+        SensorConfig { name: String::new(), data_dir: PathBuf::from("honeytrap-data") }
+    }
+}
+
+/// How the process runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    /// User to switch to after setup (empty: stay as started).
+    pub user: String,
+    /// Group to switch to after setup (empty: the user's primary group).
+    pub group: String,
+    /// Log filter (tracing syntax: error, warn, info, debug, trace, or per module).
+    pub log_level: String,
+    /// How long in-flight sessions may run on after SIGTERM/SIGINT.
+    #[serde(with = "units::duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig {
+            user: String::new(),
+            group: String::new(),
+            log_level: "info".into(),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where dynamic servers listen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Addresses each dynamic server binds; `0.0.0.0` and `::` mean all.
+    pub bind_addresses: Vec<IpAddr>,
+    /// Listen backlog of every TCP listener (capped by net.core.somaxconn).
+    pub backlog: u32,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            bind_addresses: vec!["0.0.0.0".parse().unwrap(), "::".parse().unwrap()],
+            backlog: 4096,
+        }
+    }
+}
+
+/// Which connection monitor runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MonitorKind {
+    /// Bind a fixed set of ports at start-up.
+    Listen,
+}
+
+/// Monitor selection and per-monitor options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    pub kind: MonitorKind,
+    pub listen: ListenConfig,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig { kind: MonitorKind::Listen, listen: ListenConfig::default() }
+    }
+}
+
+/// Options of the `listen` monitor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// TCP ports and ranges bound at start-up.
+    pub tcp: Vec<PortRange>,
+    /// UDP ports and ranges bound at start-up.
+    pub udp: Vec<PortRange>,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        let p = |n: u16| PortRange { first: n, last: n };
+        ListenConfig {
+            tcp: [
+                1080, 1433, 1883, 2222, 2323, 2375, 3128, 3306, 3389, 5432, 5555, 5900, 6379,
+                6667, 7547, 8000, 8080, 8081, 8443, 8888, 9200, 11211,
+            ]
+            .into_iter()
+            .map(p)
+            .collect(),
+            udp: vec![p(5060)],
+        }
+    }
+}
+
+/// Limits that keep a flood from exhausting the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// A dynamic server closes after this long without a new connection.
+    #[serde(with = "units::duration")]
+    pub conn_timeout: Duration,
+    /// Silence after which normal mode sends its response.
+    #[serde(with = "units::duration")]
+    pub read_timeout: Duration,
+    /// Hard limit on the length of one session.
+    #[serde(with = "units::duration")]
+    pub session_timeout: Duration,
+    /// Most bytes kept from the attacker per session; the session ends there.
+    #[serde(with = "units::bytesize")]
+    pub read_limit: u64,
+    /// Most sessions open at once.
+    pub max_sessions: usize,
+    /// Most sessions open at once from one source address.
+    pub max_sessions_per_source: usize,
+    /// New sessions per second allowed from one source address (sustained).
+    pub source_rate: f64,
+    /// New sessions one source may open in a burst above `source_rate`.
+    pub source_burst: u32,
+    /// Most dynamic servers (protocol, port) at once; the least recently used is
+    /// closed to make room.
+    pub max_listeners: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            conn_timeout: Duration::from_secs(120),
+            read_timeout: Duration::from_secs(1),
+            session_timeout: Duration::from_secs(300),
+            read_limit: 20 << 20,
+            max_sessions: 10_000,
+            max_sessions_per_source: 256,
+            source_rate: 100.0,
+            source_burst: 200,
+            max_listeners: 4096,
+        }
+    }
+}
+
+/// When the canned response is sent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Greeting {
+    /// Built-in responses of services where the server speaks first are sent on
+    /// connect; everything else after `read_timeout` of silence.
+    Auto,
+    /// Send the response as soon as the connection is accepted.
+    Always,
+    /// Only ever send it after `read_timeout` of silence (the original's behaviour).
+    Never,
+}
+
+/// The port policy: how each (protocol, port) is handled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PortsConfig {
+    /// Mode of every port no rule names.
+    pub default_mode: Mode,
+    /// Directory of response files named `<port>_tcp` / `<port>_udp` (empty: none).
+    pub response_dir: PathBuf,
+    /// How many times normal mode sends the response before it closes an idle session.
+    pub responses: u32,
+    /// When the first response is sent.
+    pub greeting: Greeting,
+    /// Per-port rules; a (protocol, port) may be named by one rule only.
+    #[serde(rename = "rule")]
+    pub rules: Vec<PortRule>,
+}
+
+impl Default for PortsConfig {
+    fn default() -> Self {
+        PortsConfig {
+            default_mode: Mode::Normal,
+            response_dir: PathBuf::new(),
+            responses: 10,
+            greeting: Greeting::Auto,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One rule of the port policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRule {
+    /// "tcp", "udp" or a list of both.
+    pub protocol: Protocols,
+    /// Ports and ranges.
+    pub ports: Vec<PortRange>,
+    /// How these ports are handled.
+    pub mode: Mode,
+    /// Response file for these ports (overrides `response_dir` and built-ins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<PathBuf>,
+    /// Override of `ports.greeting`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub greeting: Option<Greeting>,
+    /// Override of `ports.responses`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub responses: Option<u32>,
+}
+
+/// Where finished attacks go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// Capacity of the queue in front of each output; when full, attacks for that
+    /// output are counted and logged as dropped instead of blocking capture.
+    pub queue_size: usize,
+    /// Most bytes of attacks waiting for the outputs; past it, attacks are counted
+    /// and logged as dropped.
+    #[serde(with = "units::bytesize")]
+    pub queue_bytes: u64,
+    pub jsonl: JsonlConfig,
+    pub transcripts: TranscriptsConfig,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            queue_size: 65_536,
+            queue_bytes: 256 << 20,
+            jsonl: JsonlConfig::default(),
+            transcripts: TranscriptsConfig::default(),
+        }
+    }
+}
+
+/// How payload bytes are written into an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadEncoding {
+    Hex,
+    Base64,
+}
+
+/// The JSON lines event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JsonlConfig {
+    pub enabled: bool,
+    /// File to append to, relative to `sensor.data_dir`; "-" is standard output.
+    pub path: PathBuf,
+    /// Most payload bytes copied into an event (the transcript file has all of it).
+    #[serde(with = "units::bytesize")]
+    pub payload_max: u64,
+    pub payload_encoding: PayloadEncoding,
+}
+
+impl Default for JsonlConfig {
+    fn default() -> Self {
+        JsonlConfig {
+            enabled: true,
+            path: PathBuf::from("events.jsonl"),
+            payload_max: 4096,
+            payload_encoding: PayloadEncoding::Base64,
+        }
+    }
+}
+
+/// Transcript files, one per attack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TranscriptsConfig {
+    pub enabled: bool,
+    /// Directory, relative to `sensor.data_dir`.
+    pub dir: PathBuf,
+    /// Most bytes all transcript files may take; the oldest are removed first.
+    #[serde(with = "units::bytesize")]
+    pub quota_bytes: u64,
+    /// Most transcript files kept; the oldest are removed first.
+    pub quota_files: u64,
+}
+
+impl Default for TranscriptsConfig {
+    fn default() -> Self {
+        TranscriptsConfig {
+            enabled: true,
+            dir: PathBuf::from("transcripts"),
+            quota_bytes: 1 << 30,
+            quota_files: 200_000,
+        }
+    }
+}
+
+/// A validated configuration with its compiled port policy.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub policy: PortPolicy,
+    /// `sensor.name`, shared by every record.
+    pub sensor: std::sync::Arc<str>,
+    /// Where it came from (for SIGHUP reloads); None for the embedded default.
+    pub source: Option<PathBuf>,
+}
+
+/// Load and validate `path`, or the embedded default when `path` is None.
+pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let (name, text) = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                file: p.to_path_buf(),
+                line: None,
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            })?;
+            (p.to_path_buf(), text)
+        }
+        None => (PathBuf::from("<embedded default>"), EMBEDDED_DEFAULT.to_string()),
+    };
+    let config = parse(&name, &text)?;
+    let policy = PortPolicy::build(&config).map_err(|e| e.locate(&name, &text))?;
+    let sensor = config.sensor.name.as_str().into();
+    Ok(Loaded { config, policy, sensor, source: path.map(Path::to_path_buf) })
+}
+
+/// Parse and validate a config text (`name` is used in errors).
+pub fn parse(name: &Path, text: &str) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner
+            .span()
+            .map(|s| error::line_of(text, s.start))
+            .or_else(|| error::span_of(text, &key).map(|s| error::line_of(text, s.start)));
+        ConfigError {
+            file: name.to_path_buf(),
+            line,
+            key: if key == "." { String::new() } else { key },
+            message: inner.message().trim().to_string(),
+        }
+    })?;
+    config.validate().map_err(|e| e.locate(name, text))?;
+    config.fill_defaults();
+    Ok(config)
+}
+
+impl Config {
+    /// Fill values whose default depends on the host.
+    fn fill_defaults(&mut self) {
+        if self.sensor.name.is_empty() {
+            self.sensor.name = hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "honeytrap".into());
+        }
+    }
+
+    /// Check values a type cannot express. Rules are checked by [`PortPolicy::build`].
+    fn validate(&self) -> Result<(), Invalid> {
+        let nonzero = |key: &str, v: Duration| {
+            if v.is_zero() {
+                Err(Invalid::new(key, "must be longer than 0"))
+            } else {
+                Ok(())
+            }
+        };
+        let positive = |key: &str, v: u64| {
+            if v == 0 {
+                Err(Invalid::new(key, "must be at least 1"))
+            } else {
+                Ok(())
+            }
+        };
+        if self.sensor.data_dir.as_os_str().is_empty() {
+            return Err(Invalid::new("sensor.data_dir", "must not be empty"));
+        }
+        nonzero("process.shutdown_grace", self.process.shutdown_grace)?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.process.log_level) {
+            return Err(Invalid::new("process.log_level", format!("invalid filter: {e}")));
+        }
+        if self.process.user.is_empty() && !self.process.group.is_empty() {
+            return Err(Invalid::new("process.group", "needs process.user as well"));
+        }
+        let n = &self.network;
+        if n.bind_addresses.is_empty() {
+            return Err(Invalid::new("network.bind_addresses", "must name at least one address"));
+        }
+        let mut seen = HashSet::new();
+        for (i, a) in n.bind_addresses.iter().enumerate() {
+            if !seen.insert(a) {
+                return Err(Invalid::new(
+                    format!("network.bind_addresses[{i}]"),
+                    format!("{a} is listed twice"),
+                ));
+            }
+        }
+        if !(1..=65535).contains(&n.backlog) {
+            return Err(Invalid::new("network.backlog", "must be between 1 and 65535"));
+        }
+        let l = &self.limits;
+        nonzero("limits.conn_timeout", l.conn_timeout)?;
+        nonzero("limits.read_timeout", l.read_timeout)?;
+        nonzero("limits.session_timeout", l.session_timeout)?;
+        positive("limits.read_limit", l.read_limit)?;
+        positive("limits.max_sessions", l.max_sessions as u64)?;
+        positive("limits.max_sessions_per_source", l.max_sessions_per_source as u64)?;
+        positive("limits.source_burst", l.source_burst as u64)?;
+        positive("limits.max_listeners", l.max_listeners as u64)?;
+        if l.max_sessions_per_source > l.max_sessions {
+            return Err(Invalid::new(
+                "limits.max_sessions_per_source",
+                "cannot be larger than limits.max_sessions",
+            ));
+        }
+        if !(l.source_rate.is_finite() && l.source_rate > 0.0) {
+            return Err(Invalid::new("limits.source_rate", "must be a number above 0"));
+        }
+        if l.session_timeout < l.read_timeout {
+            return Err(Invalid::new(
+                "limits.session_timeout",
+                "must not be shorter than limits.read_timeout",
+            ));
+        }
+        let o = &self.output;
+        positive("output.queue_size", o.queue_size as u64)?;
+        if o.queue_bytes < 1 << 20 {
+            return Err(Invalid::new("output.queue_bytes", "must be at least 1MiB"));
+        }
+        if o.jsonl.enabled && o.jsonl.path.as_os_str().is_empty() {
+            return Err(Invalid::new("output.jsonl.path", "must not be empty"));
+        }
+        if o.jsonl.payload_max > 1 << 20 {
+            return Err(Invalid::new("output.jsonl.payload_max", "must be at most 1MiB"));
+        }
+        if o.transcripts.enabled {
+            if o.transcripts.dir.as_os_str().is_empty() {
+                return Err(Invalid::new("output.transcripts.dir", "must not be empty"));
+            }
+            if o.transcripts.quota_bytes < 1 << 20 {
+                return Err(Invalid::new("output.transcripts.quota_bytes", "must be at least 1MiB"));
+            }
+            positive("output.transcripts.quota_files", o.transcripts.quota_files)?;
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, defaults filled in.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+
+    /// Resolve a path relative to the data directory.
+    pub fn data_path(&self, p: &Path) -> PathBuf {
+        self.sensor.data_dir.join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        let name = Path::new("t.toml");
+        match parse(name, text) {
+            Ok(c) => match PortPolicy::build(&c) {
+                Ok(_) => panic!("accepted:\n{text}"),
+                Err(e) => e.locate(name, text),
+            },
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn embedded_default_equals_built_in_defaults() {
+        let parsed = parse(Path::new("d"), EMBEDDED_DEFAULT).unwrap();
+        let mut built = Config::default();
+        built.fill_defaults();
+        assert_eq!(parsed, built);
+        PortPolicy::build(&parsed).unwrap();
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(parse(Path::new("e"), "").unwrap(), parse(Path::new("d"), EMBEDDED_DEFAULT).unwrap());
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = parse(Path::new("d"), EMBEDDED_DEFAULT).unwrap();
+        let again = parse(Path::new("x"), &c.to_toml()).unwrap();
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn unknown_key_named_with_line() {
+        let e = err("[limits]\nread_timeout = \"1s\"\nmax_sesions = 5\n");
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.to_string().contains("max_sesions"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_named_with_key_and_line() {
+        let e = err("[sensor]\nname = \"x\"\n\n[limits]\nread_limit = true\n");
+        assert_eq!(e.line, Some(5), "{e}");
+        assert_eq!(e.key, "limits.read_limit", "{e}");
+    }
+
+    #[test]
+    fn impossible_values_refused() {
+        let e = err("[limits]\nread_timeout = 0\n");
+        assert_eq!((e.key.as_str(), e.line), ("limits.read_timeout", Some(2)), "{e}");
+        let e = err("[limits]\nmax_sessions = 10\nmax_sessions_per_source = 20\n");
+        assert_eq!((e.key.as_str(), e.line), ("limits.max_sessions_per_source", Some(3)));
+        let e = err("[network]\nbind_addresses = [\"10.0.0.1\", \"10.0.0.1\"]\n");
+        assert_eq!(e.key, "network.bind_addresses[1]");
+        let e = err("[network]\nbind_addresses = [\"not-an-ip\"]\n");
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = err("[[ports.rule]]\nprotocol = \"tcp\"\nports = [0]\nmode = \"ignore\"\n");
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = err("[[ports.rule]]\nprotocol = \"tcp\"\nports = [\"90-80\"]\nmode = \"ignore\"\n");
+        assert!(e.message.contains("ends before it starts"), "{e}");
+    }
+
+    #[test]
+    fn overlapping_rules_refused() {
+        let text = "[[ports.rule]]\nprotocol = \"tcp\"\nports = [\"20-30\"]\nmode = \"ignore\"\n\n[[ports.rule]]\nprotocol = [\"udp\", \"tcp\"]\nports = [25]\nmode = \"normal\"\n";
+        let e = err(text);
+        assert_eq!(e.key, "ports.rule[1].ports[0]", "{e}");
+        assert_eq!(e.line, Some(8), "{e}");
+        assert!(e.message.contains("ports.rule[0]"), "{e}");
+    }
+}

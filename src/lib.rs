@@ -1,0 +1,149 @@
+//! honeytrap: a catch-all low-interaction honeypot.
+//!
+//! The data flows one way (see `docs/architecture.md`):
+//!
+//! ```text
+//! monitor ──Trigger──▶ port table ──▶ dynamic server ──conn──▶ mode handler
+//!                                                                  │ Captured
+//!                              sinks ◀── recorder (hash, transcript file) ◀┘
+//! ```
+//!
+//! This file wires the stages together: [`run`] prepares the process, starts the
+//! recorder, the port table and the monitor, then handles signals until shutdown.
+
+pub mod attack;
+pub mod config;
+pub mod context;
+pub mod event;
+pub mod mode;
+pub mod monitor;
+pub mod privileges;
+pub mod proto;
+pub mod server;
+pub mod sink;
+pub mod stats;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use config::Loaded;
+use context::Context;
+use server::PortTable;
+use stats::{Stats, Throttle};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Run the daemon in the foreground until SIGTERM or SIGINT.
+pub fn run(loaded: Loaded) -> anyhow::Result<()> {
+    let cfg = &loaded.config;
+    let nofile = privileges::raise_nofile();
+    let who = privileges::resolve(&cfg.process.user, &cfg.process.group)?;
+    privileges::prepare_data_dir(&cfg.sensor.data_dir, who.as_ref())?;
+    let (monitor, why) = monitor::build(cfg);
+    if let Some(who) = &who {
+        let keep = monitor.capabilities();
+        privileges::drop_to(who, &keep)?;
+        tracing::info!(user = %who.name, uid = %who.uid, gid = %who.gid, capabilities = ?keep, "dropped privileges");
+    } else if nix::unistd::Uid::effective().is_root() {
+        tracing::warn!("running as root: set process.user to drop privileges after setup");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("honeytrap")
+        .build()
+        .context("starting the runtime")?;
+    tracing::info!(monitor = monitor.name(), reason = why, open_files = nofile, "monitor chosen");
+    runtime.block_on(daemon(loaded, monitor))
+}
+
+async fn daemon(loaded: Loaded, mut monitor: Box<dyn monitor::Monitor>) -> anyhow::Result<()> {
+    let stats = Arc::new(Stats::default());
+    let throttle = Arc::new(Throttle::default());
+    let sinks = sink::build(&loaded.config, &stats)?;
+    let recorder = sink::Recorder::start(&loaded.config, sinks, Arc::clone(&stats), Arc::clone(&throttle))?;
+    let ctx = Arc::new(Context {
+        current: ArcSwap::from_pointee(loaded),
+        stats,
+        throttle,
+        limiter: server::limits::Limiter::new(),
+        recorder,
+        stop_accepting: CancellationToken::new(),
+        hard_stop: CancellationToken::new(),
+        sessions: TaskTracker::new(),
+    });
+    let table = PortTable::new(Arc::clone(&ctx));
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    monitor.start(&table)?;
+    {
+        let cfg = ctx.config();
+        tracing::info!(
+            sensor = %cfg.sensor,
+            data_dir = %cfg.config.sensor.data_dir.display(),
+            config = %cfg.source.as_ref().map(|p| p.display().to_string()).unwrap_or("<embedded default>".into()),
+            "ready"
+        );
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.tick().await;
+    let signal_name = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = sighup.recv() => reload(&ctx, &table, monitor.as_mut()),
+            _ = tick.tick() => {
+                ctx.limiter.sweep(&ctx.config().config.limits);
+                ctx.stats.log_summary("counters");
+            }
+        }
+    };
+    let grace = ctx.config().config.process.shutdown_grace;
+    tracing::info!(signal = signal_name, open_sessions = ctx.limiter.active(), grace = ?grace, "shutting down: no new connections");
+    ctx.stop_accepting.cancel();
+    ctx.sessions.close();
+    if tokio::time::timeout(grace, ctx.sessions.wait()).await.is_err() {
+        tracing::info!(open_sessions = ctx.limiter.active(), "grace period over: ending open sessions");
+        ctx.hard_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), ctx.sessions.wait()).await.is_err() {
+            tracing::error!("sessions did not end after the grace period");
+        }
+    }
+    let ctx2 = Arc::clone(&ctx);
+    tokio::task::spawn_blocking(move || ctx2.recorder.close()).await?;
+    ctx.stats.log_summary("final counters");
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP: load the config again; a bad one is refused and the old one stays.
+fn reload(ctx: &Arc<Context>, table: &Arc<PortTable>, monitor: &mut dyn monitor::Monitor) {
+    let old = ctx.config();
+    let Some(path) = old.source.clone() else {
+        tracing::info!("SIGHUP: running on the embedded default, nothing to reload");
+        return;
+    };
+    match config::load(Some(&path)) {
+        Err(e) => tracing::error!("SIGHUP: new configuration refused, keeping the old one: {e}"),
+        Ok(new) => {
+            let c = &new.config;
+            let o = &old.config;
+            if c.network != o.network || c.sensor.data_dir != o.sensor.data_dir || c.output != o.output || c.process.user != o.process.user || c.monitor.kind != o.monitor.kind {
+                tracing::warn!("SIGHUP: changes to [network], [output], sensor.data_dir, process.user and monitor.kind need a restart; they are kept as they were");
+            }
+            let mut merged = new;
+            merged.config.network = o.network.clone();
+            merged.config.output = o.output.clone();
+            merged.config.sensor.data_dir = o.sensor.data_dir.clone();
+            merged.config.process.user = o.process.user.clone();
+            merged.config.process.group = o.process.group.clone();
+            merged.config.monitor.kind = o.monitor.kind;
+            ctx.current.store(Arc::new(merged));
+            table.apply_policy();
+            monitor.reload(table);
+            tracing::info!(config = %path.display(), "SIGHUP: configuration reloaded");
+        }
+    }
+}

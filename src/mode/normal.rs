@@ -1,0 +1,221 @@
+//! Normal mode, the poor man's service emulator: record what the peer sends and,
+//! after each `read_timeout` of silence, send the port's canned response, up to
+//! `max_responses` times; then close the idle session. Services that speak first get
+//! the response right after connect (greeting).
+
+use crate::attack::{Captured, EndReason, Mode, Transcript};
+use crate::config::PortHandling;
+use crate::stats::Stats;
+use chrono::Utc;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Longest wait for the peer to take a response before the session is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest single read from a TCP peer.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What one normal-mode session needs to know, fixed when it starts.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    pub handling: PortHandling,
+    pub read_timeout: Duration,
+    pub session_timeout: Duration,
+    pub read_limit: u64,
+    pub sensor: Arc<str>,
+    pub monitor: Arc<str>,
+}
+
+impl SessionSpec {
+    fn captured(&self, proto: crate::proto::Protocol, local: SocketAddr, remote: SocketAddr, start: chrono::DateTime<Utc>, transcript: Transcript, sent: u32, reason: EndReason) -> Captured {
+        Captured {
+            start,
+            end: Utc::now(),
+            sensor: self.sensor.to_string(),
+            monitor: self.monitor.to_string(),
+            mode: Mode::Normal,
+            protocol: proto,
+            local,
+            remote,
+            transcript,
+            responses_sent: sent,
+            end_reason: reason,
+        }
+    }
+}
+
+/// Run one TCP session to its end.
+pub async fn tcp(
+    mut stream: TcpStream,
+    local: SocketAddr,
+    remote: SocketAddr,
+    spec: SessionSpec,
+    hard_stop: CancellationToken,
+    stats: Arc<Stats>,
+) -> Captured {
+    let start = Utc::now();
+    let deadline = Instant::now() + spec.session_timeout;
+    let mut t = Transcript::default();
+    let mut sent = 0u32;
+    let h = &spec.handling;
+    let reason = 'session: {
+        if h.greeting && h.max_responses > 0 {
+            if let Err(r) = respond(&mut stream, &mut t, &h.response).await {
+                break 'session r;
+            }
+            sent += 1;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                _ = hard_stop.cancelled() => break 'session EndReason::Shutdown,
+                _ = sleep_until(deadline) => {
+                    Stats::inc(&stats.limit_session_timeout);
+                    break 'session EndReason::SessionTimeout;
+                }
+                r = timeout(spec.read_timeout, stream.readable()) => match r {
+                    Err(_silence) => {
+                        if sent >= h.max_responses {
+                            break 'session EndReason::Idle;
+                        }
+                        if let Err(r) = respond(&mut stream, &mut t, &h.response).await {
+                            break 'session r;
+                        }
+                        sent += 1;
+                    }
+                    Ok(Err(_)) => break 'session EndReason::Error,
+                    Ok(Ok(())) => match read_into(&stream, &mut t, spec.read_limit) {
+                        Ok(Some(true)) => {}
+                        Ok(Some(false)) => {
+                            Stats::inc(&stats.limit_read);
+                            break 'session EndReason::ReadLimit;
+                        }
+                        Ok(None) => break 'session EndReason::Closed,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => break 'session EndReason::Error,
+                    },
+                }
+            }
+        }
+    };
+    // Best effort: the peer may already be gone.
+    let _ = timeout(Duration::from_millis(200), stream.shutdown()).await;
+    spec.captured(crate::proto::Protocol::Tcp, local, remote, start, t, sent, reason)
+}
+
+/// Read what is available into the transcript, without an await so the buffer
+/// never becomes part of the session's future (idle sessions stay small).
+/// Ok(None) is EOF; Ok(Some(false)) means `read_limit` was reached.
+fn read_into(stream: &TcpStream, t: &mut Transcript, limit: u64) -> io::Result<Option<bool>> {
+    let mut buf = [0u8; READ_CHUNK];
+    let n = stream.try_read(&mut buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(t.push_in(&buf[..n], limit)))
+}
+
+async fn respond(stream: &mut TcpStream, t: &mut Transcript, response: &[u8]) -> Result<(), EndReason> {
+    match timeout(WRITE_TIMEOUT, stream.write_all(response)).await {
+        Ok(Ok(())) => {
+            t.push_out(response);
+            Ok(())
+        }
+        _ => Err(EndReason::Error),
+    }
+}
+
+/// The way back to a UDP peer, and the session table it is registered in.
+pub trait DatagramPeer: Send + Sync {
+    /// Send one datagram to the peer (from the address it wrote to).
+    fn send(&self, data: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Unregister the session so no further datagram is queued for it.
+    fn close(&self);
+}
+
+/// Run one UDP session: `first` started it, later datagrams of the same peer arrive
+/// on `rx`. Replies are capped so the peer never gets more bytes than it sent, which
+/// makes the honeypot useless as a reflector for spoofed sources.
+#[allow(clippy::too_many_arguments)]
+pub async fn udp<P: DatagramPeer>(
+    first: Vec<u8>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    peer: P,
+    local: SocketAddr,
+    remote: SocketAddr,
+    spec: SessionSpec,
+    hard_stop: CancellationToken,
+    stats: Arc<Stats>,
+) -> Captured {
+    let start = Utc::now();
+    let deadline = Instant::now() + spec.session_timeout;
+    let h = &spec.handling;
+    let mut t = Transcript::default();
+    let mut sent = 0u32;
+    let mut slots = 0u32;
+    let mut open = t.push_in(&first, spec.read_limit);
+    let reply = |t: &mut Transcript, sent: &mut u32| {
+        if t.bytes_out + h.response.len() as u64 > t.bytes_in {
+            Stats::inc(&stats.udp_replies_suppressed);
+            return false;
+        }
+        t.push_out(&h.response);
+        *sent += 1;
+        true
+    };
+    if open && h.greeting && h.max_responses > 0 {
+        slots += 1;
+        if reply(&mut t, &mut sent) {
+            let _ = peer.send(&h.response).await;
+        }
+    }
+    let reason = if !open {
+        Stats::inc(&stats.limit_read);
+        EndReason::ReadLimit
+    } else {
+        loop {
+            tokio::select! {
+                biased;
+                _ = hard_stop.cancelled() => break EndReason::Shutdown,
+                _ = sleep_until(deadline) => {
+                    Stats::inc(&stats.limit_session_timeout);
+                    break EndReason::SessionTimeout;
+                }
+                r = timeout(spec.read_timeout, rx.recv()) => match r {
+                    Ok(Some(d)) => {
+                        open = t.push_in(&d, spec.read_limit);
+                        if !open {
+                            Stats::inc(&stats.limit_read);
+                            break EndReason::ReadLimit;
+                        }
+                    }
+                    Ok(None) => break EndReason::Shutdown,
+                    Err(_silence) => {
+                        if slots >= h.max_responses {
+                            break EndReason::Idle;
+                        }
+                        slots += 1;
+                        if reply(&mut t, &mut sent) && peer.send(&h.response).await.is_err() {
+                            break EndReason::Error;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    // Anything that arrived while the session was ending still belongs to it.
+    peer.close();
+    while let Ok(d) = rx.try_recv() {
+        t.push_in(&d, spec.read_limit);
+    }
+    spec.captured(crate::proto::Protocol::Udp, local, remote, start, t, sent, reason)
+}

@@ -1,0 +1,161 @@
+//! Session admission: the global cap, the per-source cap and the per-source rate of
+//! new sessions (a token bucket). A granted session holds a [`SessionPermit`] that
+//! gives its slot back when dropped.
+
+use crate::config::LimitsConfig;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Which limit refused a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    MaxSessions,
+    PerSource,
+    SourceRate,
+}
+
+/// Sources tracked before idle entries are swept.
+const SWEEP_ABOVE: usize = 65_536;
+
+#[derive(Debug)]
+struct Source {
+    active: usize,
+    tokens: f64,
+    refilled: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    active: usize,
+    sources: HashMap<IpAddr, Source>,
+}
+
+/// Admission control shared by every server.
+#[derive(Debug)]
+pub struct Limiter {
+    state: Mutex<State>,
+}
+
+/// A granted session slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct SessionPermit {
+    limiter: Arc<Limiter>,
+    source: IpAddr,
+}
+
+impl Limiter {
+    pub fn new() -> Arc<Limiter> {
+        Arc::new(Limiter { state: Mutex::new(State::default()) })
+    }
+
+    /// Admit a new session from `source` under `limits`, or say which limit refused.
+    pub fn admit(self: &Arc<Self>, source: IpAddr, limits: &LimitsConfig) -> Result<SessionPermit, LimitHit> {
+        let now = Instant::now();
+        let mut st = self.state.lock().unwrap();
+        if st.active >= limits.max_sessions {
+            return Err(LimitHit::MaxSessions);
+        }
+        if st.sources.len() >= SWEEP_ABOVE {
+            sweep(&mut st.sources, now, limits);
+        }
+        let burst = limits.source_burst as f64;
+        let src = st.sources.entry(source).or_insert(Source { active: 0, tokens: burst, refilled: now });
+        src.tokens = (src.tokens + now.duration_since(src.refilled).as_secs_f64() * limits.source_rate).min(burst);
+        src.refilled = now;
+        if src.active >= limits.max_sessions_per_source {
+            return Err(LimitHit::PerSource);
+        }
+        if src.tokens < 1.0 {
+            return Err(LimitHit::SourceRate);
+        }
+        src.tokens -= 1.0;
+        src.active += 1;
+        st.active += 1;
+        Ok(SessionPermit { limiter: Arc::clone(self), source })
+    }
+
+    /// Sessions open now.
+    pub fn active(&self) -> usize {
+        self.state.lock().unwrap().active
+    }
+
+    /// Forget sources with no open session whose bucket has refilled.
+    pub fn sweep(&self, limits: &LimitsConfig) {
+        let mut st = self.state.lock().unwrap();
+        sweep(&mut st.sources, Instant::now(), limits);
+    }
+}
+
+fn sweep(sources: &mut HashMap<IpAddr, Source>, now: Instant, limits: &LimitsConfig) {
+    let burst = limits.source_burst as f64;
+    sources.retain(|_, s| {
+        let tokens = s.tokens + now.duration_since(s.refilled).as_secs_f64() * limits.source_rate;
+        s.active > 0 || tokens < burst
+    });
+}
+
+impl Drop for SessionPermit {
+    fn drop(&mut self) {
+        let mut st = self.limiter.state.lock().unwrap();
+        st.active -= 1;
+        if let Some(s) = st.sources.get_mut(&self.source) {
+            s.active -= 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: usize, per: usize, rate: f64, burst: u32) -> LimitsConfig {
+        LimitsConfig {
+            max_sessions: max,
+            max_sessions_per_source: per,
+            source_rate: rate,
+            source_burst: burst,
+            ..LimitsConfig::default()
+        }
+    }
+
+    #[test]
+    fn global_and_per_source_caps() {
+        let l = Limiter::new();
+        let cfg = limits(3, 2, 1000.0, 1000);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let p1 = l.admit(a, &cfg).unwrap();
+        let _p2 = l.admit(a, &cfg).unwrap();
+        assert_eq!(l.admit(a, &cfg).unwrap_err(), LimitHit::PerSource);
+        let _p3 = l.admit(b, &cfg).unwrap();
+        assert_eq!(l.admit(b, &cfg).unwrap_err(), LimitHit::MaxSessions);
+        drop(p1);
+        assert_eq!(l.active(), 2);
+        l.admit(a, &cfg).unwrap();
+    }
+
+    #[test]
+    fn rate_limit_refills() {
+        let l = Limiter::new();
+        let cfg = limits(100, 100, 20.0, 2);
+        let a: IpAddr = "::1".parse().unwrap();
+        drop(l.admit(a, &cfg).unwrap());
+        drop(l.admit(a, &cfg).unwrap());
+        assert_eq!(l.admit(a, &cfg).unwrap_err(), LimitHit::SourceRate);
+        std::thread::sleep(std::time::Duration::from_millis(80));
+        l.admit(a, &cfg).unwrap();
+    }
+
+    #[test]
+    fn sweep_forgets_idle_sources() {
+        let l = Limiter::new();
+        let cfg = limits(100, 100, 1000.0, 1);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        drop(l.admit(a, &cfg).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        l.sweep(&cfg);
+        assert!(l.state.lock().unwrap().sources.is_empty());
+    }
+}

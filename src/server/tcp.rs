@@ -1,0 +1,57 @@
+//! A dynamic TCP server: accepts on one listening socket and runs one task per
+//! connection in the port's mode.
+
+use super::port_table::{PortTable, ServerHandle};
+use crate::attack::Mode;
+use crate::limit_warn;
+use crate::mode::normal;
+use crate::proto::Protocol;
+use crate::stats::Stats;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Start accepting on `listener` until the server is cancelled.
+pub fn spawn(table: Arc<PortTable>, listener: TcpListener, handle: ServerHandle) {
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = handle.cancel.cancelled() => return,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, remote)) => {
+                    handle.touch();
+                    on_connection(&table, stream, remote, &handle);
+                }
+                Err(e) => {
+                    // Out of descriptors or memory: back off instead of spinning.
+                    let ctx = table.context();
+                    limit_warn!(ctx.throttle, "accept_error", error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+}
+
+fn on_connection(table: &Arc<PortTable>, stream: TcpStream, remote: std::net::SocketAddr, handle: &ServerHandle) {
+    let ctx = table.context();
+    Stats::inc(&ctx.stats.connections);
+    let Ok(local) = stream.local_addr() else { return };
+    let cfg = ctx.config();
+    if cfg.policy.mode(Protocol::Tcp, local.port()) == Mode::Ignore {
+        return;
+    }
+    let Some(permit) = super::admit(ctx, &cfg, Protocol::Tcp, local.port(), remote) else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let spec = super::session_spec(&cfg, Protocol::Tcp, local.port(), &handle.monitor);
+    let ctx2 = Arc::clone(ctx);
+    ctx.sessions.spawn(async move {
+        let captured = normal::tcp(stream, local, remote, spec, ctx2.hard_stop.clone(), Arc::clone(&ctx2.stats)).await;
+        drop(permit);
+        ctx2.recorder.submit(captured);
+    });
+}

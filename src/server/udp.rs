@@ -1,0 +1,167 @@
+//! A dynamic UDP server: one socket per port, datagrams demultiplexed by peer into
+//! sessions. Each session is one attack, replies leave from the address the peer
+//! wrote to (IP_PKTINFO), and a session never sends more bytes than it received.
+
+use super::port_table::{PortTable, ServerHandle};
+use crate::attack::Mode;
+use crate::mode::normal::{self, DatagramPeer};
+use crate::proto::Protocol;
+use crate::stats::Stats;
+use nix::sys::socket::{self as nsock, sockopt, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage};
+use std::collections::HashMap;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{Arc, Mutex};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+/// Datagrams queued for one session before further ones are dropped (and counted).
+const SESSION_QUEUE: usize = 64;
+
+type Sessions = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
+
+/// Start receiving on `socket` until the server is cancelled.
+pub fn spawn(table: Arc<PortTable>, socket: UdpSocket, handle: ServerHandle) -> io::Result<()> {
+    let bound = socket.local_addr()?;
+    if bound.is_ipv4() {
+        nsock::setsockopt(&socket.as_fd(), sockopt::Ipv4PacketInfo, &true)?;
+    } else {
+        nsock::setsockopt(&socket.as_fd(), sockopt::Ipv6RecvPacketInfo, &true)?;
+    }
+    let socket = Arc::new(socket);
+    let sessions: Sessions = Arc::default();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let received = tokio::select! {
+                _ = handle.cancel.cancelled() => return,
+                r = socket.async_io(Interest::READABLE, || recv(&socket, &mut buf)) => r,
+            };
+            match received {
+                Ok((n, peer, dst)) => {
+                    handle.touch();
+                    let local = SocketAddr::new(dst.unwrap_or(bound.ip()), bound.port());
+                    on_datagram(&table, &socket, &sessions, &handle, buf[..n].to_vec(), local, peer);
+                }
+                Err(e) => tracing::debug!(error = %e, port = bound.port(), "udp receive error"),
+            }
+        }
+    });
+    Ok(())
+}
+
+fn on_datagram(
+    table: &Arc<PortTable>,
+    socket: &Arc<UdpSocket>,
+    sessions: &Sessions,
+    handle: &ServerHandle,
+    data: Vec<u8>,
+    local: SocketAddr,
+    peer: SocketAddr,
+) {
+    let ctx = table.context();
+    let mut map = sessions.lock().unwrap();
+    let data = match map.get(&peer) {
+        Some(tx) => match tx.try_send(data) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Stats::inc(&ctx.stats.udp_datagrams_dropped);
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(d)) => d,
+        },
+        None => data,
+    };
+    let cfg = ctx.config();
+    if cfg.policy.mode(Protocol::Udp, local.port()) == Mode::Ignore {
+        return;
+    }
+    Stats::inc(&ctx.stats.connections);
+    let Some(permit) = super::admit(ctx, &cfg, Protocol::Udp, local.port(), peer) else {
+        return;
+    };
+    let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+    map.insert(peer, tx);
+    drop(map);
+    let spec = super::session_spec(&cfg, Protocol::Udp, local.port(), &handle.monitor);
+    let out = Peer { socket: Arc::clone(socket), sessions: Arc::clone(sessions), peer, local: local.ip() };
+    let ctx2 = Arc::clone(ctx);
+    ctx.sessions.spawn(async move {
+        let captured = normal::udp(data, rx, out, local, peer, spec, ctx2.hard_stop.clone(), Arc::clone(&ctx2.stats)).await;
+        drop(permit);
+        ctx2.recorder.submit(captured);
+    });
+}
+
+/// One peer of a UDP server.
+struct Peer {
+    socket: Arc<UdpSocket>,
+    sessions: Sessions,
+    peer: SocketAddr,
+    local: IpAddr,
+}
+
+impl DatagramPeer for Peer {
+    async fn send(&self, data: &[u8]) -> io::Result<()> {
+        self.socket
+            .async_io(Interest::WRITABLE, || send(&self.socket, data, self.peer, self.local))
+            .await
+    }
+
+    fn close(&self) {
+        self.sessions.lock().unwrap().remove(&self.peer);
+    }
+}
+
+/// recvmsg with the datagram's destination address.
+fn recv(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<IpAddr>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo);
+    let msg = nsock::recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
+        .map_err(io::Error::from)?;
+    let peer = msg
+        .address
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6))))
+        })
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "datagram without source address"))?;
+    let mut dst = None;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::Ipv4PacketInfo(i) => {
+                    dst = Some(IpAddr::from(u32::from_be(i.ipi_addr.s_addr).to_be_bytes()));
+                }
+                ControlMessageOwned::Ipv6PacketInfo(i) => dst = Some(IpAddr::from(i.ipi6_addr.s6_addr)),
+                _ => {}
+            }
+        }
+    }
+    Ok((msg.bytes, peer, dst))
+}
+
+/// sendmsg from `local` to `peer`.
+fn send(socket: &UdpSocket, data: &[u8], peer: SocketAddr, local: IpAddr) -> io::Result<()> {
+    let iov = [IoSlice::new(data)];
+    let addr = SockaddrStorage::from(peer);
+    let result = match local {
+        IpAddr::V4(ip) if !ip.is_unspecified() => {
+            let info = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            nsock::sendmsg(socket.as_raw_fd(), &iov, &[ControlMessage::Ipv4PacketInfo(&info)], MsgFlags::empty(), Some(&addr))
+        }
+        IpAddr::V6(ip) if !ip.is_unspecified() => {
+            let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: ip.octets() }, ipi6_ifindex: 0 };
+            nsock::sendmsg(socket.as_raw_fd(), &iov, &[ControlMessage::Ipv6PacketInfo(&info)], MsgFlags::empty(), Some(&addr))
+        }
+        _ => nsock::sendmsg::<SockaddrStorage>(socket.as_raw_fd(), &iov, &[], MsgFlags::empty(), Some(&addr)),
+    };
+    result.map(|_| ()).map_err(io::Error::from)
+}

@@ -1,0 +1,59 @@
+//! JSON lines sink: one native event (see `docs/events.md`) per attack, appended to a
+//! file under the data directory or written to standard output.
+
+use super::Sink;
+use crate::attack::Attack;
+use crate::config::{Config, PayloadEncoding};
+use crate::event::attack_event;
+use anyhow::Context as _;
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+pub struct JsonlSink {
+    out: BufWriter<Box<dyn Write + Send>>,
+    payload_max: u64,
+    encoding: PayloadEncoding,
+}
+
+impl JsonlSink {
+    /// Open (append to) the configured file, creating its directory.
+    pub fn open(config: &Config) -> anyhow::Result<JsonlSink> {
+        let c = &config.output.jsonl;
+        let out: Box<dyn Write + Send> = if c.path == Path::new("-") {
+            Box::new(std::io::stdout())
+        } else {
+            let path = config.data_path(&c.path);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?,
+            )
+        };
+        Ok(JsonlSink { out: BufWriter::with_capacity(64 * 1024, out), payload_max: c.payload_max, encoding: c.payload_encoding })
+    }
+}
+
+impl Sink for JsonlSink {
+    fn name(&self) -> &'static str {
+        "jsonl"
+    }
+
+    fn write(&mut self, attack: &Attack) -> anyhow::Result<()> {
+        // Serialize to a buffer first so a failure never leaves half a line.
+        let mut line = serde_json::to_vec(&attack_event(attack, self.payload_max, self.encoding))?;
+        line.push(b'\n');
+        self.out.write_all(&line)?;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.out.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,224 @@
+//! Outputs ("sinks") and the recorder that feeds them.
+//!
+//! Capture hands a [`Captured`] session to the [`Recorder`] without waiting: it goes
+//! into a bounded queue, and a recorder thread seals it into an [`Attack`] (hashes,
+//! id, transcript path) and passes it to one bounded queue per sink, each drained by
+//! the sink's own thread. A slow sink only backs up its own queue; what does not fit
+//! is counted and logged, never silently dropped, and never blocks capture.
+//!
+//! A new sink is one file implementing [`Sink`] plus one line in [`build`].
+
+pub mod jsonl;
+pub mod transcripts;
+
+use crate::attack::{Attack, Captured};
+use crate::config::Config;
+use crate::limit_warn;
+use crate::stats::{Stats, Throttle};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// An output of finished attacks. Runs on its own thread, so it may block.
+pub trait Sink: Send + 'static {
+    /// Short name for logs and counters.
+    fn name(&self) -> &'static str;
+    /// Write one attack.
+    fn write(&mut self, attack: &Attack) -> anyhow::Result<()>;
+    /// Make everything written so far durable (called when the queue runs empty and
+    /// at shutdown).
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// The registry: every sink the config enables, in order.
+pub fn build(config: &Config, stats: &Arc<Stats>) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if config.output.jsonl.enabled {
+        sinks.push(Box::new(jsonl::JsonlSink::open(config)?));
+    }
+    let _ = stats;
+    Ok(sinks)
+}
+
+/// One attack in flight; gives its bytes back to the queue budget when the last
+/// sink is done with it.
+struct Record {
+    attack: Attack,
+    size: u64,
+    budget: Arc<AtomicU64>,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.size, Relaxed);
+    }
+}
+
+enum Msg {
+    Session(Captured, u64),
+    Close,
+}
+
+/// The front door of the outputs: `submit` never blocks.
+pub struct Recorder {
+    tx: SyncSender<Msg>,
+    /// Bytes of records queued or being written.
+    in_flight: Arc<AtomicU64>,
+    max_bytes: u64,
+    stats: Arc<Stats>,
+    throttle: Arc<Throttle>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Recorder {
+    /// Start the recorder thread and one thread per sink.
+    pub fn start(
+        config: &Config,
+        sinks: Vec<Box<dyn Sink>>,
+        stats: Arc<Stats>,
+        throttle: Arc<Throttle>,
+    ) -> anyhow::Result<Recorder> {
+        let queue = config.output.queue_size;
+        let store = if config.output.transcripts.enabled {
+            Some(transcripts::TranscriptStore::open(config, Arc::clone(&stats), Arc::clone(&throttle))?)
+        } else {
+            None
+        };
+        let in_flight = Arc::new(AtomicU64::new(0));
+        let mut lanes = Vec::new();
+        for sink in sinks {
+            let (tx, rx) = sync_channel::<Arc<Record>>(queue);
+            let name = sink.name();
+            let st = Arc::clone(&stats);
+            let th = Arc::clone(&throttle);
+            let handle = std::thread::Builder::new()
+                .name(format!("sink-{name}"))
+                .spawn(move || run_sink(sink, rx, st, th))?;
+            lanes.push(Lane { name, tx, handle });
+        }
+        let (tx, rx) = sync_channel::<Msg>(queue);
+        let st = Arc::clone(&stats);
+        let th = Arc::clone(&throttle);
+        let budget = Arc::clone(&in_flight);
+        let thread = std::thread::Builder::new()
+            .name("recorder".into())
+            .spawn(move || run_recorder(rx, store, lanes, budget, st, th))?;
+        Ok(Recorder {
+            tx,
+            in_flight,
+            max_bytes: config.output.queue_bytes,
+            stats,
+            throttle,
+            thread: std::sync::Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queue a finished session for the outputs. Never blocks; a full queue is
+    /// counted and logged.
+    pub fn submit(&self, captured: Captured) {
+        let size = captured.size();
+        let before = self.in_flight.fetch_add(size, Relaxed);
+        if before + size > self.max_bytes {
+            self.in_flight.fetch_sub(size, Relaxed);
+            return self.dropped(&captured, "byte budget of the output queue exhausted");
+        }
+        match self.tx.try_send(Msg::Session(captured, size)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Msg::Session(c, _)) | TrySendError::Disconnected(Msg::Session(c, _))) => {
+                self.in_flight.fetch_sub(size, Relaxed);
+                self.dropped(&c, "output queue full");
+            }
+            Err(_) => unreachable!("only sessions are sent with try_send"),
+        }
+    }
+
+    fn dropped(&self, c: &Captured, why: &'static str) {
+        Stats::inc(&self.stats.records_dropped);
+        limit_warn!(
+            self.throttle,
+            "records_dropped",
+            remote = %c.remote,
+            port = c.local.port(),
+            bytes = c.transcript.bytes_in,
+            "attack record dropped: {why}"
+        );
+    }
+
+    /// Write out everything queued, flush every sink and stop the threads.
+    pub fn close(&self) {
+        let Some(thread) = self.thread.lock().unwrap().take() else { return };
+        let _ = self.tx.send(Msg::Close);
+        let _ = thread.join();
+    }
+}
+
+struct Lane {
+    name: &'static str,
+    tx: SyncSender<Arc<Record>>,
+    handle: JoinHandle<()>,
+}
+
+fn run_recorder(
+    rx: Receiver<Msg>,
+    mut store: Option<transcripts::TranscriptStore>,
+    lanes: Vec<Lane>,
+    budget: Arc<AtomicU64>,
+    stats: Arc<Stats>,
+    throttle: Arc<Throttle>,
+) {
+    while let Ok(Msg::Session(captured, size)) = rx.recv() {
+        let mut attack = captured.seal();
+        if let Some(store) = store.as_mut() {
+            match store.write(&attack) {
+                Ok(path) => attack.transcript_path = Some(path),
+                Err(e) => {
+                    Stats::inc(&stats.output_errors);
+                    limit_warn!(throttle, "transcript_write", error = %e, "transcript file not written");
+                }
+            }
+        }
+        Stats::inc(&stats.attacks);
+        let record = Arc::new(Record { attack, size, budget: Arc::clone(&budget) });
+        for lane in &lanes {
+            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = lane.tx.try_send(Arc::clone(&record)) {
+                Stats::inc(&stats.records_dropped);
+                limit_warn!(throttle, "sink_queue_full", sink = lane.name, id = %record.attack.id, "attack record not written: output queue full");
+            }
+        }
+    }
+    for lane in lanes {
+        drop(lane.tx);
+        let _ = lane.handle.join();
+    }
+}
+
+fn run_sink(mut sink: Box<dyn Sink>, rx: Receiver<Arc<Record>>, stats: Arc<Stats>, throttle: Arc<Throttle>) {
+    let name = sink.name();
+    let flush = |sink: &mut Box<dyn Sink>| {
+        if let Err(e) = sink.flush() {
+            Stats::inc(&stats.output_errors);
+            limit_warn!(throttle, "sink_flush", sink = name, error = %e, "output flush failed");
+        }
+    };
+    loop {
+        let record = match rx.try_recv() {
+            Ok(r) => r,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                flush(&mut sink);
+                match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => break,
+                }
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+        };
+        if let Err(e) = sink.write(&record.attack) {
+            Stats::inc(&stats.output_errors);
+            limit_warn!(throttle, "sink_write", sink = name, id = %record.attack.id, error = %e, "attack record not written");
+        }
+    }
+    flush(&mut sink);
+}
