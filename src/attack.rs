@@ -80,14 +80,16 @@ impl Transcript {
         let now = Utc::now();
         let full = self.chunks.len() >= MAX_CHUNKS;
         if let Some(last) = self.chunks.last_mut() {
-            if last.direction == direction
-                && (full || (now - last.at).num_milliseconds() < 1)
-            {
+            if last.direction == direction && (full || (now - last.at).num_milliseconds() < 1) {
                 last.data.extend_from_slice(&data);
                 return;
             }
         }
-        self.chunks.push(Chunk { at: now, direction, data });
+        self.chunks.push(Chunk {
+            at: now,
+            direction,
+            data,
+        });
     }
 
     /// Everything received from the attacker, concatenated (the "attack string").

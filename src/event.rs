@@ -22,10 +22,18 @@ pub fn attack_event(a: &Attack, payload_max: u64, encoding: PayloadEncoding) -> 
         PayloadEncoding::Hex => hex::encode(shown),
         PayloadEncoding::Base64 => base64::engine::general_purpose::STANDARD.encode(shown),
     };
-    let ts = |d: chrono::DateTime<chrono::Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let duration_ns = (a.end - a.start).num_nanoseconds().unwrap_or(i64::MAX).max(0);
+    let ts =
+        |d: chrono::DateTime<chrono::Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let duration_ns = (a.end - a.start)
+        .num_nanoseconds()
+        .unwrap_or(i64::MAX)
+        .max(0);
     let net_type = if a.remote.is_ipv4() { "ipv4" } else { "ipv6" };
-    let chunks_in = t.chunks.iter().filter(|c| c.direction == Direction::In).count();
+    let chunks_in = t
+        .chunks
+        .iter()
+        .filter(|c| c.direction == Direction::In)
+        .count();
     json!({
         "@timestamp": ts(a.start),
         "ecs": { "version": ECS_VERSION },

@@ -54,7 +54,12 @@ pub fn run(loaded: Loaded) -> anyhow::Result<()> {
         .thread_name("honeytrap")
         .build()
         .context("starting the runtime")?;
-    tracing::info!(monitor = monitor.name(), reason = why, open_files = nofile, "monitor chosen");
+    tracing::info!(
+        monitor = monitor.name(),
+        reason = why,
+        open_files = nofile,
+        "monitor chosen"
+    );
     runtime.block_on(daemon(loaded, monitor))
 }
 
@@ -62,7 +67,12 @@ async fn daemon(loaded: Loaded, mut monitor: Box<dyn monitor::Monitor>) -> anyho
     let stats = Arc::new(Stats::default());
     let throttle = Arc::new(Throttle::default());
     let sinks = sink::build(&loaded.config, &stats)?;
-    let recorder = sink::Recorder::start(&loaded.config, sinks, Arc::clone(&stats), Arc::clone(&throttle))?;
+    let recorder = sink::Recorder::start(
+        &loaded.config,
+        sinks,
+        Arc::clone(&stats),
+        Arc::clone(&throttle),
+    )?;
     let ctx = Arc::new(Context {
         current: ArcSwap::from_pointee(loaded),
         stats,
@@ -104,10 +114,19 @@ async fn daemon(loaded: Loaded, mut monitor: Box<dyn monitor::Monitor>) -> anyho
     tracing::info!(signal = signal_name, open_sessions = ctx.limiter.active(), grace = ?grace, "shutting down: no new connections");
     ctx.stop_accepting.cancel();
     ctx.sessions.close();
-    if tokio::time::timeout(grace, ctx.sessions.wait()).await.is_err() {
-        tracing::info!(open_sessions = ctx.limiter.active(), "grace period over: ending open sessions");
+    if tokio::time::timeout(grace, ctx.sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            open_sessions = ctx.limiter.active(),
+            "grace period over: ending open sessions"
+        );
         ctx.hard_stop.cancel();
-        if tokio::time::timeout(Duration::from_secs(5), ctx.sessions.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), ctx.sessions.wait())
+            .await
+            .is_err()
+        {
             tracing::error!("sessions did not end after the grace period");
         }
     }
@@ -130,7 +149,12 @@ fn reload(ctx: &Arc<Context>, table: &Arc<PortTable>, monitor: &mut dyn monitor:
         Ok(new) => {
             let c = &new.config;
             let o = &old.config;
-            if c.network != o.network || c.sensor.data_dir != o.sensor.data_dir || c.output != o.output || c.process.user != o.process.user || c.monitor.kind != o.monitor.kind {
+            if c.network != o.network
+                || c.sensor.data_dir != o.sensor.data_dir
+                || c.output != o.output
+                || c.process.user != o.process.user
+                || c.monitor.kind != o.monitor.kind
+            {
                 tracing::warn!("SIGHUP: changes to [network], [output], sensor.data_dir, process.user and monitor.kind need a restart; they are kept as they were");
             }
             let mut merged = new;

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "honeytrap", version, about = "A catch-all honeypot: catches attacks on any TCP or UDP port")]
+#[command(
+    name = "honeytrap",
+    version,
+    about = "A catch-all honeypot: catches attacks on any TCP or UDP port"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,7 +64,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
             match honeytrap::run(loaded) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -36,18 +36,26 @@ pub fn resolve(user: &str, group: &str) -> anyhow::Result<Option<Identity>> {
     if user.is_empty() {
         return Ok(None);
     }
-    let u = User::from_name(user)?.with_context(|| format!("process.user: no such user `{user}`"))?;
+    let u =
+        User::from_name(user)?.with_context(|| format!("process.user: no such user `{user}`"))?;
     let gid = if group.is_empty() {
         u.gid
     } else {
-        Group::from_name(group)?.with_context(|| format!("process.group: no such group `{group}`"))?.gid
+        Group::from_name(group)?
+            .with_context(|| format!("process.group: no such group `{group}`"))?
+            .gid
     };
-    Ok(Some(Identity { uid: u.uid, gid, name: u.name }))
+    Ok(Some(Identity {
+        uid: u.uid,
+        gid,
+        name: u.name,
+    }))
 }
 
 /// Create the data directory and hand it to the user honeytrap will run as.
 pub fn prepare_data_dir(dir: &Path, who: Option<&Identity>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
     if let Some(id) = who {
         nix::unistd::chown(dir, Some(id.uid), Some(id.gid))
             .with_context(|| format!("handing {} to {}", dir.display(), id.name))?;
@@ -67,7 +75,8 @@ pub fn drop_to(who: &Identity, keep: &[Capability]) -> anyhow::Result<()> {
     let set: CapsHashSet = keep.iter().copied().collect();
     caps::set(None, CapSet::Permitted, &set).context("setting permitted capabilities")?;
     caps::set(None, CapSet::Effective, &set).context("setting effective capabilities")?;
-    caps::set(None, CapSet::Inheritable, &CapsHashSet::new()).context("clearing inheritable capabilities")?;
+    caps::set(None, CapSet::Inheritable, &CapsHashSet::new())
+        .context("clearing inheritable capabilities")?;
     caps::securebits::set_keepcaps(false).context("PR_SET_KEEPCAPS")?;
     if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
         bail!("could regain root after dropping privileges");

@@ -84,7 +84,14 @@ impl Stats {
             .filter(|(_, v)| *v > 0)
             .map(|(n, v)| format!("{n}={v}"))
             .collect();
-        tracing::info!("{what}: {}", if parts.is_empty() { "nothing yet".into() } else { parts.join(" ") });
+        tracing::info!(
+            "{what}: {}",
+            if parts.is_empty() {
+                "nothing yet".into()
+            } else {
+                parts.join(" ")
+            }
+        );
     }
 }
 
@@ -97,7 +104,10 @@ pub struct Throttle {
 
 impl Default for Throttle {
     fn default() -> Self {
-        Throttle { interval: Duration::from_secs(10), last: Mutex::new(HashMap::new()) }
+        Throttle {
+            interval: Duration::from_secs(10),
+            last: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -141,7 +151,10 @@ mod tests {
 
     #[test]
     fn throttle_counts_held_back() {
-        let t = Throttle { interval: Duration::from_millis(50), last: Default::default() };
+        let t = Throttle {
+            interval: Duration::from_millis(50),
+            last: Default::default(),
+        };
         assert_eq!(t.allow("a"), Some(0));
         assert_eq!(t.allow("a"), None);
         assert_eq!(t.allow("a"), None);

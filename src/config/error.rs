@@ -43,13 +43,21 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Invalid {
-        Invalid { key: key.into(), message: message.into() }
+        Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 
     /// Attach file and line, looking the key up in the source text.
     pub fn locate(self, file: &Path, text: &str) -> ConfigError {
         let line = span_of(text, &self.key).map(|s| line_of(text, s.start));
-        ConfigError { file: file.to_path_buf(), line, key: self.key, message: self.message }
+        ConfigError {
+            file: file.to_path_buf(),
+            line,
+            key: self.key,
+            message: self.message,
+        }
     }
 }
 
@@ -142,6 +150,9 @@ mod tests {
     fn display_names_file_line_and_key() {
         let e = Invalid::new("limits.read_timeout", "must be more than 0")
             .locate(Path::new("h.toml"), TEXT);
-        assert_eq!(e.to_string(), "h.toml:2: key `limits.read_timeout`: must be more than 0");
+        assert_eq!(
+            e.to_string(),
+            "h.toml:2: key `limits.read_timeout`: must be more than 0"
+        );
     }
 }

@@ -51,7 +51,10 @@ pub struct SensorConfig {
 
 impl Default for SensorConfig {
     fn default() -> Self {
-        SensorConfig { name: String::new(), data_dir: PathBuf::from("honeytrap-data") }
+        SensorConfig {
+            name: String::new(),
+            data_dir: PathBuf::from("honeytrap-data"),
+        }
     }
 }
 
@@ -118,7 +121,10 @@ pub struct MonitorConfig {
 
 impl Default for MonitorConfig {
     fn default() -> Self {
-        MonitorConfig { kind: MonitorKind::Listen, listen: ListenConfig::default() }
+        MonitorConfig {
+            kind: MonitorKind::Listen,
+            listen: ListenConfig::default(),
+        }
     }
 }
 
@@ -137,8 +143,8 @@ impl Default for ListenConfig {
         let p = |n: u16| PortRange { first: n, last: n };
         ListenConfig {
             tcp: [
-                1080, 1433, 1883, 2222, 2323, 2375, 3128, 3306, 3389, 5432, 5555, 5900, 6379,
-                6667, 7547, 8000, 8080, 8081, 8443, 8888, 9200, 11211,
+                1080, 1433, 1883, 2222, 2323, 2375, 3128, 3306, 3389, 5432, 5555, 5900, 6379, 6667,
+                7547, 8000, 8080, 8081, 8443, 8888, 9200, 11211,
             ]
             .into_iter()
             .map(p)
@@ -362,12 +368,20 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
             })?;
             (p.to_path_buf(), text)
         }
-        None => (PathBuf::from("<embedded default>"), EMBEDDED_DEFAULT.to_string()),
+        None => (
+            PathBuf::from("<embedded default>"),
+            EMBEDDED_DEFAULT.to_string(),
+        ),
     };
     let config = parse(&name, &text)?;
     let policy = PortPolicy::build(&config).map_err(|e| e.locate(&name, &text))?;
     let sensor = config.sensor.name.as_str().into();
-    Ok(Loaded { config, policy, sensor, source: path.map(Path::to_path_buf) })
+    Ok(Loaded {
+        config,
+        policy,
+        sensor,
+        source: path.map(Path::to_path_buf),
+    })
 }
 
 /// Parse and validate a config text (`name` is used in errors).
@@ -424,14 +438,20 @@ impl Config {
         }
         nonzero("process.shutdown_grace", self.process.shutdown_grace)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.process.log_level) {
-            return Err(Invalid::new("process.log_level", format!("invalid filter: {e}")));
+            return Err(Invalid::new(
+                "process.log_level",
+                format!("invalid filter: {e}"),
+            ));
         }
         if self.process.user.is_empty() && !self.process.group.is_empty() {
             return Err(Invalid::new("process.group", "needs process.user as well"));
         }
         let n = &self.network;
         if n.bind_addresses.is_empty() {
-            return Err(Invalid::new("network.bind_addresses", "must name at least one address"));
+            return Err(Invalid::new(
+                "network.bind_addresses",
+                "must name at least one address",
+            ));
         }
         let mut seen = HashSet::new();
         for (i, a) in n.bind_addresses.iter().enumerate() {
@@ -443,7 +463,10 @@ impl Config {
             }
         }
         if !(1..=65535).contains(&n.backlog) {
-            return Err(Invalid::new("network.backlog", "must be between 1 and 65535"));
+            return Err(Invalid::new(
+                "network.backlog",
+                "must be between 1 and 65535",
+            ));
         }
         let l = &self.limits;
         nonzero("limits.conn_timeout", l.conn_timeout)?;
@@ -451,7 +474,10 @@ impl Config {
         nonzero("limits.session_timeout", l.session_timeout)?;
         positive("limits.read_limit", l.read_limit)?;
         positive("limits.max_sessions", l.max_sessions as u64)?;
-        positive("limits.max_sessions_per_source", l.max_sessions_per_source as u64)?;
+        positive(
+            "limits.max_sessions_per_source",
+            l.max_sessions_per_source as u64,
+        )?;
         positive("limits.source_burst", l.source_burst as u64)?;
         positive("limits.max_listeners", l.max_listeners as u64)?;
         if l.max_sessions_per_source > l.max_sessions {
@@ -461,7 +487,10 @@ impl Config {
             ));
         }
         if !(l.source_rate.is_finite() && l.source_rate > 0.0) {
-            return Err(Invalid::new("limits.source_rate", "must be a number above 0"));
+            return Err(Invalid::new(
+                "limits.source_rate",
+                "must be a number above 0",
+            ));
         }
         if l.session_timeout < l.read_timeout {
             return Err(Invalid::new(
@@ -478,14 +507,20 @@ impl Config {
             return Err(Invalid::new("output.jsonl.path", "must not be empty"));
         }
         if o.jsonl.payload_max > 1 << 20 {
-            return Err(Invalid::new("output.jsonl.payload_max", "must be at most 1MiB"));
+            return Err(Invalid::new(
+                "output.jsonl.payload_max",
+                "must be at most 1MiB",
+            ));
         }
         if o.transcripts.enabled {
             if o.transcripts.dir.as_os_str().is_empty() {
                 return Err(Invalid::new("output.transcripts.dir", "must not be empty"));
             }
             if o.transcripts.quota_bytes < 1 << 20 {
-                return Err(Invalid::new("output.transcripts.quota_bytes", "must be at least 1MiB"));
+                return Err(Invalid::new(
+                    "output.transcripts.quota_bytes",
+                    "must be at least 1MiB",
+                ));
             }
             positive("output.transcripts.quota_files", o.transcripts.quota_files)?;
         }
@@ -529,7 +564,10 @@ mod tests {
 
     #[test]
     fn empty_file_is_the_default() {
-        assert_eq!(parse(Path::new("e"), "").unwrap(), parse(Path::new("d"), EMBEDDED_DEFAULT).unwrap());
+        assert_eq!(
+            parse(Path::new("e"), "").unwrap(),
+            parse(Path::new("d"), EMBEDDED_DEFAULT).unwrap()
+        );
     }
 
     #[test]
@@ -556,9 +594,16 @@ mod tests {
     #[test]
     fn impossible_values_refused() {
         let e = err("[limits]\nread_timeout = 0\n");
-        assert_eq!((e.key.as_str(), e.line), ("limits.read_timeout", Some(2)), "{e}");
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("limits.read_timeout", Some(2)),
+            "{e}"
+        );
         let e = err("[limits]\nmax_sessions = 10\nmax_sessions_per_source = 20\n");
-        assert_eq!((e.key.as_str(), e.line), ("limits.max_sessions_per_source", Some(3)));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("limits.max_sessions_per_source", Some(3))
+        );
         let e = err("[network]\nbind_addresses = [\"10.0.0.1\", \"10.0.0.1\"]\n");
         assert_eq!(e.key, "network.bind_addresses[1]");
         let e = err("[network]\nbind_addresses = [\"not-an-ip\"]\n");

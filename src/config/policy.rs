@@ -52,7 +52,10 @@ impl PortPolicy {
         if !super::ports::mode_is_available(p.default_mode) {
             return Err(Invalid::new(
                 "ports.default_mode",
-                format!("mode `{}` is not available in this version", p.default_mode.as_str()),
+                format!(
+                    "mode `{}` is not available in this version",
+                    p.default_mode.as_str()
+                ),
             ));
         }
         let mut index = PolicyIndex::default();
@@ -62,15 +65,24 @@ impl PortPolicy {
             if !super::ports::mode_is_available(r.mode) {
                 return Err(Invalid::new(
                     format!("{key}.mode"),
-                    format!("mode `{}` is not available in this version", r.mode.as_str()),
+                    format!(
+                        "mode `{}` is not available in this version",
+                        r.mode.as_str()
+                    ),
                 ));
             }
             let protocols = r.protocol.list();
             if protocols.is_empty() {
-                return Err(Invalid::new(format!("{key}.protocol"), "must name tcp, udp or both"));
+                return Err(Invalid::new(
+                    format!("{key}.protocol"),
+                    "must name tcp, udp or both",
+                ));
             }
             if r.ports.is_empty() {
-                return Err(Invalid::new(format!("{key}.ports"), "must name at least one port"));
+                return Err(Invalid::new(
+                    format!("{key}.ports"),
+                    "must name at least one port",
+                ));
             }
             for (j, range) in r.ports.iter().enumerate() {
                 for proto in &protocols {
@@ -88,12 +100,17 @@ impl PortPolicy {
                 }
             }
             let response = match &r.response {
-                Some(path) => Some(read_response(path).map_err(|m| {
-                    Invalid::new(format!("{key}.response"), m)
-                })?),
+                Some(path) => Some(
+                    read_response(path).map_err(|m| Invalid::new(format!("{key}.response"), m))?,
+                ),
                 None => None,
             };
-            rules.push(Rule { mode: r.mode, response, greeting: r.greeting, responses: r.responses });
+            rules.push(Rule {
+                mode: r.mode,
+                response,
+                greeting: r.greeting,
+                responses: r.responses,
+            });
         }
         let dir_responses = if p.response_dir.as_os_str().is_empty() {
             HashMap::new()
@@ -234,7 +251,11 @@ mod tests {
     fn oversized_response_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("80_tcp"), vec![b'x'; 70_000]).unwrap();
-        let c = parse(Path::new("t"), &format!("[ports]\nresponse_dir = {:?}\n", dir.path())).unwrap();
+        let c = parse(
+            Path::new("t"),
+            &format!("[ports]\nresponse_dir = {:?}\n", dir.path()),
+        )
+        .unwrap();
         let e = PortPolicy::build(&c).unwrap_err();
         assert_eq!(e.key, "ports.response_dir");
     }

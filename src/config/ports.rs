@@ -173,10 +173,19 @@ mod tests {
 
     #[test]
     fn parse_ranges() {
-        assert_eq!("80".parse::<PortRange>().unwrap(), PortRange { first: 80, last: 80 });
+        assert_eq!(
+            "80".parse::<PortRange>().unwrap(),
+            PortRange {
+                first: 80,
+                last: 80
+            }
+        );
         assert_eq!(
             " 1000 - 2000".parse::<PortRange>().unwrap(),
-            PortRange { first: 1000, last: 2000 }
+            PortRange {
+                first: 1000,
+                last: 2000
+            }
         );
         assert!("2000-1000".parse::<PortRange>().is_err());
         assert!("0".parse::<PortRange>().is_err());
@@ -187,10 +196,14 @@ mod tests {
     #[test]
     fn index_lookup_and_overlap() {
         let mut ix = PolicyIndex::default();
-        ix.insert(Protocol::Tcp, "100-200".parse().unwrap(), 0).unwrap();
+        ix.insert(Protocol::Tcp, "100-200".parse().unwrap(), 0)
+            .unwrap();
         ix.insert(Protocol::Tcp, "22".parse().unwrap(), 1).unwrap();
         ix.insert(Protocol::Udp, "150".parse().unwrap(), 2).unwrap();
-        assert_eq!(ix.insert(Protocol::Tcp, "200-300".parse().unwrap(), 3), Err(0));
+        assert_eq!(
+            ix.insert(Protocol::Tcp, "200-300".parse().unwrap(), 3),
+            Err(0)
+        );
         assert_eq!(ix.lookup(Protocol::Tcp, 22), Some(1));
         assert_eq!(ix.lookup(Protocol::Tcp, 100), Some(0));
         assert_eq!(ix.lookup(Protocol::Tcp, 200), Some(0));

@@ -36,7 +36,16 @@ pub struct SessionSpec {
 }
 
 impl SessionSpec {
-    fn captured(&self, proto: crate::proto::Protocol, local: SocketAddr, remote: SocketAddr, start: chrono::DateTime<Utc>, transcript: Transcript, sent: u32, reason: EndReason) -> Captured {
+    fn captured(
+        &self,
+        proto: crate::proto::Protocol,
+        local: SocketAddr,
+        remote: SocketAddr,
+        start: chrono::DateTime<Utc>,
+        transcript: Transcript,
+        sent: u32,
+        reason: EndReason,
+    ) -> Captured {
         Captured {
             start,
             end: Utc::now(),
@@ -99,7 +108,14 @@ pub async fn tcp(
                             Stats::inc(&stats.limit_read);
                             break 'session EndReason::ReadLimit;
                         }
-                        Ok(None) => break 'session EndReason::Closed,
+                        Ok(None) => {
+                            // A peer that half-closes after its request still
+                            // reads: answer once, as a real server would.
+                            if sent == 0 && h.max_responses > 0 && respond(&mut stream, &mut t, &h.response).await.is_ok() {
+                                sent += 1;
+                            }
+                            break 'session EndReason::Closed;
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(_) => break 'session EndReason::Error,
                     },
@@ -109,7 +125,15 @@ pub async fn tcp(
     };
     // Best effort: the peer may already be gone.
     let _ = timeout(Duration::from_millis(200), stream.shutdown()).await;
-    spec.captured(crate::proto::Protocol::Tcp, local, remote, start, t, sent, reason)
+    spec.captured(
+        crate::proto::Protocol::Tcp,
+        local,
+        remote,
+        start,
+        t,
+        sent,
+        reason,
+    )
 }
 
 /// Read what is available into the transcript, without an await so the buffer
@@ -124,7 +148,11 @@ fn read_into(stream: &TcpStream, t: &mut Transcript, limit: u64) -> io::Result<O
     Ok(Some(t.push_in(&buf[..n], limit)))
 }
 
-async fn respond(stream: &mut TcpStream, t: &mut Transcript, response: &[u8]) -> Result<(), EndReason> {
+async fn respond(
+    stream: &mut TcpStream,
+    t: &mut Transcript,
+    response: &[u8],
+) -> Result<(), EndReason> {
     match timeout(WRITE_TIMEOUT, stream.write_all(response)).await {
         Ok(Ok(())) => {
             t.push_out(response);
@@ -217,5 +245,13 @@ pub async fn udp<P: DatagramPeer>(
     while let Ok(d) = rx.try_recv() {
         t.push_in(&d, spec.read_limit);
     }
-    spec.captured(crate::proto::Protocol::Udp, local, remote, start, t, sent, reason)
+    spec.captured(
+        crate::proto::Protocol::Udp,
+        local,
+        remote,
+        start,
+        t,
+        sent,
+        reason,
+    )
 }

@@ -20,9 +20,15 @@ impl ListenMonitor {
         let cfg = table.context().config();
         let l = &cfg.config.monitor.listen;
         let expand = |proto, ranges: &[PortRange]| {
-            ranges.iter().flat_map(move |r| r.range().map(move |p| (proto, p))).collect::<Vec<_>>()
+            ranges
+                .iter()
+                .flat_map(move |r| r.range().map(move |p| (proto, p)))
+                .collect::<Vec<_>>()
         };
-        expand(Protocol::Tcp, &l.tcp).into_iter().chain(expand(Protocol::Udp, &l.udp)).collect()
+        expand(Protocol::Tcp, &l.tcp)
+            .into_iter()
+            .chain(expand(Protocol::Udp, &l.udp))
+            .collect()
     }
 
     fn sync(&mut self, table: &Arc<PortTable>) {
@@ -41,7 +47,10 @@ impl ListenMonitor {
             }
         }
         if !ignored.is_empty() {
-            tracing::info!(ports = ignored.join(" "), "listen ports in ignore mode are not bound");
+            tracing::info!(
+                ports = ignored.join(" "),
+                "listen ports in ignore mode are not bound"
+            );
         }
         tracing::info!(count = bound.len(), ports = bound.join(" "), "listening");
         self.pinned = wanted;

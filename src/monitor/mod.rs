@@ -22,6 +22,9 @@ pub trait Monitor: Send {
 /// The monitor the config selects, and why (for the start-up log).
 pub fn build(config: &Config) -> (Box<dyn Monitor>, &'static str) {
     match config.monitor.kind {
-        MonitorKind::Listen => (Box::new(listen::ListenMonitor::default()), "monitor.kind = \"listen\""),
+        MonitorKind::Listen => (
+            Box::new(listen::ListenMonitor::default()),
+            "monitor.kind = \"listen\"",
+        ),
     }
 }

@@ -47,11 +47,17 @@ pub struct SessionPermit {
 
 impl Limiter {
     pub fn new() -> Arc<Limiter> {
-        Arc::new(Limiter { state: Mutex::new(State::default()) })
+        Arc::new(Limiter {
+            state: Mutex::new(State::default()),
+        })
     }
 
     /// Admit a new session from `source` under `limits`, or say which limit refused.
-    pub fn admit(self: &Arc<Self>, source: IpAddr, limits: &LimitsConfig) -> Result<SessionPermit, LimitHit> {
+    pub fn admit(
+        self: &Arc<Self>,
+        source: IpAddr,
+        limits: &LimitsConfig,
+    ) -> Result<SessionPermit, LimitHit> {
         let now = Instant::now();
         let mut st = self.state.lock().unwrap();
         if st.active >= limits.max_sessions {
@@ -61,8 +67,14 @@ impl Limiter {
             sweep(&mut st.sources, now, limits);
         }
         let burst = limits.source_burst as f64;
-        let src = st.sources.entry(source).or_insert(Source { active: 0, tokens: burst, refilled: now });
-        src.tokens = (src.tokens + now.duration_since(src.refilled).as_secs_f64() * limits.source_rate).min(burst);
+        let src = st.sources.entry(source).or_insert(Source {
+            active: 0,
+            tokens: burst,
+            refilled: now,
+        });
+        src.tokens = (src.tokens
+            + now.duration_since(src.refilled).as_secs_f64() * limits.source_rate)
+            .min(burst);
         src.refilled = now;
         if src.active >= limits.max_sessions_per_source {
             return Err(LimitHit::PerSource);
@@ -73,7 +85,10 @@ impl Limiter {
         src.tokens -= 1.0;
         src.active += 1;
         st.active += 1;
-        Ok(SessionPermit { limiter: Arc::clone(self), source })
+        Ok(SessionPermit {
+            limiter: Arc::clone(self),
+            source,
+        })
     }
 
     /// Sessions open now.

@@ -28,7 +28,13 @@ pub fn session_spec(cfg: &Loaded, proto: Protocol, port: u16, monitor: &Arc<str>
 }
 
 /// Ask the limiter for a session slot for `remote`; a refusal is counted and logged.
-pub fn admit(ctx: &crate::context::Context, cfg: &Loaded, proto: Protocol, local_port: u16, remote: std::net::SocketAddr) -> Option<limits::SessionPermit> {
+pub fn admit(
+    ctx: &crate::context::Context,
+    cfg: &Loaded,
+    proto: Protocol,
+    local_port: u16,
+    remote: std::net::SocketAddr,
+) -> Option<limits::SessionPermit> {
     use crate::limit_warn;
     use crate::stats::Stats;
     use limits::LimitHit;

@@ -59,7 +59,8 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Record activity now.
     pub fn touch(&self) {
-        self.last_active.store(self.epoch.elapsed().as_millis() as u64, Relaxed);
+        self.last_active
+            .store(self.epoch.elapsed().as_millis() as u64, Relaxed);
     }
 
     fn idle_for(&self) -> Duration {
@@ -108,7 +109,13 @@ impl PortTable {
 
     /// Make sure a server listens on (proto, port) unless the policy ignores it.
     /// `pinned` servers stay until [`PortTable::unpin`].
-    pub fn ensure(self: &Arc<Self>, proto: Protocol, port: u16, monitor: &str, pinned: bool) -> Ensured {
+    pub fn ensure(
+        self: &Arc<Self>,
+        proto: Protocol,
+        port: u16,
+        monitor: &str,
+        pinned: bool,
+    ) -> Ensured {
         let cfg = self.ctx.config();
         let mut servers = self.servers.lock().unwrap();
         if let Some(e) = servers.get_mut(&(proto, port)) {
@@ -203,7 +210,13 @@ impl PortTable {
 
     /// Running servers, as (protocol, port, pinned), sorted.
     pub fn list(&self) -> Vec<(Protocol, u16, bool)> {
-        let mut v: Vec<_> = self.servers.lock().unwrap().iter().map(|(k, e)| (k.0, k.1, e.pinned)).collect();
+        let mut v: Vec<_> = self
+            .servers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, e)| (k.0, k.1, e.pinned))
+            .collect();
         v.sort();
         v
     }
@@ -224,7 +237,13 @@ impl PortTable {
     }
 
     /// Close the server once it has seen nothing for `conn_timeout`.
-    async fn watch_idle(self: Arc<Self>, proto: Protocol, port: u16, id: u64, handle: ServerHandle) {
+    async fn watch_idle(
+        self: Arc<Self>,
+        proto: Protocol,
+        port: u16,
+        id: u64,
+        handle: ServerHandle,
+    ) {
         loop {
             let timeout = self.ctx.config().config.limits.conn_timeout;
             let idle = handle.idle_for();

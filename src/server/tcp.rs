@@ -35,10 +35,17 @@ pub fn spawn(table: Arc<PortTable>, listener: TcpListener, handle: ServerHandle)
     });
 }
 
-fn on_connection(table: &Arc<PortTable>, stream: TcpStream, remote: std::net::SocketAddr, handle: &ServerHandle) {
+fn on_connection(
+    table: &Arc<PortTable>,
+    stream: TcpStream,
+    remote: std::net::SocketAddr,
+    handle: &ServerHandle,
+) {
     let ctx = table.context();
     Stats::inc(&ctx.stats.connections);
-    let Ok(local) = stream.local_addr() else { return };
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
     let cfg = ctx.config();
     if cfg.policy.mode(Protocol::Tcp, local.port()) == Mode::Ignore {
         return;
@@ -50,7 +57,15 @@ fn on_connection(table: &Arc<PortTable>, stream: TcpStream, remote: std::net::So
     let spec = super::session_spec(&cfg, Protocol::Tcp, local.port(), &handle.monitor);
     let ctx2 = Arc::clone(ctx);
     ctx.sessions.spawn(async move {
-        let captured = normal::tcp(stream, local, remote, spec, ctx2.hard_stop.clone(), Arc::clone(&ctx2.stats)).await;
+        let captured = normal::tcp(
+            stream,
+            local,
+            remote,
+            spec,
+            ctx2.hard_stop.clone(),
+            Arc::clone(&ctx2.stats),
+        )
+        .await;
         drop(permit);
         ctx2.recorder.submit(captured);
     });

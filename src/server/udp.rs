@@ -7,7 +7,9 @@ use crate::attack::Mode;
 use crate::mode::normal::{self, DatagramPeer};
 use crate::proto::Protocol;
 use crate::stats::Stats;
-use nix::sys::socket::{self as nsock, sockopt, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage};
+use nix::sys::socket::{
+    self as nsock, sockopt, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage,
+};
 use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
@@ -43,7 +45,15 @@ pub fn spawn(table: Arc<PortTable>, socket: UdpSocket, handle: ServerHandle) -> 
                 Ok((n, peer, dst)) => {
                     handle.touch();
                     let local = SocketAddr::new(dst.unwrap_or(bound.ip()), bound.port());
-                    on_datagram(&table, &socket, &sessions, &handle, buf[..n].to_vec(), local, peer);
+                    on_datagram(
+                        &table,
+                        &socket,
+                        &sessions,
+                        &handle,
+                        buf[..n].to_vec(),
+                        local,
+                        peer,
+                    );
                 }
                 Err(e) => tracing::debug!(error = %e, port = bound.port(), "udp receive error"),
             }
@@ -86,10 +96,25 @@ fn on_datagram(
     map.insert(peer, tx);
     drop(map);
     let spec = super::session_spec(&cfg, Protocol::Udp, local.port(), &handle.monitor);
-    let out = Peer { socket: Arc::clone(socket), sessions: Arc::clone(sessions), peer, local: local.ip() };
+    let out = Peer {
+        socket: Arc::clone(socket),
+        sessions: Arc::clone(sessions),
+        peer,
+        local: local.ip(),
+    };
     let ctx2 = Arc::clone(ctx);
     ctx.sessions.spawn(async move {
-        let captured = normal::udp(data, rx, out, local, peer, spec, ctx2.hard_stop.clone(), Arc::clone(&ctx2.stats)).await;
+        let captured = normal::udp(
+            data,
+            rx,
+            out,
+            local,
+            peer,
+            spec,
+            ctx2.hard_stop.clone(),
+            Arc::clone(&ctx2.stats),
+        )
+        .await;
         drop(permit);
         ctx2.recorder.submit(captured);
     });
@@ -106,7 +131,9 @@ struct Peer {
 impl DatagramPeer for Peer {
     async fn send(&self, data: &[u8]) -> io::Result<()> {
         self.socket
-            .async_io(Interest::WRITABLE, || send(&self.socket, data, self.peer, self.local))
+            .async_io(Interest::WRITABLE, || {
+                send(&self.socket, data, self.peer, self.local)
+            })
             .await
     }
 
@@ -119,16 +146,29 @@ impl DatagramPeer for Peer {
 fn recv(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<IpAddr>)> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo);
-    let msg = nsock::recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
-        .map_err(io::Error::from)?;
+    let msg = nsock::recvmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .map_err(io::Error::from)?;
     let peer = msg
         .address
         .and_then(|a| {
             a.as_sockaddr_in()
                 .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
-                .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6))))
+                .or_else(|| {
+                    a.as_sockaddr_in6()
+                        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                })
         })
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "datagram without source address"))?;
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "datagram without source address",
+            )
+        })?;
     let mut dst = None;
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
@@ -136,7 +176,9 @@ fn recv(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Op
                 ControlMessageOwned::Ipv4PacketInfo(i) => {
                     dst = Some(IpAddr::from(u32::from_be(i.ipi_addr.s_addr).to_be_bytes()));
                 }
-                ControlMessageOwned::Ipv6PacketInfo(i) => dst = Some(IpAddr::from(i.ipi6_addr.s6_addr)),
+                ControlMessageOwned::Ipv6PacketInfo(i) => {
+                    dst = Some(IpAddr::from(i.ipi6_addr.s6_addr))
+                }
                 _ => {}
             }
         }
@@ -152,16 +194,41 @@ fn send(socket: &UdpSocket, data: &[u8], peer: SocketAddr, local: IpAddr) -> io:
         IpAddr::V4(ip) if !ip.is_unspecified() => {
             let info = libc::in_pktinfo {
                 ipi_ifindex: 0,
-                ipi_spec_dst: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(ip.octets()),
+                },
                 ipi_addr: libc::in_addr { s_addr: 0 },
             };
-            nsock::sendmsg(socket.as_raw_fd(), &iov, &[ControlMessage::Ipv4PacketInfo(&info)], MsgFlags::empty(), Some(&addr))
+            nsock::sendmsg(
+                socket.as_raw_fd(),
+                &iov,
+                &[ControlMessage::Ipv4PacketInfo(&info)],
+                MsgFlags::empty(),
+                Some(&addr),
+            )
         }
         IpAddr::V6(ip) if !ip.is_unspecified() => {
-            let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: ip.octets() }, ipi6_ifindex: 0 };
-            nsock::sendmsg(socket.as_raw_fd(), &iov, &[ControlMessage::Ipv6PacketInfo(&info)], MsgFlags::empty(), Some(&addr))
+            let info = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: ip.octets(),
+                },
+                ipi6_ifindex: 0,
+            };
+            nsock::sendmsg(
+                socket.as_raw_fd(),
+                &iov,
+                &[ControlMessage::Ipv6PacketInfo(&info)],
+                MsgFlags::empty(),
+                Some(&addr),
+            )
         }
-        _ => nsock::sendmsg::<SockaddrStorage>(socket.as_raw_fd(), &iov, &[], MsgFlags::empty(), Some(&addr)),
+        _ => nsock::sendmsg::<SockaddrStorage>(
+            socket.as_raw_fd(),
+            &iov,
+            &[],
+            MsgFlags::empty(),
+            Some(&addr),
+        ),
     };
     result.map(|_| ()).map_err(io::Error::from)
 }

@@ -25,7 +25,8 @@ impl JsonlSink {
         } else {
             let path = config.data_path(&c.path);
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
             }
             Box::new(
                 OpenOptions::new()
@@ -35,7 +36,11 @@ impl JsonlSink {
                     .with_context(|| format!("opening {}", path.display()))?,
             )
         };
-        Ok(JsonlSink { out: BufWriter::with_capacity(64 * 1024, out), payload_max: c.payload_max, encoding: c.payload_encoding })
+        Ok(JsonlSink {
+            out: BufWriter::with_capacity(64 * 1024, out),
+            payload_max: c.payload_max,
+            encoding: c.payload_encoding,
+        })
     }
 }
 

@@ -83,7 +83,11 @@ impl Recorder {
     ) -> anyhow::Result<Recorder> {
         let queue = config.output.queue_size;
         let store = if config.output.transcripts.enabled {
-            Some(transcripts::TranscriptStore::open(config, Arc::clone(&stats), Arc::clone(&throttle))?)
+            Some(transcripts::TranscriptStore::open(
+                config,
+                Arc::clone(&stats),
+                Arc::clone(&throttle),
+            )?)
         } else {
             None
         };
@@ -127,7 +131,10 @@ impl Recorder {
         }
         match self.tx.try_send(Msg::Session(captured, size)) {
             Ok(()) => {}
-            Err(TrySendError::Full(Msg::Session(c, _)) | TrySendError::Disconnected(Msg::Session(c, _))) => {
+            Err(
+                TrySendError::Full(Msg::Session(c, _))
+                | TrySendError::Disconnected(Msg::Session(c, _)),
+            ) => {
                 self.in_flight.fetch_sub(size, Relaxed);
                 self.dropped(&c, "output queue full");
             }
@@ -149,7 +156,9 @@ impl Recorder {
 
     /// Write out everything queued, flush every sink and stop the threads.
     pub fn close(&self) {
-        let Some(thread) = self.thread.lock().unwrap().take() else { return };
+        let Some(thread) = self.thread.lock().unwrap().take() else {
+            return;
+        };
         let _ = self.tx.send(Msg::Close);
         let _ = thread.join();
     }
@@ -181,9 +190,15 @@ fn run_recorder(
             }
         }
         Stats::inc(&stats.attacks);
-        let record = Arc::new(Record { attack, size, budget: Arc::clone(&budget) });
+        let record = Arc::new(Record {
+            attack,
+            size,
+            budget: Arc::clone(&budget),
+        });
         for lane in &lanes {
-            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = lane.tx.try_send(Arc::clone(&record)) {
+            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                lane.tx.try_send(Arc::clone(&record))
+            {
                 Stats::inc(&stats.records_dropped);
                 limit_warn!(throttle, "sink_queue_full", sink = lane.name, id = %record.attack.id, "attack record not written: output queue full");
             }
@@ -195,7 +210,12 @@ fn run_recorder(
     }
 }
 
-fn run_sink(mut sink: Box<dyn Sink>, rx: Receiver<Arc<Record>>, stats: Arc<Stats>, throttle: Arc<Throttle>) {
+fn run_sink(
+    mut sink: Box<dyn Sink>,
+    rx: Receiver<Arc<Record>>,
+    stats: Arc<Stats>,
+    throttle: Arc<Throttle>,
+) {
     let name = sink.name();
     let flush = |sink: &mut Box<dyn Sink>| {
         if let Err(e) = sink.flush() {

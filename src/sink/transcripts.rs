@@ -29,7 +29,11 @@ pub struct TranscriptStore {
 
 impl TranscriptStore {
     /// Open the store, counting the files already there against the quota.
-    pub fn open(config: &Config, stats: Arc<Stats>, throttle: Arc<Throttle>) -> anyhow::Result<TranscriptStore> {
+    pub fn open(
+        config: &Config,
+        stats: Arc<Stats>,
+        throttle: Arc<Throttle>,
+    ) -> anyhow::Result<TranscriptStore> {
         let c = &config.output.transcripts;
         let dir = config.data_path(&c.dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -57,7 +61,10 @@ impl TranscriptStore {
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{}.json", attack.id));
         let body = serde_json::to_vec(&transcript_json(attack))?;
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         f.write_all(&body)?;
         self.files.push_back((path.clone(), body.len() as u64));
         self.total_bytes += body.len() as u64;
@@ -67,7 +74,9 @@ impl TranscriptStore {
 
     fn enforce_quota(&mut self) {
         while self.total_bytes > self.quota_bytes || self.files.len() as u64 > self.quota_files {
-            let Some((path, size)) = self.files.pop_front() else { break };
+            let Some((path, size)) = self.files.pop_front() else {
+                break;
+            };
             self.total_bytes -= size;
             Stats::inc(&self.stats.quota_removed);
             if let Err(e) = std::fs::remove_file(&path) {
@@ -76,7 +85,10 @@ impl TranscriptStore {
             limit_warn!(self.throttle, "transcript_quota", path = %path.display(), "transcript quota reached: removed the oldest transcript file");
             // Remove the day's directory once its last file is gone.
             if let Some(parent) = path.parent() {
-                let next_in_same_dir = self.files.front().is_some_and(|(p, _)| p.parent() == Some(parent));
+                let next_in_same_dir = self
+                    .files
+                    .front()
+                    .is_some_and(|(p, _)| p.parent() == Some(parent));
                 if !next_in_same_dir && parent != self.dir {
                     let _ = std::fs::remove_dir(parent);
                 }
