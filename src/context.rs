@@ -28,6 +28,29 @@ pub struct Context {
 }
 
 impl Context {
+    /// Build the shared state for `loaded`, starting the recorder and its sinks.
+    pub fn start(loaded: Loaded) -> anyhow::Result<Arc<Context>> {
+        let stats = Arc::new(Stats::default());
+        let throttle = Arc::new(Throttle::default());
+        let sinks = crate::sink::build(&loaded.config, &stats)?;
+        let recorder = Recorder::start(
+            &loaded.config,
+            sinks,
+            Arc::clone(&stats),
+            Arc::clone(&throttle),
+        )?;
+        Ok(Arc::new(Context {
+            current: ArcSwap::from_pointee(loaded),
+            stats,
+            throttle,
+            limiter: Limiter::new(),
+            recorder,
+            stop_accepting: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+        }))
+    }
+
     /// The configuration in force now.
     pub fn config(&self) -> Arc<Loaded> {
         self.current.load_full()

@@ -24,16 +24,12 @@ pub mod sink;
 pub mod stats;
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
 use config::Loaded;
 use context::Context;
 use server::PortTable;
-use stats::{Stats, Throttle};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Run the daemon in the foreground until SIGTERM or SIGINT.
 pub fn run(loaded: Loaded) -> anyhow::Result<()> {
@@ -64,25 +60,7 @@ pub fn run(loaded: Loaded) -> anyhow::Result<()> {
 }
 
 async fn daemon(loaded: Loaded, mut monitor: Box<dyn monitor::Monitor>) -> anyhow::Result<()> {
-    let stats = Arc::new(Stats::default());
-    let throttle = Arc::new(Throttle::default());
-    let sinks = sink::build(&loaded.config, &stats)?;
-    let recorder = sink::Recorder::start(
-        &loaded.config,
-        sinks,
-        Arc::clone(&stats),
-        Arc::clone(&throttle),
-    )?;
-    let ctx = Arc::new(Context {
-        current: ArcSwap::from_pointee(loaded),
-        stats,
-        throttle,
-        limiter: server::limits::Limiter::new(),
-        recorder,
-        stop_accepting: CancellationToken::new(),
-        hard_stop: CancellationToken::new(),
-        sessions: TaskTracker::new(),
-    });
+    let ctx = Context::start(loaded)?;
     let table = PortTable::new(Arc::clone(&ctx));
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

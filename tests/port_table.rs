@@ -1,0 +1,134 @@
+//! The port table in-process on loopback: binding on demand, ignore mode, idle
+//! shutdown after conn_timeout, LRU eviction at max_listeners, and a port owned by
+//! another program being skipped.
+
+use honeytrap::config;
+use honeytrap::context::Context;
+use honeytrap::proto::Protocol;
+use honeytrap::server::{Ensured, PortTable, Trigger};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn connects(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(1),
+    )
+    .is_ok()
+}
+
+fn trigger(table: &std::sync::Arc<PortTable>, proto: Protocol, port: u16) -> Ensured {
+    table.trigger(&Trigger {
+        protocol: proto,
+        local: SocketAddr::from(([127, 0, 0, 1], port)),
+        remote: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        monitor: "test",
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_start_on_demand_idle_out_and_are_evicted_lru() {
+    let dir = tempfile::tempdir().unwrap();
+    let ignored = free_port();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[sensor]\ndata_dir = \"{}\"\n[network]\nbind_addresses = [\"127.0.0.1\"]\n[monitor.listen]\ntcp = []\nudp = []\n[limits]\nconn_timeout = \"1500ms\"\nread_timeout = \"200ms\"\nmax_listeners = 2\n[ports]\nresponses = 1\n[[ports.rule]]\nprotocol = \"tcp\"\nports = [{ignored}]\nmode = \"ignore\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let loaded = config::load(Some(&path)).unwrap();
+    let ctx = Context::start(loaded).unwrap();
+    let table = PortTable::new(ctx.clone());
+
+    // Ignore mode: nothing is bound.
+    assert_eq!(trigger(&table, Protocol::Tcp, ignored), Ensured::Ignored);
+    assert!(!connects(ignored));
+
+    // Bound on demand; a second trigger finds it running.
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    assert_eq!(trigger(&table, Protocol::Tcp, p1), Ensured::Started);
+    assert_eq!(trigger(&table, Protocol::Tcp, p1), Ensured::Running);
+    let p1_conn = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", p1)).unwrap();
+        s.write_all(b"hello dynamic server").unwrap();
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).unwrap();
+        buf[..n].to_vec()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        p1_conn, b"\n",
+        "no response configured: a newline after read_timeout"
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(trigger(&table, Protocol::Tcp, p2), Ensured::Started);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Cap of 2 reached: p1 is the least recently used and is closed.
+    assert_eq!(trigger(&table, Protocol::Tcp, p3), Ensured::Started);
+    assert_eq!(ctx.stats.listeners_evicted.load(Relaxed), 1);
+    assert!(!connects(p1), "evicted server no longer listens");
+    assert!(connects(p2) && connects(p3));
+    let running: Vec<u16> = table.list().iter().map(|(_, p, _)| *p).collect();
+    assert_eq!(running.len(), 2);
+    assert!(running.contains(&p2) && running.contains(&p3));
+
+    // A UDP server on demand.
+    let pu = free_port();
+    assert_eq!(trigger(&table, Protocol::Udp, pu), Ensured::Started);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(b"udp probe payload", ("127.0.0.1", pu))
+        .unwrap();
+
+    // Idle for conn_timeout: closed.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(table.list().is_empty(), "{:?}", table.list());
+    assert!(!connects(p2) && !connects(p3));
+    assert!(ctx.stats.listeners_idle_closed.load(Relaxed) >= 2);
+
+    // A port owned by another program is skipped, every time, without a crash.
+    let owner = TcpListener::bind("127.0.0.1:0").unwrap();
+    let owned = owner.local_addr().unwrap().port();
+    assert_eq!(trigger(&table, Protocol::Tcp, owned), Ensured::Unavailable);
+    assert_eq!(trigger(&table, Protocol::Tcp, owned), Ensured::Unavailable);
+    assert_eq!(ctx.stats.bind_failures.load(Relaxed), 2);
+
+    // The sessions became attack records.
+    ctx.sessions.close();
+    ctx.sessions.wait().await;
+    let c2 = ctx.clone();
+    tokio::task::spawn_blocking(move || c2.recorder.close())
+        .await
+        .unwrap();
+    let events = std::fs::read_to_string(dir.path().join("data/events.jsonl")).unwrap();
+    let events: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let tcp = events
+        .iter()
+        .find(|e| e["destination"]["port"] == p1)
+        .expect("tcp event");
+    assert_eq!(tcp["honeytrap"]["monitor"], "test");
+    assert_eq!(tcp["source"]["bytes"], 20);
+    let udp = events
+        .iter()
+        .find(|e| e["destination"]["port"] == pu)
+        .expect("udp event");
+    assert_eq!(udp["network"]["transport"], "udp");
+    assert_eq!(udp["destination"]["ip"], "127.0.0.1");
+    assert_eq!(udp["source"]["bytes"], 17);
+}

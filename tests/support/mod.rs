@@ -1,0 +1,10 @@
+//! Shared harness of the end-to-end tests: network namespaces, the daemon under
+//! test, and the event schema check.
+#![allow(dead_code)]
+
+pub mod daemon;
+pub mod netns;
+pub mod schema;
+
+pub use daemon::{base_config, wait_until, Daemon};
+pub use netns::{require_root, NetPair};

@@ -1,0 +1,143 @@
+//! Network namespaces for end-to-end tests: a honeypot namespace and an attacker
+//! namespace joined by a veth pair, with IPv4 (10.77.N.0/24) and IPv6 (fd77:N::/64)
+//! addresses and no default route, so no traffic can leave them. Everything is
+//! removed on drop, also when the test fails.
+
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Fail loudly unless we can create namespaces; an explicit opt-out skips instead.
+pub fn require_root() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    if std::env::var_os("HONEYTRAP_SKIP_ROOT_TESTS").is_some() {
+        eprintln!("SKIPPED: needs root for network namespaces (HONEYTRAP_SKIP_ROOT_TESTS is set)");
+        return false;
+    }
+    panic!("end-to-end tests need root (network namespaces); run as root, or set HONEYTRAP_SKIP_ROOT_TESTS=1 to skip them explicitly");
+}
+
+/// Two namespaces joined by a veth pair.
+pub struct NetPair {
+    /// Namespace honeytrap runs in.
+    pub honeypot: String,
+    /// Namespace the clients run in.
+    pub attacker: String,
+    /// Honeypot's addresses.
+    pub hp_v4: String,
+    pub hp_v6: String,
+    /// Attacker's addresses.
+    pub at_v4: String,
+    pub at_v6: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetPair {
+    /// Create the pair. `tag` only makes names readable in `ip netns` output.
+    pub fn new(tag: &str) -> NetPair {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        // Subnet byte unique within this process, spread by pid across processes.
+        let net = (pid.wrapping_mul(7) + n) % 250 + 1;
+        let id = format!("{}{}", pid % 100_000, n);
+        let tag: String = tag
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(12)
+            .collect();
+        let honeypot = format!("ht-{tag}-{id}-hp");
+        let attacker = format!("ht-{tag}-{id}-at");
+        let (va, vb) = (format!("hth{id}"), format!("hta{id}"));
+        let pair = NetPair {
+            honeypot: honeypot.clone(),
+            attacker: attacker.clone(),
+            hp_v4: format!("10.77.{net}.1"),
+            hp_v6: format!("fd77:{net:x}::1"),
+            at_v4: format!("10.77.{net}.2"),
+            at_v6: format!("fd77:{net:x}::2"),
+        };
+        ip(&["netns", "add", &honeypot]);
+        ip(&["netns", "add", &attacker]);
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        ip(&["link", "set", &va, "netns", &honeypot]);
+        ip(&["link", "set", &vb, "netns", &attacker]);
+        for (ns, dev, v4, v6) in [
+            (&honeypot, &va, &pair.hp_v4, &pair.hp_v6),
+            (&attacker, &vb, &pair.at_v4, &pair.at_v6),
+        ] {
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// A command that runs inside the honeypot namespace.
+    pub fn in_honeypot(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.honeypot, program]);
+        c
+    }
+
+    /// A command that runs inside the attacker namespace.
+    pub fn in_attacker(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.attacker, program]);
+        c
+    }
+
+    /// Run a client in the attacker namespace with `input` on stdin, with a time
+    /// limit; returns its output.
+    pub fn attack(&self, program: &str, args: &[&str], input: &[u8], limit_secs: u32) -> Output {
+        let mut c = Command::new("timeout");
+        c.args([
+            &limit_secs.to_string(),
+            "ip",
+            "netns",
+            "exec",
+            &self.attacker,
+            program,
+        ]);
+        c.args(args);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("starting client");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            let _ = stdin.write_all(input);
+        }
+        child.wait_with_output().expect("client output")
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for ns in [&self.honeypot, &self.attacker] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
