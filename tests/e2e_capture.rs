@@ -119,12 +119,9 @@ fn tcp_normal_mode_over_ipv4_and_ipv6_with_real_clients() {
     );
 
     // No response anywhere: a single newline, repeated `responses` times, then close.
-    let out = net.attack(
-        "socat",
-        &["-T", "5", "-", &format!("TCP:[{}]:4321", net.hp_v6)],
-        b"",
-        8,
-    );
+    // (stdin stays open, so socat does not half-close.)
+    let silent_client = format!("sleep 5 | socat - 'TCP:[{}]:4321'", net.hp_v6);
+    let out = net.attack("sh", &["-c", &silent_client], b"", 8);
     assert_eq!(
         out.stdout, b"\n\n",
         "two idle periods, two newlines, then closed"
@@ -249,7 +246,7 @@ fn udp_sessions_are_demultiplexed_by_peer_and_never_amplify() {
     let out = net.attack(
         "socat",
         &[
-            "-T",
+            "-t",
             "3",
             "-",
             &format!("UDP:{}:5060,sourceport=41000", net.hp_v4),
@@ -266,7 +263,7 @@ fn udp_sessions_are_demultiplexed_by_peer_and_never_amplify() {
     let out = net.attack(
         "socat",
         &[
-            "-T",
+            "-t",
             "2",
             "-",
             &format!("UDP:{}:5060,sourceport=41001", net.hp_v4),
