@@ -53,6 +53,11 @@ impl Daemon {
     /// Start honeytrap without waiting for it.
     pub fn spawn(net: &NetPair, config: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Reachable for a daemon that drops root to an unprivileged user.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let config_path = dir.path().join("honeytrap.toml");
         let log_path = dir.path().join("honeytrap.log");
         let data = dir.path().join("data");
