@@ -31,8 +31,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// Run the daemon in the foreground until SIGTERM or SIGINT.
-pub fn run(loaded: Loaded) -> anyhow::Result<()> {
+/// Changes the log filter of the running process (on SIGHUP).
+pub type LogControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Run the daemon in the foreground until SIGTERM or SIGINT. `log` applies a
+/// reloaded `process.log_level`; None when the command line fixed the level.
+pub fn run(loaded: Loaded, log: Option<LogControl>) -> anyhow::Result<()> {
     let cfg = &loaded.config;
     let nofile = privileges::raise_nofile();
     let who = privileges::resolve(&cfg.process.user, &cfg.process.group)?;
@@ -56,10 +60,10 @@ pub fn run(loaded: Loaded) -> anyhow::Result<()> {
         open_files = nofile,
         "monitor chosen"
     );
-    runtime.block_on(daemon(loaded, monitor))
+    runtime.block_on(daemon(loaded, monitor, log))
 }
 
-async fn daemon(loaded: Loaded, mut monitor: Box<dyn monitor::Monitor>) -> anyhow::Result<()> {
+async fn daemon(loaded: Loaded, mut monitor: Box<dyn monitor::Monitor>, log: Option<LogControl>) -> anyhow::Result<()> {
     let ctx = Context::start(loaded)?;
     let table = PortTable::new(Arc::clone(&ctx));
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -81,7 +85,7 @@ async fn daemon(loaded: Loaded, mut monitor: Box<dyn monitor::Monitor>) -> anyho
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
-            _ = sighup.recv() => reload(&ctx, &table, monitor.as_mut()),
+            _ = sighup.recv() => reload(&ctx, &table, monitor.as_mut(), log.as_ref()),
             _ = tick.tick() => {
                 ctx.limiter.sweep(&ctx.config().config.limits);
                 ctx.stats.log_summary("counters");
@@ -116,7 +120,7 @@ async fn daemon(loaded: Loaded, mut monitor: Box<dyn monitor::Monitor>) -> anyho
 }
 
 /// SIGHUP: load the config again; a bad one is refused and the old one stays.
-fn reload(ctx: &Arc<Context>, table: &Arc<PortTable>, monitor: &mut dyn monitor::Monitor) {
+fn reload(ctx: &Arc<Context>, table: &Arc<PortTable>, monitor: &mut dyn monitor::Monitor, log: Option<&LogControl>) {
     let old = ctx.config();
     let Some(path) = old.source.clone() else {
         tracing::info!("SIGHUP: running on the embedded default, nothing to reload");
@@ -131,9 +135,19 @@ fn reload(ctx: &Arc<Context>, table: &Arc<PortTable>, monitor: &mut dyn monitor:
                 || c.sensor.data_dir != o.sensor.data_dir
                 || c.output != o.output
                 || c.process.user != o.process.user
+                || c.process.group != o.process.group
                 || c.monitor.kind != o.monitor.kind
             {
-                tracing::warn!("SIGHUP: changes to [network], [output], sensor.data_dir, process.user and monitor.kind need a restart; they are kept as they were");
+                tracing::warn!("SIGHUP: changes to [network], [output], sensor.data_dir, process.user, process.group and monitor.kind need a restart; they are kept as they were");
+            }
+            if c.process.log_level != o.process.log_level {
+                match log {
+                    Some(set) => match set(&c.process.log_level) {
+                        Ok(()) => tracing::info!(level = %c.process.log_level, "SIGHUP: log level changed"),
+                        Err(e) => tracing::error!("SIGHUP: log level not changed: {e}"),
+                    },
+                    None => tracing::info!("SIGHUP: log level fixed by --log-level, not changed"),
+                }
             }
             let mut merged = new;
             merged.config.network = o.network.clone();

@@ -4,6 +4,9 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{reload, EnvFilter};
 
 #[derive(Parser)]
 #[command(
@@ -56,19 +59,24 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let fixed = log_level.is_some();
             let filter = log_level.unwrap_or_else(|| loaded.config.process.log_level.clone());
-            let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
-                Ok(f) => f,
-                Err(e) => {
-                    eprintln!("honeytrap: invalid --log-level `{filter}`: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
+            if let Err(e) = honeytrap::config::check_log_filter(&filter) {
+                eprintln!("honeytrap: invalid --log-level `{filter}`: {e}");
+                return ExitCode::from(2);
+            }
+            let (layer, handle) = reload::Layer::new(EnvFilter::new(&filter));
+            tracing_subscriber::registry()
+                .with(layer)
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(use_color()))
                 .init();
-            match honeytrap::run(loaded) {
+            let control: Option<honeytrap::LogControl> = (!fixed).then(|| {
+                Box::new(move |f: &str| {
+                    honeytrap::config::check_log_filter(f)?;
+                    handle.reload(EnvFilter::new(f)).map_err(|e| e.to_string())
+                }) as honeytrap::LogControl
+            });
+            match honeytrap::run(loaded, control) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -77,4 +85,10 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Colours only on a terminal, and never when NO_COLOR is set.
+fn use_color() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
 }

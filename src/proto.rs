@@ -1,10 +1,10 @@
 //! Transport protocols honeytrap handles, shared by config, monitors, servers and records.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 
 /// A transport protocol a port policy, a dynamic server or an attack belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -38,5 +38,13 @@ impl std::str::FromStr for Protocol {
             "udp" => Ok(Protocol::Udp),
             other => Err(format!("unknown protocol `{other}` (expected tcp or udp)")),
         }
+    }
+}
+
+/// Case-insensitive, with a message that names the accepted values.
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }

@@ -74,9 +74,12 @@ fn sighup_reloads_policy_and_refuses_a_bad_config() {
             "[limits]\nread_timeout = \"300ms\"\n[ports]\nresponses = 1\n[[ports.rule]]\nprotocol = \"tcp\"\nports = [7201]\nmode = \"ignore\"\n[[ports.rule]]\nprotocol = \"tcp\"\nports = [7202]\nmode = \"normal\"\nresponse = \"{}\"\n",
             resp.display()
         );
+    let new = new.replace("log_level = \"info\"", "log_level = \"debug\"");
     std::fs::write(&d.config_path, new).unwrap();
     d.signal(Signal::SIGHUP);
     assert!(d.wait_log("configuration reloaded", Duration::from_secs(5)), "{}", d.log());
+    assert!(d.log().contains("log level changed"), "{}", d.log());
+    assert!(d.log().contains("DEBUG"), "debug logging is on after the reload: {}", d.log());
     assert!(!open(7201), "7201 is ignored now");
     let out = net.attack("socat", &["-t", "2", "-", &format!("TCP:{}:7202", net.hp_v4)], b"x", 5);
     assert_eq!(out.stdout, b"RELOADED\n");

@@ -406,6 +406,22 @@ pub fn parse(name: &Path, text: &str) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// Accept a tracing filter, but refuse bare words that are not a level: EnvFilter
+/// would take `verbose` for a module name and silently switch logging off.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for part in filter.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if !part.contains('=') && !LEVELS.contains(&part.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "`{part}` is not a level (off, error, warn, info, debug, trace) nor `module=level`"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| ())
+        .map_err(|e| format!("invalid filter: {e}"))
+}
+
 impl Config {
     /// Fill values whose default depends on the host.
     fn fill_defaults(&mut self) {
@@ -437,12 +453,7 @@ impl Config {
             return Err(Invalid::new("sensor.data_dir", "must not be empty"));
         }
         nonzero("process.shutdown_grace", self.process.shutdown_grace)?;
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.process.log_level) {
-            return Err(Invalid::new(
-                "process.log_level",
-                format!("invalid filter: {e}"),
-            ));
-        }
+        check_log_filter(&self.process.log_level).map_err(|m| Invalid::new("process.log_level", m))?;
         if self.process.user.is_empty() && !self.process.group.is_empty() {
             return Err(Invalid::new("process.group", "needs process.user as well"));
         }
@@ -510,6 +521,18 @@ impl Config {
             return Err(Invalid::new(
                 "output.jsonl.payload_max",
                 "must be at most 1MiB",
+            ));
+        }
+        if o.queue_bytes < 2 * l.read_limit {
+            return Err(Invalid::new(
+                "output.queue_bytes",
+                "must be at least twice limits.read_limit, or large attacks could never be queued",
+            ));
+        }
+        if o.transcripts.enabled && o.transcripts.quota_bytes < 2 * l.read_limit {
+            return Err(Invalid::new(
+                "output.transcripts.quota_bytes",
+                "must be at least twice limits.read_limit (a transcript is base64, about 4/3 of the payload)",
             ));
         }
         if o.transcripts.enabled {
@@ -612,6 +635,32 @@ mod tests {
         assert_eq!(e.line, Some(3), "{e}");
         let e = err("[[ports.rule]]\nprotocol = \"tcp\"\nports = [\"90-80\"]\nmode = \"ignore\"\n");
         assert!(e.message.contains("ends before it starts"), "{e}");
+    }
+
+    #[test]
+    fn log_filters() {
+        assert!(check_log_filter("info").is_ok());
+        assert!(check_log_filter("warn,honeytrap::server=debug").is_ok());
+        assert!(check_log_filter("verbose").is_err());
+        let e = err("[process]\nlog_level = \"verbose\"\n");
+        assert_eq!((e.key.as_str(), e.line), ("process.log_level", Some(2)));
+    }
+
+    #[test]
+    fn budgets_must_hold_one_large_attack() {
+        let e = err("[limits]\nread_limit = \"200MiB\"\n");
+        assert_eq!(e.key, "output.queue_bytes");
+        let e = err("[limits]\nread_limit = \"100MiB\"\n[output]\nqueue_bytes = \"1GiB\"\n[output.transcripts]\nquota_bytes = \"100MiB\"\n");
+        assert_eq!(e.key, "output.transcripts.quota_bytes");
+    }
+
+    #[test]
+    fn protocols_are_case_insensitive() {
+        let c = parse(Path::new("t"), "[[ports.rule]]\nprotocol = [\"TCP\", \"Udp\"]\nports = [1]\nmode = \"ignore\"\n").unwrap();
+        assert_eq!(c.ports.rules[0].protocol.list(), vec![crate::proto::Protocol::Tcp, crate::proto::Protocol::Udp]);
+        let e = err("[[ports.rule]]\nprotocol = \"sctp\"\nports = [1]\nmode = \"ignore\"\n");
+        assert!(e.message.contains("unknown protocol `sctp`"), "{e}");
+        assert_eq!(e.line, Some(2));
     }
 
     #[test]

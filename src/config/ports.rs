@@ -101,11 +101,34 @@ impl Serialize for PortRange {
 }
 
 /// One protocol or a list of them (`protocol = "tcp"` or `["tcp", "udp"]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Protocols {
     One(Protocol),
     Many(Vec<Protocol>),
+}
+
+impl<'de> Deserialize<'de> for Protocols {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Protocols;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"tcp\", \"udp\" or a list of them")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Protocols, E> {
+                v.parse().map(Protocols::One).map_err(E::custom)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Protocols, A::Error> {
+                let mut out = Vec::new();
+                while let Some(p) = seq.next_element::<Protocol>()? {
+                    out.push(p);
+                }
+                Ok(Protocols::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Protocols {

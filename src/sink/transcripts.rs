@@ -73,7 +73,10 @@ impl TranscriptStore {
     }
 
     fn enforce_quota(&mut self) {
-        while self.total_bytes > self.quota_bytes || self.files.len() as u64 > self.quota_files {
+        // The newest file always stays: the event just written points at it.
+        while (self.total_bytes > self.quota_bytes || self.files.len() as u64 > self.quota_files)
+            && self.files.len() > 1
+        {
             let Some((path, size)) = self.files.pop_front() else {
                 break;
             };
