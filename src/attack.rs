@@ -46,7 +46,7 @@ pub struct Transcript {
     pub bytes_in: u64,
     /// Bytes sent to the attacker.
     pub bytes_out: u64,
-    /// True when `read_limit` cut the incoming data short.
+    /// True when `read_limit` was reached (incoming data may have been cut).
     pub truncated: bool,
 }
 
@@ -56,7 +56,7 @@ impl Transcript {
     pub fn push_in(&mut self, data: &[u8], limit: u64) -> bool {
         let room = limit.saturating_sub(self.bytes_in);
         let take = (data.len() as u64).min(room) as usize;
-        if take < data.len() {
+        if take < data.len() || (limit > 0 && self.bytes_in + take as u64 >= limit) {
             self.truncated = true;
         }
         if take > 0 || data.is_empty() {
@@ -75,8 +75,9 @@ impl Transcript {
     fn push(&mut self, direction: Direction, data: Vec<u8>) {
         // Consecutive chunks the same way within one millisecond are merged: a
         // trickling attacker must not cost one Chunk per byte.
-        // Past MAX_CHUNKS everything is merged into the last chunk, which bounds the
-        // per-chunk overhead however the peer slices its data.
+        // Past MAX_CHUNKS, data going the same way as the last chunk is always merged
+        // into it, which bounds the per-chunk overhead however the peer slices its
+        // data (outgoing chunks are bounded by the number of responses).
         let now = Utc::now();
         let full = self.chunks.len() >= MAX_CHUNKS;
         if let Some(last) = self.chunks.last_mut() {
