@@ -139,6 +139,8 @@ pub enum EndReason {
     Idle,
     /// `read_limit` was reached.
     ReadLimit,
+    /// `limits.max_buffered` was reached: all sessions together hold too much.
+    BufferLimit,
     /// The hard session time limit passed.
     SessionTimeout,
     /// Honeytrap shut down and the grace period ran out.

@@ -2,7 +2,7 @@
 //! admission limits, the recorder, and the shutdown signals.
 
 use crate::config::Loaded;
-use crate::server::limits::Limiter;
+use crate::server::limits::{BufferBudget, Limiter};
 use crate::sink::Recorder;
 use crate::stats::{Stats, Throttle};
 use arc_swap::ArcSwap;
@@ -18,6 +18,8 @@ pub struct Context {
     /// Rate limit for warnings.
     pub throttle: Arc<Throttle>,
     pub limiter: Arc<Limiter>,
+    /// Memory all open sessions may hold together.
+    pub buffers: Arc<BufferBudget>,
     pub recorder: Recorder,
     /// Cancelled first on shutdown: stop accepting, close listeners.
     pub stop_accepting: CancellationToken,
@@ -30,6 +32,7 @@ pub struct Context {
 impl Context {
     /// Build the shared state for `loaded`, starting the recorder and its sinks.
     pub fn start(loaded: Loaded) -> anyhow::Result<Arc<Context>> {
+        let buffers = BufferBudget::new(loaded.config.limits.max_buffered);
         let stats = Arc::new(Stats::default());
         let throttle = Arc::new(Throttle::default());
         let sinks = crate::sink::build(&loaded.config, &stats)?;
@@ -44,6 +47,7 @@ impl Context {
             stats,
             throttle,
             limiter: Limiter::new(),
+            buffers,
             recorder,
             stop_accepting: CancellationToken::new(),
             hard_stop: CancellationToken::new(),

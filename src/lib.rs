@@ -63,7 +63,11 @@ pub fn run(loaded: Loaded, log: Option<LogControl>) -> anyhow::Result<()> {
     runtime.block_on(daemon(loaded, monitor, log))
 }
 
-async fn daemon(loaded: Loaded, mut monitor: Box<dyn monitor::Monitor>, log: Option<LogControl>) -> anyhow::Result<()> {
+async fn daemon(
+    loaded: Loaded,
+    mut monitor: Box<dyn monitor::Monitor>,
+    log: Option<LogControl>,
+) -> anyhow::Result<()> {
     let ctx = Context::start(loaded)?;
     let table = PortTable::new(Arc::clone(&ctx));
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -120,7 +124,12 @@ async fn daemon(loaded: Loaded, mut monitor: Box<dyn monitor::Monitor>, log: Opt
 }
 
 /// SIGHUP: load the config again; a bad one is refused and the old one stays.
-fn reload(ctx: &Arc<Context>, table: &Arc<PortTable>, monitor: &mut dyn monitor::Monitor, log: Option<&LogControl>) {
+fn reload(
+    ctx: &Arc<Context>,
+    table: &Arc<PortTable>,
+    monitor: &mut dyn monitor::Monitor,
+    log: Option<&LogControl>,
+) {
     let old = ctx.config();
     let Some(path) = old.source.clone() else {
         tracing::info!("SIGHUP: running on the embedded default, nothing to reload");
@@ -143,7 +152,9 @@ fn reload(ctx: &Arc<Context>, table: &Arc<PortTable>, monitor: &mut dyn monitor:
             if c.process.log_level != o.process.log_level {
                 match log {
                     Some(set) => match set(&c.process.log_level) {
-                        Ok(()) => tracing::info!(level = %c.process.log_level, "SIGHUP: log level changed"),
+                        Ok(()) => {
+                            tracing::info!(level = %c.process.log_level, "SIGHUP: log level changed")
+                        }
                         Err(e) => tracing::error!("SIGHUP: log level not changed: {e}"),
                     },
                     None => tracing::info!("SIGHUP: log level fixed by --log-level, not changed"),
@@ -156,6 +167,7 @@ fn reload(ctx: &Arc<Context>, table: &Arc<PortTable>, monitor: &mut dyn monitor:
             merged.config.process.user = o.process.user.clone();
             merged.config.process.group = o.process.group.clone();
             merged.config.monitor.kind = o.monitor.kind;
+            ctx.buffers.set_max(merged.config.limits.max_buffered);
             ctx.current.store(Arc::new(merged));
             table.apply_policy();
             monitor.reload(table);

@@ -68,7 +68,11 @@ fn main() -> ExitCode {
             let (layer, handle) = reload::Layer::new(EnvFilter::new(&filter));
             tracing_subscriber::registry()
                 .with(layer)
-                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(use_color()))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(std::io::stderr)
+                        .with_ansi(use_color()),
+                )
                 .init();
             let control: Option<honeytrap::LogControl> = (!fixed).then(|| {
                 Box::new(move |f: &str| {

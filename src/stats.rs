@@ -32,6 +32,8 @@ pub struct Stats {
     pub limit_max_listeners: AtomicU64,
     /// Sessions cut at `read_limit`.
     pub limit_read: AtomicU64,
+    /// Sessions cut at `max_buffered`.
+    pub limit_buffered: AtomicU64,
     /// Sessions cut at `session_timeout`.
     pub limit_session_timeout: AtomicU64,
     /// UDP datagrams dropped because a session's queue was full.
@@ -67,6 +69,7 @@ impl Stats {
             c("limit_source_rate", &self.limit_source_rate),
             c("limit_max_listeners", &self.limit_max_listeners),
             c("limit_read", &self.limit_read),
+            c("limit_buffered", &self.limit_buffered),
             c("limit_session_timeout", &self.limit_session_timeout),
             c("udp_datagrams_dropped", &self.udp_datagrams_dropped),
             c("udp_replies_suppressed", &self.udp_replies_suppressed),

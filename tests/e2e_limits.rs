@@ -9,7 +9,12 @@ use support::{base_config, require_root, Daemon, NetPair};
 /// Hold `n` TCP connections open from the attacker namespace for `secs` seconds.
 fn hold_connections(net: &NetPair, port: u16, n: usize, secs: u32) -> std::process::Child {
     let script = (0..n)
-        .map(|i| format!("(printf 'conn{i}'; sleep {secs}) | socat - TCP:{}:{port} & ", net.hp_v4))
+        .map(|i| {
+            format!(
+                "(printf 'conn{i}'; sleep {secs}) | socat - TCP:{}:{port} & ",
+                net.hp_v4
+            )
+        })
         .collect::<String>()
         + "wait";
     net.in_attacker("sh").args(["-c", &script]).spawn().unwrap()
@@ -27,23 +32,52 @@ fn session_caps_and_source_rate_refuse_and_log() {
 
     // Per-source cap: 2 of 3 concurrent sessions are admitted.
     let mut holders = hold_connections(&net, 6000, 3, 3);
-    assert!(d.wait_log("limits.max_sessions_per_source reached", Duration::from_secs(10)), "{}", d.log());
+    assert!(
+        d.wait_log(
+            "limits.max_sessions_per_source reached",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        d.log()
+    );
     let _ = holders.wait();
     let events = d.wait_events(2, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(d.events().len(), 2, "the refused session is not recorded: {events:#?}");
+    assert_eq!(
+        d.events().len(),
+        2,
+        "the refused session is not recorded: {events:#?}"
+    );
 
     // Rate: the bucket held 3 tokens and 2 are spent; of 3 quick sessions only 1
     // passes (0.1/s refills less than one token in this time).
     for _ in 0..3 {
-        let _ = net.attack("socat", &["-t", "0.2", "-", &format!("TCP:{}:6001", net.hp_v4)], b"x", 4);
+        let _ = net.attack(
+            "socat",
+            &["-t", "0.2", "-", &format!("TCP:{}:6001", net.hp_v4)],
+            b"x",
+            4,
+        );
     }
-    assert!(d.wait_log("limits.source_rate exceeded", Duration::from_secs(5)), "{}", d.log());
+    assert!(
+        d.wait_log("limits.source_rate exceeded", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
     let events = d.wait_events(3, Duration::from_secs(5));
-    assert_eq!(events.iter().filter(|e| e["destination"]["port"] == 6001).count(), 1);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["destination"]["port"] == 6001)
+            .count(),
+        1
+    );
     assert!(d.stop().success());
     let log = d.log();
-    assert!(log.contains("limit_per_source=1"), "counted in the final counters: {log}");
+    assert!(
+        log.contains("limit_per_source=1"),
+        "counted in the final counters: {log}"
+    );
     assert!(log.contains("limit_source_rate=2"), "{log}");
 }
 
@@ -54,10 +88,16 @@ fn global_session_cap() {
     }
     let net = NetPair::new("global");
     let mut config = base_config(std::path::Path::new("@DATA@"), "6100", "");
-    config.push_str("[limits]\nread_timeout = \"10s\"\nmax_sessions = 1\nmax_sessions_per_source = 1\n");
+    config.push_str(
+        "[limits]\nread_timeout = \"10s\"\nmax_sessions = 1\nmax_sessions_per_source = 1\n",
+    );
     let mut d = Daemon::start(&net, &config);
     let mut holders = hold_connections(&net, 6100, 2, 2);
-    assert!(d.wait_log("limits.max_sessions reached", Duration::from_secs(10)), "{}", d.log());
+    assert!(
+        d.wait_log("limits.max_sessions reached", Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
     let _ = holders.wait();
     d.wait_events(1, Duration::from_secs(10));
     assert!(d.stop().success());
@@ -72,12 +112,18 @@ fn read_limit_and_session_timeout_end_sessions() {
     }
     let net = NetPair::new("rlimit");
     let mut config = base_config(std::path::Path::new("@DATA@"), "6200", "6201");
-    config.push_str("[limits]\nread_timeout = \"1s\"\nsession_timeout = \"2s\"\nread_limit = 1000\n");
+    config
+        .push_str("[limits]\nread_timeout = \"1s\"\nsession_timeout = \"2s\"\nread_limit = 1000\n");
     let mut d = Daemon::start(&net, &config);
 
     // 5000 bytes at once: only 1000 are kept and the session ends there.
     let big = vec![b'A'; 5000];
-    let _ = net.attack("socat", &["-t", "2", "-", &format!("TCP:{}:6200", net.hp_v4)], &big, 6);
+    let _ = net.attack(
+        "socat",
+        &["-t", "2", "-", &format!("TCP:{}:6200", net.hp_v4)],
+        &big,
+        6,
+    );
     // UDP too: 3 datagrams of 400 bytes.
     let _ = net.attack(
         "sh",
@@ -88,18 +134,30 @@ fn read_limit_and_session_timeout_end_sessions() {
     // A client that trickles data forever is cut at session_timeout.
     let _ = net.attack(
         "sh",
-        &["-c", &format!("for i in $(seq 1 30); do printf x; sleep 0.2; done | socat -t 1 - TCP:{}:6200", net.hp_v4)],
+        &[
+            "-c",
+            &format!(
+                "for i in $(seq 1 30); do printf x; sleep 0.2; done | socat -t 1 - TCP:{}:6200",
+                net.hp_v4
+            ),
+        ],
         b"",
         10,
     );
     let events = d.wait_events(3, Duration::from_secs(10));
-    let limited: Vec<_> = events.iter().filter(|e| e["honeytrap"]["end_reason"] == "read_limit").collect();
+    let limited: Vec<_> = events
+        .iter()
+        .filter(|e| e["honeytrap"]["end_reason"] == "read_limit")
+        .collect();
     assert_eq!(limited.len(), 2, "{events:#?}");
     for e in &limited {
         assert_eq!(e["honeytrap"]["payload"]["length"], 1000);
         assert_eq!(e["honeytrap"]["payload"]["read_limit_reached"], true);
     }
-    let cut = events.iter().find(|e| e["honeytrap"]["end_reason"] == "session_timeout").expect("session_timeout event");
+    let cut = events
+        .iter()
+        .find(|e| e["honeytrap"]["end_reason"] == "session_timeout")
+        .expect("session_timeout event");
     let len = cut["honeytrap"]["payload"]["length"].as_u64().unwrap();
     assert!((5..=14).contains(&len), "about 2 s of trickle: {len}");
     assert!(d.stop().success());
@@ -117,7 +175,12 @@ fn transcript_quota_removes_the_oldest() {
     config.push_str("[limits]\nread_timeout = \"100ms\"\n[ports]\nresponses = 0\n[output.transcripts]\nquota_files = 3\n");
     let mut d = Daemon::start(&net, &config);
     for i in 0..6 {
-        let _ = net.attack("socat", &["-t", "0.3", "-", &format!("TCP:{}:6300", net.hp_v4)], format!("attack {i}").as_bytes(), 4);
+        let _ = net.attack(
+            "socat",
+            &["-t", "0.3", "-", &format!("TCP:{}:6300", net.hp_v4)],
+            format!("attack {i}").as_bytes(),
+            4,
+        );
     }
     let events = d.wait_events(6, Duration::from_secs(10));
     assert!(d.stop().success());
@@ -158,11 +221,27 @@ fn a_slow_reader_cannot_stall_capture() {
     ));
     let mut d = Daemon::start(&net, &config);
     // A client that connects and never reads.
-    let mut stuck = net.in_attacker("sh").args(["-c", &format!("sleep 4 | socat -u - TCP:{}:6400", net.hp_v4)]).spawn().unwrap();
+    let mut stuck = net
+        .in_attacker("sh")
+        .args([
+            "-c",
+            &format!("sleep 4 | socat -u - TCP:{}:6400", net.hp_v4),
+        ])
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     // Meanwhile a normal client is served.
     let mut s = std::process::Command::new("ip")
-        .args(["netns", "exec", &net.attacker, "socat", "-t", "2", "-", &format!("TCP:{}:6400", net.hp_v4)])
+        .args([
+            "netns",
+            "exec",
+            &net.attacker,
+            "socat",
+            "-t",
+            "2",
+            "-",
+            &format!("TCP:{}:6400", net.hp_v4),
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -171,7 +250,58 @@ fn a_slow_reader_cannot_stall_capture() {
     let mut got = Vec::new();
     s.stdout.take().unwrap().read_to_end(&mut got).unwrap();
     let _ = s.wait();
-    assert!(got.len() >= 60_000, "served while another peer is stuck: {}", got.len());
+    assert!(
+        got.len() >= 60_000,
+        "served while another peer is stuck: {}",
+        got.len()
+    );
     let _ = stuck.wait();
     assert!(d.stop().success());
+}
+
+#[test]
+fn max_buffered_bounds_all_sessions_together() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("buffered");
+    let mut config = base_config(std::path::Path::new("@DATA@"), "6500", "");
+    config.push_str("[limits]\nread_timeout = \"5s\"\nread_limit = 1000\nmax_buffered = 1000\n");
+    let mut d = Daemon::start(&net, &config);
+    // Session A holds 800 bytes and stays open.
+    let mut a = net
+        .in_attacker("sh")
+        .args([
+            "-c",
+            &format!(
+                "(head -c 800 /dev/zero; sleep 3) | socat - TCP:{}:6500",
+                net.hp_v4
+            ),
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // Session B's 500 bytes would take the sessions past 1000 bytes together.
+    let _ = net.attack(
+        "socat",
+        &["-t", "1", "-", &format!("TCP:{}:6500", net.hp_v4)],
+        &[b'B'; 500],
+        5,
+    );
+    let events = d.wait_events(1, Duration::from_secs(5));
+    assert_eq!(
+        events[0]["honeytrap"]["end_reason"], "buffer_limit",
+        "{events:#?}"
+    );
+    assert_eq!(events[0]["honeytrap"]["payload"]["length"], 0);
+    let _ = a.wait();
+    let events = d.wait_events(2, Duration::from_secs(10));
+    assert_eq!(events[1]["honeytrap"]["payload"]["length"], 800);
+    assert!(d.stop().success());
+    assert!(
+        d.log().contains("limits.max_buffered reached"),
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("limit_buffered=1"), "{}", d.log());
 }

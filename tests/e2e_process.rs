@@ -22,24 +22,45 @@ fn sigterm_keeps_in_flight_attacks() {
     // A TCP session and a UDP session still open when SIGTERM arrives.
     let mut tcp = net
         .in_attacker("sh")
-        .args(["-c", &format!("(printf 'in-flight tcp'; sleep 20) | socat - TCP:{}:7100", net.hp_v4)])
+        .args([
+            "-c",
+            &format!(
+                "(printf 'in-flight tcp'; sleep 20) | socat - TCP:{}:7100",
+                net.hp_v4
+            ),
+        ])
         .spawn()
         .unwrap();
-    let _ = net.attack("socat", &["-u", "-", &format!("UDP:{}:7101", net.hp_v4)], b"in-flight udp", 4);
+    let _ = net.attack(
+        "socat",
+        &["-u", "-", &format!("UDP:{}:7101", net.hp_v4)],
+        b"in-flight udp",
+        4,
+    );
     std::thread::sleep(Duration::from_millis(700));
     assert!(d.events().is_empty(), "sessions still open");
     let started = std::time::Instant::now();
     d.signal(Signal::SIGTERM);
     let status = d.wait_exit(Duration::from_secs(15));
-    assert!(status.success(), "exit 0 after SIGTERM: {status:?}\n{}", d.log());
+    assert!(
+        status.success(),
+        "exit 0 after SIGTERM: {status:?}\n{}",
+        d.log()
+    );
     // shutdown_grace is 3 s in the base config.
-    assert!(started.elapsed() >= Duration::from_millis(2500), "sessions got their grace period");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "sessions got their grace period"
+    );
     let events = d.events();
     assert_eq!(events.len(), 2, "{events:#?}\n{}", d.log());
     for e in &events {
         assert_eq!(e["honeytrap"]["end_reason"], "shutdown");
     }
-    let payloads: Vec<_> = events.iter().map(|e| e["honeytrap"]["payload"]["length"].as_u64().unwrap()).collect();
+    let payloads: Vec<_> = events
+        .iter()
+        .map(|e| e["honeytrap"]["payload"]["length"].as_u64().unwrap())
+        .collect();
     assert!(payloads.contains(&13));
     assert!(d.log().contains("shutting down"));
     let _ = tcp.kill();
@@ -54,13 +75,28 @@ fn sighup_reloads_policy_and_refuses_a_bad_config() {
     let net = NetPair::new("hup");
     let base = base_config(std::path::Path::new("@DATA@"), "7200, 7201", "");
     let mut d = Daemon::start(&net, &format!("{base}[limits]\nread_timeout = \"20s\"\n"));
-    let open = |port: u16| net.attack("nc", &["-z", "-w", "2", &net.hp_v4, &port.to_string()], b"", 5).status.success();
+    let open = |port: u16| {
+        net.attack(
+            "nc",
+            &["-z", "-w", "2", &net.hp_v4, &port.to_string()],
+            b"",
+            5,
+        )
+        .status
+        .success()
+    };
     assert!(open(7200) && open(7201) && !open(7202));
 
     // A session that stays open across the reload.
     let mut held = net
         .in_attacker("sh")
-        .args(["-c", &format!("(printf 'across reload'; sleep 4) | socat - TCP:{}:7200", net.hp_v4)])
+        .args([
+            "-c",
+            &format!(
+                "(printf 'across reload'; sleep 4) | socat - TCP:{}:7200",
+                net.hp_v4
+            ),
+        ])
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -77,18 +113,38 @@ fn sighup_reloads_policy_and_refuses_a_bad_config() {
     let new = new.replace("log_level = \"info\"", "log_level = \"debug\"");
     std::fs::write(&d.config_path, new).unwrap();
     d.signal(Signal::SIGHUP);
-    assert!(d.wait_log("configuration reloaded", Duration::from_secs(5)), "{}", d.log());
+    assert!(
+        d.wait_log("configuration reloaded", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
     assert!(d.log().contains("log level changed"), "{}", d.log());
-    assert!(d.log().contains("DEBUG"), "debug logging is on after the reload: {}", d.log());
+    assert!(
+        d.log().contains("DEBUG"),
+        "debug logging is on after the reload: {}",
+        d.log()
+    );
     assert!(!open(7201), "7201 is ignored now");
-    let out = net.attack("socat", &["-t", "2", "-", &format!("TCP:{}:7202", net.hp_v4)], b"x", 5);
+    let out = net.attack(
+        "socat",
+        &["-t", "2", "-", &format!("TCP:{}:7202", net.hp_v4)],
+        b"x",
+        5,
+    );
     assert_eq!(out.stdout, b"RELOADED\n");
 
     // A bad config is refused; the running one stays.
     std::fs::write(&d.config_path, "[limits]\nread_timeout = \"never\"\n").unwrap();
     d.signal(Signal::SIGHUP);
-    assert!(d.wait_log("new configuration refused", Duration::from_secs(5)), "{}", d.log());
-    assert!(d.log().contains("limits.read_timeout"), "the refusal names the key");
+    assert!(
+        d.wait_log("new configuration refused", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.log().contains("limits.read_timeout"),
+        "the refusal names the key"
+    );
     assert!(open(7202) && !open(7201), "old config still in force");
 
     let _ = held.wait();
@@ -128,8 +184,14 @@ fn bad_configs_are_refused_with_key_and_line() {
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{cmd} {text:?}: {err}");
             assert!(err.contains(key), "{cmd}: error names `{key}`: {err}");
-            assert!(err.contains(&format!("bad{i}.toml{line}")), "{cmd}: error names the line {line}: {err}");
-            assert!(!data.exists() && !dir.path().join("honeytrap-data").exists(), "nothing was started");
+            assert!(
+                err.contains(&format!("bad{i}.toml{line}")),
+                "{cmd}: error names the line {line}: {err}"
+            );
+            assert!(
+                !data.exists() && !dir.path().join("honeytrap-data").exists(),
+                "nothing was started"
+            );
         }
     }
 }
@@ -150,7 +212,10 @@ fn check_config_prints_the_effective_config() {
     assert_eq!(v["limits"]["conn_timeout"].as_str(), Some("2m"));
     assert_eq!(v["limits"]["read_limit"].as_integer(), Some(20 << 20));
     assert_eq!(v["monitor"]["kind"].as_str(), Some("listen"));
-    assert!(!v["sensor"]["name"].as_str().unwrap().is_empty(), "host name filled in");
+    assert!(
+        !v["sensor"]["name"].as_str().unwrap().is_empty(),
+        "host name filled in"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("small.toml");
@@ -161,7 +226,11 @@ fn check_config_prints_the_effective_config() {
     assert!(out.status.success());
     let v: toml::Value = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
     assert_eq!(v["limits"]["read_timeout"].as_str(), Some("250ms"));
-    assert_eq!(v["ports"]["responses"].as_integer(), Some(10), "defaults filled in");
+    assert_eq!(
+        v["ports"]["responses"].as_integer(),
+        Some(10),
+        "defaults filled in"
+    );
 
     for flag in ["--version", "--help"] {
         let mut c = Command::new(BIN);
@@ -179,10 +248,18 @@ fn drops_root_and_keeps_only_net_bind_service() {
     }
     let net = NetPair::new("priv");
     let config = "[sensor]\ndata_dir = \"@DATA@\"\n[process]\nuser = \"nobody\"\nshutdown_grace = \"1s\"\n[monitor.listen]\ntcp = [21, 7300]\nudp = []\n";
-    let d = Daemon::spawn(&net, &config);
+    let d = Daemon::spawn(&net, config);
     assert!(d.wait_log("ready", Duration::from_secs(15)), "{}", d.log());
     let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
-    let field = |name: &str| status.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().skip(1).collect::<Vec<_>>();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+    };
     assert!(field("Uid:").iter().all(|u| *u == "65534"), "{status}");
     let cap_eff = u64::from_str_radix(field("CapEff:")[0], 16).unwrap();
     let cap_prm = u64::from_str_radix(field("CapPrm:")[0], 16).unwrap();
@@ -190,8 +267,16 @@ fn drops_root_and_keeps_only_net_bind_service() {
     assert_eq!(cap_prm, 1 << 10);
     // Port 21 was bound with the capability, and the session is recorded by the
     // unprivileged process in the data directory it was handed.
-    let out = net.attack("socat", &["-t", "1", "-", &format!("TCP:{}:21", net.hp_v4)], b"USER anonymous\r\n", 5);
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("220"), "{out:?}");
+    let out = net.attack(
+        "socat",
+        &["-t", "1", "-", &format!("TCP:{}:21", net.hp_v4)],
+        b"USER anonymous\r\n",
+        5,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("220"),
+        "{out:?}"
+    );
     let events = d.wait_events(1, Duration::from_secs(10));
     assert_eq!(events[0]["destination"]["port"], 21);
 }

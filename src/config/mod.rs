@@ -170,6 +170,10 @@ pub struct LimitsConfig {
     /// Most bytes kept from the attacker per session; the session ends there.
     #[serde(with = "units::bytesize")]
     pub read_limit: u64,
+    /// Most bytes all open sessions may hold in memory together; a session that
+    /// would go past it ends (`buffer_limit`).
+    #[serde(with = "units::bytesize")]
+    pub max_buffered: u64,
     /// Most sessions open at once.
     pub max_sessions: usize,
     /// Most sessions open at once from one source address.
@@ -190,6 +194,7 @@ impl Default for LimitsConfig {
             read_timeout: Duration::from_secs(1),
             session_timeout: Duration::from_secs(300),
             read_limit: 20 << 20,
+            max_buffered: 1 << 30,
             max_sessions: 10_000,
             max_sessions_per_source: 256,
             source_rate: 100.0,
@@ -453,7 +458,8 @@ impl Config {
             return Err(Invalid::new("sensor.data_dir", "must not be empty"));
         }
         nonzero("process.shutdown_grace", self.process.shutdown_grace)?;
-        check_log_filter(&self.process.log_level).map_err(|m| Invalid::new("process.log_level", m))?;
+        check_log_filter(&self.process.log_level)
+            .map_err(|m| Invalid::new("process.log_level", m))?;
         if self.process.user.is_empty() && !self.process.group.is_empty() {
             return Err(Invalid::new("process.group", "needs process.user as well"));
         }
@@ -485,6 +491,12 @@ impl Config {
         nonzero("limits.session_timeout", l.session_timeout)?;
         positive("limits.read_limit", l.read_limit)?;
         positive("limits.max_sessions", l.max_sessions as u64)?;
+        if l.max_buffered < l.read_limit {
+            return Err(Invalid::new(
+                "limits.max_buffered",
+                "must be at least limits.read_limit",
+            ));
+        }
         positive(
             "limits.max_sessions_per_source",
             l.max_sessions_per_source as u64,
@@ -656,8 +668,15 @@ mod tests {
 
     #[test]
     fn protocols_are_case_insensitive() {
-        let c = parse(Path::new("t"), "[[ports.rule]]\nprotocol = [\"TCP\", \"Udp\"]\nports = [1]\nmode = \"ignore\"\n").unwrap();
-        assert_eq!(c.ports.rules[0].protocol.list(), vec![crate::proto::Protocol::Tcp, crate::proto::Protocol::Udp]);
+        let c = parse(
+            Path::new("t"),
+            "[[ports.rule]]\nprotocol = [\"TCP\", \"Udp\"]\nports = [1]\nmode = \"ignore\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.ports.rules[0].protocol.list(),
+            vec![crate::proto::Protocol::Tcp, crate::proto::Protocol::Udp]
+        );
         let e = err("[[ports.rule]]\nprotocol = \"sctp\"\nports = [1]\nmode = \"ignore\"\n");
         assert!(e.message.contains("unknown protocol `sctp`"), "{e}");
         assert_eq!(e.line, Some(2));

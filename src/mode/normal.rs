@@ -5,7 +5,9 @@
 
 use crate::attack::{Captured, EndReason, Mode, Transcript};
 use crate::config::PortHandling;
-use crate::stats::Stats;
+use crate::limit_warn;
+use crate::server::limits::{BufferBudget, BufferLease};
+use crate::stats::{Stats, Throttle};
 use chrono::Utc;
 use std::future::Future;
 use std::io;
@@ -33,9 +35,50 @@ pub struct SessionSpec {
     pub read_limit: u64,
     pub sensor: Arc<str>,
     pub monitor: Arc<str>,
+    /// Memory shared by all sessions (`limits.max_buffered`).
+    pub buffers: Arc<BufferBudget>,
+    pub stats: Arc<Stats>,
+    pub throttle: Arc<Throttle>,
+}
+
+/// Takes incoming bytes into a transcript within `read_limit` and the shared
+/// buffer budget.
+struct Intake {
+    lease: BufferLease,
+    limit: u64,
+    stats: Arc<Stats>,
+    throttle: Arc<Throttle>,
+}
+
+impl Intake {
+    fn new(spec: &SessionSpec) -> Intake {
+        Intake {
+            lease: BufferLease::new(&spec.buffers),
+            limit: spec.read_limit,
+            stats: Arc::clone(&spec.stats),
+            throttle: Arc::clone(&spec.throttle),
+        }
+    }
+
+    /// Record `data`; Err says why the session must end.
+    fn take(&mut self, t: &mut Transcript, data: &[u8]) -> Result<(), EndReason> {
+        let room = self.limit.saturating_sub(t.bytes_in).min(data.len() as u64);
+        if !self.lease.grow(room) {
+            Stats::inc(&self.stats.limit_buffered);
+            limit_warn!(self.throttle, "max_buffered", "session ended: limits.max_buffered reached (all sessions together hold too much data)");
+            return Err(EndReason::BufferLimit);
+        }
+        if t.push_in(data, self.limit) {
+            Ok(())
+        } else {
+            Stats::inc(&self.stats.limit_read);
+            Err(EndReason::ReadLimit)
+        }
+    }
 }
 
 impl SessionSpec {
+    #[allow(clippy::too_many_arguments)]
     fn captured(
         &self,
         proto: crate::proto::Protocol,
@@ -69,11 +112,12 @@ pub async fn tcp(
     remote: SocketAddr,
     spec: SessionSpec,
     hard_stop: CancellationToken,
-    stats: Arc<Stats>,
 ) -> Captured {
     let start = Utc::now();
     let deadline = Instant::now() + spec.session_timeout;
     let mut t = Transcript::default();
+    let mut intake = Intake::new(&spec);
+    let stats = &spec.stats;
     let mut sent = 0u32;
     let h = &spec.handling;
     let reason = 'session: {
@@ -102,12 +146,9 @@ pub async fn tcp(
                         sent += 1;
                     }
                     Ok(Err(_)) => break 'session EndReason::Error,
-                    Ok(Ok(())) => match read_into(&stream, &mut t, spec.read_limit) {
-                        Ok(Some(true)) => {}
-                        Ok(Some(false)) => {
-                            Stats::inc(&stats.limit_read);
-                            break 'session EndReason::ReadLimit;
-                        }
+                    Ok(Ok(())) => match read_into(&stream, &mut t, &mut intake) {
+                        Ok(Some(Ok(()))) => {}
+                        Ok(Some(Err(r))) => break 'session r,
                         Ok(None) => {
                             // A peer that half-closes after its request still
                             // reads: answer once, as a real server would.
@@ -138,14 +179,18 @@ pub async fn tcp(
 
 /// Read what is available into the transcript, without an await so the buffer
 /// never becomes part of the session's future (idle sessions stay small).
-/// Ok(None) is EOF; Ok(Some(false)) means `read_limit` was reached.
-fn read_into(stream: &TcpStream, t: &mut Transcript, limit: u64) -> io::Result<Option<bool>> {
+/// Ok(None) is EOF; Ok(Some(Err(reason))) means a limit ends the session.
+fn read_into(
+    stream: &TcpStream,
+    t: &mut Transcript,
+    intake: &mut Intake,
+) -> io::Result<Option<Result<(), EndReason>>> {
     let mut buf = [0u8; READ_CHUNK];
     let n = stream.try_read(&mut buf)?;
     if n == 0 {
         return Ok(None);
     }
-    Ok(Some(t.push_in(&buf[..n], limit)))
+    Ok(Some(intake.take(t, &buf[..n])))
 }
 
 async fn respond(
@@ -182,15 +227,15 @@ pub async fn udp<P: DatagramPeer>(
     remote: SocketAddr,
     spec: SessionSpec,
     hard_stop: CancellationToken,
-    stats: Arc<Stats>,
 ) -> Captured {
     let start = Utc::now();
     let deadline = Instant::now() + spec.session_timeout;
     let h = &spec.handling;
+    let stats = &spec.stats;
     let mut t = Transcript::default();
+    let mut intake = Intake::new(&spec);
     let mut sent = 0u32;
     let mut slots = 0u32;
-    let mut open = t.push_in(&first, spec.read_limit);
     let reply = |t: &mut Transcript, sent: &mut u32| {
         if t.bytes_out + h.response.len() as u64 > t.bytes_in {
             Stats::inc(&stats.udp_replies_suppressed);
@@ -200,40 +245,38 @@ pub async fn udp<P: DatagramPeer>(
         *sent += 1;
         true
     };
-    if open && h.greeting && h.max_responses > 0 {
-        slots += 1;
-        if reply(&mut t, &mut sent) {
-            let _ = peer.send(&h.response).await;
+    let reason = 'session: {
+        if let Err(r) = intake.take(&mut t, &first) {
+            break 'session r;
         }
-    }
-    let reason = if !open {
-        Stats::inc(&stats.limit_read);
-        EndReason::ReadLimit
-    } else {
+        if h.greeting && h.max_responses > 0 {
+            slots += 1;
+            if reply(&mut t, &mut sent) {
+                let _ = peer.send(&h.response).await;
+            }
+        }
         loop {
             tokio::select! {
                 biased;
-                _ = hard_stop.cancelled() => break EndReason::Shutdown,
+                _ = hard_stop.cancelled() => break 'session EndReason::Shutdown,
                 _ = sleep_until(deadline) => {
                     Stats::inc(&stats.limit_session_timeout);
-                    break EndReason::SessionTimeout;
+                    break 'session EndReason::SessionTimeout;
                 }
                 r = timeout(spec.read_timeout, rx.recv()) => match r {
                     Ok(Some(d)) => {
-                        open = t.push_in(&d, spec.read_limit);
-                        if !open {
-                            Stats::inc(&stats.limit_read);
-                            break EndReason::ReadLimit;
+                        if let Err(r) = intake.take(&mut t, &d) {
+                            break 'session r;
                         }
                     }
-                    Ok(None) => break EndReason::Shutdown,
+                    Ok(None) => break 'session EndReason::Shutdown,
                     Err(_silence) => {
                         if slots >= h.max_responses {
-                            break EndReason::Idle;
+                            break 'session EndReason::Idle;
                         }
                         slots += 1;
                         if reply(&mut t, &mut sent) && peer.send(&h.response).await.is_err() {
-                            break EndReason::Error;
+                            break 'session EndReason::Error;
                         }
                     }
                 }
@@ -242,8 +285,12 @@ pub async fn udp<P: DatagramPeer>(
     };
     // Anything that arrived while the session was ending still belongs to it.
     peer.close();
-    while let Ok(d) = rx.try_recv() {
-        t.push_in(&d, spec.read_limit);
+    if !matches!(reason, EndReason::ReadLimit | EndReason::BufferLimit) {
+        while let Ok(d) = rx.try_recv() {
+            if intake.take(&mut t, &d).is_err() {
+                break;
+            }
+        }
     }
     spec.captured(
         crate::proto::Protocol::Udp,

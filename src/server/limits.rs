@@ -174,3 +174,90 @@ mod tests {
         assert!(l.state.lock().unwrap().sources.is_empty());
     }
 }
+
+/// The bytes all open sessions may hold in memory together (`limits.max_buffered`).
+/// Once a session's data leaves for the outputs, `output.queue_bytes` bounds it.
+#[derive(Debug)]
+pub struct BufferBudget {
+    used: std::sync::atomic::AtomicU64,
+    max: std::sync::atomic::AtomicU64,
+}
+
+impl BufferBudget {
+    pub fn new(max: u64) -> Arc<BufferBudget> {
+        Arc::new(BufferBudget {
+            used: 0.into(),
+            max: max.into(),
+        })
+    }
+
+    /// Change the cap (on reload); sessions above it stop growing.
+    pub fn set_max(&self, max: u64) {
+        self.max.store(max, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One session's share of the [`BufferBudget`], given back on drop.
+#[derive(Debug)]
+pub struct BufferLease {
+    budget: Arc<BufferBudget>,
+    held: u64,
+}
+
+impl BufferLease {
+    pub fn new(budget: &Arc<BufferBudget>) -> BufferLease {
+        BufferLease {
+            budget: Arc::clone(budget),
+            held: 0,
+        }
+    }
+
+    /// Take `n` more bytes; false (and nothing taken) if the budget is exhausted.
+    pub fn grow(&mut self, n: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let max = self.budget.max.load(Relaxed);
+        let ok = self
+            .budget
+            .used
+            .fetch_update(Relaxed, Relaxed, |u| u.checked_add(n).filter(|t| *t <= max))
+            .is_ok();
+        if ok {
+            self.held += n;
+        }
+        ok
+    }
+}
+
+impl Drop for BufferLease {
+    fn drop(&mut self) {
+        self.budget
+            .used
+            .fetch_sub(self.held, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn leases_share_the_budget_and_give_it_back() {
+        let b = BufferBudget::new(100);
+        let mut a = BufferLease::new(&b);
+        let mut c = BufferLease::new(&b);
+        assert!(a.grow(60));
+        assert!(!c.grow(41));
+        assert!(c.grow(40));
+        assert_eq!(b.used(), 100);
+        drop(a);
+        assert_eq!(b.used(), 40);
+        assert!(c.grow(60));
+        drop(c);
+        assert_eq!(b.used(), 0);
+    }
+}

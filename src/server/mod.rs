@@ -15,7 +15,13 @@ use crate::proto::Protocol;
 use std::sync::Arc;
 
 /// The session parameters for a new session on (proto, port) under `cfg`.
-pub fn session_spec(cfg: &Loaded, proto: Protocol, port: u16, monitor: &Arc<str>) -> SessionSpec {
+pub fn session_spec(
+    ctx: &crate::context::Context,
+    cfg: &Loaded,
+    proto: Protocol,
+    port: u16,
+    monitor: &Arc<str>,
+) -> SessionSpec {
     let l = &cfg.config.limits;
     SessionSpec {
         handling: cfg.policy.lookup(proto, port),
@@ -24,6 +30,9 @@ pub fn session_spec(cfg: &Loaded, proto: Protocol, port: u16, monitor: &Arc<str>
         read_limit: l.read_limit,
         sensor: Arc::clone(&cfg.sensor),
         monitor: Arc::clone(monitor),
+        buffers: Arc::clone(&ctx.buffers),
+        stats: Arc::clone(&ctx.stats),
+        throttle: Arc::clone(&ctx.throttle),
     }
 }
 

@@ -54,18 +54,10 @@ fn on_connection(
         return;
     };
     let _ = stream.set_nodelay(true);
-    let spec = super::session_spec(&cfg, Protocol::Tcp, local.port(), &handle.monitor);
+    let spec = super::session_spec(ctx, &cfg, Protocol::Tcp, local.port(), &handle.monitor);
     let ctx2 = Arc::clone(ctx);
     ctx.sessions.spawn(async move {
-        let captured = normal::tcp(
-            stream,
-            local,
-            remote,
-            spec,
-            ctx2.hard_stop.clone(),
-            Arc::clone(&ctx2.stats),
-        )
-        .await;
+        let captured = normal::tcp(stream, local, remote, spec, ctx2.hard_stop.clone()).await;
         drop(permit);
         ctx2.recorder.submit(captured);
     });

@@ -95,7 +95,7 @@ fn on_datagram(
     let (tx, rx) = mpsc::channel(SESSION_QUEUE);
     map.insert(peer, tx);
     drop(map);
-    let spec = super::session_spec(&cfg, Protocol::Udp, local.port(), &handle.monitor);
+    let spec = super::session_spec(ctx, &cfg, Protocol::Udp, local.port(), &handle.monitor);
     let out = Peer {
         socket: Arc::clone(socket),
         sessions: Arc::clone(sessions),
@@ -104,17 +104,7 @@ fn on_datagram(
     };
     let ctx2 = Arc::clone(ctx);
     ctx.sessions.spawn(async move {
-        let captured = normal::udp(
-            data,
-            rx,
-            out,
-            local,
-            peer,
-            spec,
-            ctx2.hard_stop.clone(),
-            Arc::clone(&ctx2.stats),
-        )
-        .await;
+        let captured = normal::udp(data, rx, out, local, peer, spec, ctx2.hard_stop.clone()).await;
         drop(permit);
         ctx2.recorder.submit(captured);
     });

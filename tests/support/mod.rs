@@ -6,5 +6,5 @@ pub mod daemon;
 pub mod netns;
 pub mod schema;
 
-pub use daemon::{base_config, wait_until, Daemon};
+pub use daemon::{base_config, Daemon};
 pub use netns::{require_root, NetPair};
