@@ -131,6 +131,8 @@ fn reload(
     log: Option<&LogControl>,
 ) {
     let old = ctx.config();
+    // Log rotation: reopen output files whatever the config says.
+    ctx.recorder.reopen();
     let Some(path) = old.source.clone() else {
         tracing::info!("SIGHUP: running on the embedded default, nothing to reload");
         return;

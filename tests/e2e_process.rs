@@ -112,7 +112,16 @@ fn sighup_reloads_policy_and_refuses_a_bad_config() {
         );
     let new = new.replace("log_level = \"info\"", "log_level = \"debug\"");
     std::fs::write(&d.config_path, new).unwrap();
+    // Log rotation: the event file is moved away before SIGHUP.
+    d.wait_events(2, Duration::from_secs(5));
+    let rotated = d.data().join("events.jsonl.1");
+    std::fs::rename(d.data().join("events.jsonl"), &rotated).unwrap();
     d.signal(Signal::SIGHUP);
+    assert!(
+        d.wait_log("output reopened", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
     assert!(
         d.wait_log("configuration reloaded", Duration::from_secs(5)),
         "{}",
@@ -155,6 +164,10 @@ fn sighup_reloads_policy_and_refuses_a_bad_config() {
         .find(|e| e["destination"]["port"] == 7200 && e["honeytrap"]["payload"]["length"] == 13)
         .expect("session open across the reload was recorded");
     assert_eq!(across["honeytrap"]["end_reason"], "closed");
+    // Events before the rotation stayed in the moved file, later ones in the new file.
+    let before = std::fs::read_to_string(&rotated).unwrap();
+    assert_eq!(before.lines().count(), 2, "the two nc -z probes: {before}");
+    assert!(events.iter().any(|e| e["destination"]["port"] == 7202));
 }
 
 #[test]

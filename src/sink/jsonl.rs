@@ -12,6 +12,8 @@ use std::path::Path;
 
 pub struct JsonlSink {
     out: BufWriter<Box<dyn Write + Send>>,
+    /// The file, or None for standard output.
+    path: Option<std::path::PathBuf>,
     payload_max: u64,
     encoding: PayloadEncoding,
 }
@@ -20,28 +22,31 @@ impl JsonlSink {
     /// Open (append to) the configured file, creating its directory.
     pub fn open(config: &Config) -> anyhow::Result<JsonlSink> {
         let c = &config.output.jsonl;
-        let out: Box<dyn Write + Send> = if c.path == Path::new("-") {
-            Box::new(std::io::stdout())
-        } else {
-            let path = config.data_path(&c.path);
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
-            Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .with_context(|| format!("opening {}", path.display()))?,
-            )
-        };
+        let path = (c.path != Path::new("-")).then(|| config.data_path(&c.path));
+        let out = open_output(path.as_deref())?;
         Ok(JsonlSink {
             out: BufWriter::with_capacity(64 * 1024, out),
+            path,
             payload_max: c.payload_max,
             encoding: c.payload_encoding,
         })
     }
+}
+
+/// Open (append to) `path`, creating its directory; None is standard output.
+fn open_output(path: Option<&Path>) -> anyhow::Result<Box<dyn Write + Send>> {
+    let Some(path) = path else {
+        return Ok(Box::new(std::io::stdout()));
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok(Box::new(file))
 }
 
 impl Sink for JsonlSink {
@@ -59,6 +64,14 @@ impl Sink for JsonlSink {
 
     fn flush(&mut self) -> anyhow::Result<()> {
         self.out.flush()?;
+        Ok(())
+    }
+
+    fn reopen(&mut self) -> anyhow::Result<()> {
+        if self.path.is_some() {
+            self.out.flush()?;
+            self.out = BufWriter::with_capacity(64 * 1024, open_output(self.path.as_deref())?);
+        }
         Ok(())
     }
 }

@@ -31,6 +31,10 @@ pub trait Sink: Send + 'static {
     fn flush(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
+    /// Reopen files after log rotation (called on SIGHUP).
+    fn reopen(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// The registry: every sink the config enables, in order.
@@ -59,7 +63,14 @@ impl Drop for Record {
 
 enum Msg {
     Session(Captured, u64),
+    Reopen,
     Close,
+}
+
+/// What a sink's thread receives.
+enum LaneMsg {
+    Record(Arc<Record>),
+    Reopen,
 }
 
 /// The front door of the outputs: `submit` never blocks.
@@ -94,7 +105,7 @@ impl Recorder {
         let in_flight = Arc::new(AtomicU64::new(0));
         let mut lanes = Vec::new();
         for sink in sinks {
-            let (tx, rx) = sync_channel::<Arc<Record>>(queue);
+            let (tx, rx) = sync_channel::<LaneMsg>(queue);
             let name = sink.name();
             let st = Arc::clone(&stats);
             let th = Arc::clone(&throttle);
@@ -154,6 +165,13 @@ impl Recorder {
         );
     }
 
+    /// Ask every sink to reopen its files (after log rotation), in queue order.
+    pub fn reopen(&self) {
+        if self.tx.try_send(Msg::Reopen).is_err() {
+            tracing::warn!("output queue full: outputs not reopened");
+        }
+    }
+
     /// Write out everything queued, flush every sink and stop the threads.
     pub fn close(&self) {
         let Some(thread) = self.thread.lock().unwrap().take() else {
@@ -166,7 +184,7 @@ impl Recorder {
 
 struct Lane {
     name: &'static str,
-    tx: SyncSender<Arc<Record>>,
+    tx: SyncSender<LaneMsg>,
     handle: JoinHandle<()>,
 }
 
@@ -178,7 +196,19 @@ fn run_recorder(
     stats: Arc<Stats>,
     throttle: Arc<Throttle>,
 ) {
-    while let Ok(Msg::Session(captured, size)) = rx.recv() {
+    loop {
+        let (captured, size) = match rx.recv() {
+            Ok(Msg::Session(c, size)) => (c, size),
+            Ok(Msg::Reopen) => {
+                for lane in &lanes {
+                    if lane.tx.try_send(LaneMsg::Reopen).is_err() {
+                        tracing::warn!(sink = lane.name, "output queue full: not reopened");
+                    }
+                }
+                continue;
+            }
+            Ok(Msg::Close) | Err(_) => break,
+        };
         let mut attack = captured.seal();
         if let Some(store) = store.as_mut() {
             match store.write(&attack) {
@@ -197,7 +227,7 @@ fn run_recorder(
         });
         for lane in &lanes {
             if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-                lane.tx.try_send(Arc::clone(&record))
+                lane.tx.try_send(LaneMsg::Record(Arc::clone(&record)))
             {
                 Stats::inc(&stats.records_dropped);
                 limit_warn!(throttle, "sink_queue_full", sink = lane.name, id = %record.attack.id, "attack record not written: output queue full");
@@ -212,7 +242,7 @@ fn run_recorder(
 
 fn run_sink(
     mut sink: Box<dyn Sink>,
-    rx: Receiver<Arc<Record>>,
+    rx: Receiver<LaneMsg>,
     stats: Arc<Stats>,
     throttle: Arc<Throttle>,
 ) {
@@ -224,7 +254,7 @@ fn run_sink(
         }
     };
     loop {
-        let record = match rx.try_recv() {
+        let msg = match rx.try_recv() {
             Ok(r) => r,
             Err(std::sync::mpsc::TryRecvError::Empty) => {
                 flush(&mut sink);
@@ -234,6 +264,20 @@ fn run_sink(
                 }
             }
             Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+        };
+        let record = match msg {
+            LaneMsg::Record(r) => r,
+            LaneMsg::Reopen => {
+                flush(&mut sink);
+                match sink.reopen() {
+                    Ok(()) => tracing::info!(sink = name, "output reopened"),
+                    Err(e) => {
+                        Stats::inc(&stats.output_errors);
+                        tracing::error!(sink = name, error = %e, "output not reopened");
+                    }
+                }
+                continue;
+            }
         };
         if let Err(e) = sink.write(&record.attack) {
             Stats::inc(&stats.output_errors);
