@@ -9,7 +9,6 @@ use md5::{Digest as _, Md5};
 use serde::Serialize;
 use sha2::{Sha256, Sha512};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use uuid::Uuid;
 
 /// Most chunks a transcript keeps apart; later ones in the same direction merge.
@@ -197,8 +196,8 @@ pub struct Attack {
     pub responses_sent: u32,
     /// Why the session ended.
     pub end_reason: EndReason,
-    /// Where the transcript file was written, once the file store has run.
-    pub transcript_path: Option<PathBuf>,
+    /// Where the transcript was written, once the file store has run.
+    pub transcript_ref: Option<crate::sink::transcripts::TranscriptRef>,
 }
 
 /// A finished session as a mode handler hands it over; [`Captured::seal`] hashes
@@ -241,7 +240,7 @@ impl Captured {
             payload_hashes,
             responses_sent: self.responses_sent,
             end_reason: self.end_reason,
-            transcript_path: None,
+            transcript_ref: None,
         }
     }
 }

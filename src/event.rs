@@ -92,7 +92,9 @@ pub fn attack_event(a: &Attack, payload_max: u64, encoding: PayloadEncoding) -> 
                 "read_limit_reached": t.truncated,
             },
             "transcript": {
-                "path": a.transcript_path.as_ref().map(|p| p.display().to_string()),
+                "path": a.transcript_ref.as_ref().map(|r| r.path.display().to_string()),
+                "offset": a.transcript_ref.as_ref().map(|r| r.offset),
+                "length": a.transcript_ref.as_ref().map(|r| r.length),
                 "chunks": t.chunks.len(),
                 "chunks_in": chunks_in,
                 "chunks_out": t.chunks.len() - chunks_in,

@@ -25,13 +25,7 @@ fn find<'a>(events: &'a [Value], port: u16, proto: &str) -> Vec<&'a Value> {
 
 /// The transcript file named in the event, its chunks checked against the payload.
 fn check_transcript(e: &Value) {
-    let path = e["honeytrap"]["transcript"]["path"]
-        .as_str()
-        .expect("transcript path");
-    let doc: Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("transcript file")).unwrap();
-    support::schema::validate_transcript(&doc).expect("transcript matches its schema");
-    assert_eq!(doc["attack_id"], e["event"]["id"]);
+    let doc = support::daemon::transcript_of(e);
     let incoming: Vec<u8> = doc["chunks"]
         .as_array()
         .unwrap()

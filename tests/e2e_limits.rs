@@ -166,13 +166,13 @@ fn read_limit_and_session_timeout_end_sessions() {
 }
 
 #[test]
-fn transcript_quota_removes_the_oldest() {
+fn transcript_quota_removes_the_oldest_per_attack_files() {
     if !require_root() {
         return;
     }
     let net = NetPair::new("quota");
     let mut config = base_config(std::path::Path::new("@DATA@"), "6300", "");
-    config.push_str("[limits]\nread_timeout = \"100ms\"\n[ports]\nresponses = 0\n[output.transcripts]\nquota_files = 3\n");
+    config.push_str("[limits]\nread_timeout = \"100ms\"\n[ports]\nresponses = 0\n[output.transcripts]\nlayout = \"per_attack\"\nquota_files = 3\n");
     let mut d = Daemon::start(&net, &config);
     for i in 0..6 {
         let _ = net.attack(
@@ -304,4 +304,113 @@ fn max_buffered_bounds_all_sessions_together() {
         d.log()
     );
     assert!(d.log().contains("limit_buffered=1"), "{}", d.log());
+}
+
+#[test]
+fn segments_roll_over_and_the_quota_removes_whole_segments() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("segments");
+    let mut config = base_config(std::path::Path::new("@DATA@"), "6600", "");
+    // Each transcript is about 3 KiB (2 KiB payload in base64): one segment of 4 KiB
+    // holds one of them.
+    config.push_str("[limits]\nread_timeout = \"100ms\"\nread_limit = 4096\n[ports]\nresponses = 0\n[output.transcripts]\nsegment_bytes = \"4KiB\"\nquota_bytes = \"1MiB\"\nquota_files = 2\n");
+    let mut d = Daemon::start(&net, &config);
+    for i in 0..5u8 {
+        let _ = net.attack(
+            "socat",
+            &["-t", "0.3", "-", &format!("TCP:{}:6600", net.hp_v4)],
+            &[b'a' + i; 2048],
+            4,
+        );
+    }
+    let events = d.wait_events(5, Duration::from_secs(10));
+    assert!(d.stop().success());
+    let paths: Vec<&str> = events
+        .iter()
+        .map(|e| e["honeytrap"]["transcript"]["path"].as_str().unwrap())
+        .collect();
+    let mut distinct = paths.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        5,
+        "every transcript started a new segment: {paths:?}"
+    );
+    assert!(paths.iter().all(|p| p.ends_with(".jsonl")));
+    // Only the newest two segments remain, and they hold the last two transcripts.
+    for e in &events[..3] {
+        assert!(
+            !std::path::Path::new(e["honeytrap"]["transcript"]["path"].as_str().unwrap()).exists()
+        );
+    }
+    for (i, e) in events[3..].iter().enumerate() {
+        let doc = support::daemon::transcript_of(e);
+        let data = &doc["chunks"][0]["data"];
+        let bytes = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            data.as_str().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(bytes, vec![b'a' + 3 + i as u8; 2048]);
+    }
+    assert!(d.log().contains("quota_removed=3"), "{}", d.log());
+}
+
+#[test]
+fn one_segment_holds_many_transcripts() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("segmany");
+    let mut config = base_config(std::path::Path::new("@DATA@"), "6700", "6701");
+    config.push_str("[limits]\nread_timeout = \"100ms\"\n[ports]\nresponses = 1\n");
+    let mut d = Daemon::start(&net, &config);
+    for i in 0..4 {
+        let _ = net.attack(
+            "socat",
+            &["-t", "0.3", "-", &format!("TCP:{}:6700", net.hp_v4)],
+            format!("tcp attack {i}").as_bytes(),
+            4,
+        );
+        let _ = net.attack(
+            "socat",
+            &["-t", "0.3", "-", &format!("UDP:{}:6701", net.hp_v4)],
+            format!("udp attack {i}").as_bytes(),
+            4,
+        );
+    }
+    let events = d.wait_events(8, Duration::from_secs(10));
+    assert!(d.stop().success());
+    let path = events[0]["honeytrap"]["transcript"]["path"]
+        .as_str()
+        .unwrap();
+    assert!(events
+        .iter()
+        .all(|e| e["honeytrap"]["transcript"]["path"] == path));
+    let text = std::fs::read_to_string(path).unwrap();
+    assert_eq!(text.lines().count(), 8);
+    let mut offsets: Vec<u64> = events
+        .iter()
+        .map(|e| e["honeytrap"]["transcript"]["offset"].as_u64().unwrap())
+        .collect();
+    offsets.sort();
+    offsets.dedup();
+    assert_eq!(offsets.len(), 8);
+    for e in &events {
+        let doc = support::daemon::transcript_of(e);
+        let first = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            doc["chunks"][0]["data"].as_str().unwrap(),
+        )
+        .unwrap();
+        let proto = e["network"]["transport"].as_str().unwrap();
+        assert!(
+            String::from_utf8(first)
+                .unwrap()
+                .starts_with(&format!("{proto} attack ")),
+            "each document belongs to its own event"
+        );
+    }
 }

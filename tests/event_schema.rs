@@ -9,10 +9,12 @@ mod schema;
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use honeytrap::attack::{Attack, Captured, EndReason, Mode, Transcript};
-use honeytrap::config::{Config, PayloadEncoding};
+use honeytrap::config::{Config, PayloadEncoding, TranscriptLayout};
 use honeytrap::event::{attack_event, ECS_VERSION, SCHEMA_VERSION};
 use honeytrap::proto::Protocol;
-use honeytrap::sink::transcripts::{transcript_json, TranscriptStore};
+use honeytrap::sink::transcripts::{
+    read_transcript, transcript_json, TranscriptRef, TranscriptStore,
+};
 use honeytrap::sink::Sink as _;
 use schema::{validate_event, validate_transcript};
 use serde_json::{json, Value};
@@ -194,9 +196,15 @@ fn check_event_invariants(a: &Attack, v: &Value) {
     let tr = &h["transcript"];
     assert_eq!(u(&tr["chunks"]), a.transcript.chunks.len() as u64);
     assert_eq!(u(&tr["chunks_in"]) + u(&tr["chunks_out"]), u(&tr["chunks"]));
-    match &a.transcript_path {
-        None => assert!(tr["path"].is_null()),
-        Some(path) => assert_eq!(tr["path"], path.display().to_string()),
+    match &a.transcript_ref {
+        None => {
+            assert!(tr["path"].is_null() && tr["offset"].is_null() && tr["length"].is_null())
+        }
+        Some(r) => {
+            assert_eq!(tr["path"], r.path.display().to_string());
+            assert_eq!(tr["offset"], r.offset);
+            assert_eq!(tr["length"], r.length);
+        }
     }
 }
 
@@ -483,57 +491,95 @@ fn edge_addresses_and_times() {
 }
 
 #[test]
-fn transcript_path_none_and_some() {
+fn transcript_ref_none_and_some() {
     let mut a = udp_sip();
     let v = event(&a, 4096, PayloadEncoding::Base64);
     assert_eq!(v["honeytrap"]["transcript"]["path"], Value::Null);
-    let path =
-        PathBuf::from("honeytrap-data/transcripts/2025-01-31").join(format!("{}.json", a.id));
-    a.transcript_path = Some(path.clone());
+    let path = PathBuf::from(
+        "honeytrap-data/transcripts/2025-01-31/0190b7a3-0000-7000-8000-000000000000.jsonl",
+    );
+    a.transcript_ref = Some(TranscriptRef {
+        path: path.clone(),
+        offset: 4096,
+        length: 777,
+    });
     let v = event(&a, 4096, PayloadEncoding::Base64);
+    let t = &v["honeytrap"]["transcript"];
+    assert_eq!(t["path"], path.display().to_string());
     assert_eq!(
-        v["honeytrap"]["transcript"]["path"],
-        path.display().to_string()
+        (t["offset"].as_u64(), t["length"].as_u64()),
+        (Some(4096), Some(777))
     );
 }
 
-/// Through the real sinks: the files land where docs/events.md says, and what is in
-/// them matches the schemas.
+/// Through the real sinks, in both layouts: the files land where docs/events.md
+/// says, the event's path/offset/length find the document, and what is in them
+/// matches the schemas.
 #[test]
 fn files_written_by_the_sinks() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.sensor.data_dir = dir.path().to_path_buf();
-    let stats = Arc::new(honeytrap::stats::Stats::default());
-    let throttle = Arc::new(honeytrap::stats::Throttle::default());
-    let mut store = TranscriptStore::open(&config, Arc::clone(&stats), throttle).unwrap();
-    let mut jsonl = honeytrap::sink::jsonl::JsonlSink::open(&config).unwrap();
-    let mut attacks = vec![tcp_http(), udp_sip(), tcp_silent()];
-    for a in &mut attacks {
-        let path = store.write(a).unwrap();
-        let day = a.start.format("%Y-%m-%d").to_string();
-        assert_eq!(
-            path,
-            dir.path()
-                .join("transcripts")
-                .join(&day)
-                .join(format!("{}.json", a.id))
-        );
-        a.transcript_path = Some(path.clone());
-        let doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        validate_transcript(&doc).unwrap();
-        assert_eq!(doc, transcript_json(a));
-        jsonl.write(a).unwrap();
-    }
-    jsonl.flush().unwrap();
-    let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
-    let events = schema::validate_events_jsonl(&text).unwrap();
-    assert_eq!(events.len(), attacks.len());
-    for (v, a) in events.iter().zip(&attacks) {
-        check_event_invariants(a, v);
-        // The defaults: base64, 4096 bytes.
-        assert_eq!(v["honeytrap"]["payload"]["encoding"], "base64");
-        assert_eq!(*v, attack_event(a, 4096, PayloadEncoding::Base64));
+    for layout in [TranscriptLayout::Segments, TranscriptLayout::PerAttack] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.sensor.data_dir = dir.path().to_path_buf();
+        config.output.transcripts.layout = layout;
+        let stats = Arc::new(honeytrap::stats::Stats::default());
+        let throttle = Arc::new(honeytrap::stats::Throttle::default());
+        let mut store = TranscriptStore::open(&config, Arc::clone(&stats), throttle).unwrap();
+        let mut jsonl = honeytrap::sink::jsonl::JsonlSink::open(&config).unwrap();
+        let mut attacks = vec![tcp_http(), udp_sip(), tcp_silent()];
+        let mut segment = None;
+        for a in &mut attacks {
+            let r = store.write(a).unwrap();
+            let day = a.end.format("%Y-%m-%d").to_string();
+            assert_eq!(
+                r.path.parent().unwrap(),
+                dir.path().join("transcripts").join(&day)
+            );
+            match layout {
+                TranscriptLayout::PerAttack => {
+                    assert_eq!(
+                        r.path.file_name().unwrap().to_str().unwrap(),
+                        format!("{}.json", a.id)
+                    );
+                    assert_eq!(r.offset, 0);
+                    assert_eq!(r.length, std::fs::metadata(&r.path).unwrap().len());
+                }
+                TranscriptLayout::Segments => {
+                    // One segment holds them all, one document per line.
+                    assert!(r.path.extension().unwrap() == "jsonl");
+                    if let Some((p, _)) = &segment {
+                        if *p == r.path.clone() {
+                            let (_, end): &(PathBuf, u64) = segment.as_ref().unwrap();
+                            assert_eq!(r.offset, *end, "appended right after the previous line");
+                        }
+                    }
+                    segment = Some((r.path.clone(), r.offset + r.length + 1));
+                }
+            }
+            let doc = read_transcript(&r).unwrap();
+            validate_transcript(&doc).unwrap();
+            assert_eq!(doc, transcript_json(a));
+            a.transcript_ref = Some(r);
+            jsonl.write(a).unwrap();
+        }
+        if layout == TranscriptLayout::Segments {
+            let (path, _) = segment.unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(text.lines().count(), attacks.len());
+            for line in text.lines() {
+                validate_transcript(&serde_json::from_str(line).unwrap()).unwrap();
+            }
+        }
+        jsonl.flush().unwrap();
+        let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+        let events = schema::validate_events_jsonl(&text).unwrap();
+        assert_eq!(events.len(), attacks.len());
+        for (v, a) in events.iter().zip(&attacks) {
+            check_event_invariants(a, v);
+            // The defaults: base64, 4096 bytes.
+            assert_eq!(v["honeytrap"]["payload"]["encoding"], "base64");
+            assert_eq!(*v, attack_event(a, 4096, PayloadEncoding::Base64));
+        }
     }
 }
 

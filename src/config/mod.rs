@@ -325,13 +325,27 @@ impl Default for JsonlConfig {
     }
 }
 
-/// Transcript files, one per attack.
+/// How transcripts are laid out on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TranscriptLayout {
+    /// Appended to segment files, one document per line.
+    Segments,
+    /// One file per attack.
+    PerAttack,
+}
+
+/// Transcript files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TranscriptsConfig {
     pub enabled: bool,
     /// Directory, relative to `sensor.data_dir`.
     pub dir: PathBuf,
+    pub layout: TranscriptLayout,
+    /// Size at which a segment file is closed and a new one started.
+    #[serde(with = "units::bytesize")]
+    pub segment_bytes: u64,
     /// Most bytes all transcript files may take; the oldest are removed first.
     #[serde(with = "units::bytesize")]
     pub quota_bytes: u64,
@@ -344,6 +358,8 @@ impl Default for TranscriptsConfig {
         TranscriptsConfig {
             enabled: true,
             dir: PathBuf::from("transcripts"),
+            layout: TranscriptLayout::Segments,
+            segment_bytes: 16 << 20,
             quota_bytes: 1 << 30,
             quota_files: 200_000,
         }
@@ -558,6 +574,18 @@ impl Config {
                 ));
             }
             positive("output.transcripts.quota_files", o.transcripts.quota_files)?;
+            if o.transcripts.segment_bytes < 4096 {
+                return Err(Invalid::new(
+                    "output.transcripts.segment_bytes",
+                    "must be at least 4KiB",
+                ));
+            }
+            if o.transcripts.segment_bytes > o.transcripts.quota_bytes / 2 {
+                return Err(Invalid::new(
+                    "output.transcripts.segment_bytes",
+                    "must be at most half of output.transcripts.quota_bytes (the quota removes whole files)",
+                ));
+            }
         }
         Ok(())
     }

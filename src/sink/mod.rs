@@ -212,7 +212,7 @@ fn run_recorder(
         let mut attack = captured.seal();
         if let Some(store) = store.as_mut() {
             match store.write(&attack) {
-                Ok(path) => attack.transcript_path = Some(path),
+                Ok(r) => attack.transcript_ref = Some(r),
                 Err(e) => {
                     Stats::inc(&stats.output_errors);
                     limit_warn!(throttle, "transcript_write", error = %e, "transcript file not written");

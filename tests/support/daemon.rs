@@ -217,3 +217,20 @@ pub fn run(mut cmd: Command, limit: Duration) -> std::process::Output {
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     out
 }
+
+/// The transcript document an event points at (path, offset, length), checked
+/// against docs/transcript.schema.json.
+pub fn transcript_of(event: &Value) -> Value {
+    use std::io::{Read, Seek, SeekFrom};
+    let t = &event["honeytrap"]["transcript"];
+    let path = t["path"].as_str().expect("transcript path");
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    f.seek(SeekFrom::Start(t["offset"].as_u64().unwrap()))
+        .unwrap();
+    let mut buf = vec![0u8; t["length"].as_u64().unwrap() as usize];
+    f.read_exact(&mut buf).unwrap();
+    let doc: Value = serde_json::from_slice(&buf).expect("the slice is one JSON document");
+    super::schema::validate_transcript(&doc).expect("transcript matches its schema");
+    assert_eq!(doc["attack_id"], event["event"]["id"]);
+    doc
+}
