@@ -1,11 +1,15 @@
 //! The native JSON event of an attack: Elastic Common Schema fields where ECS has one,
 //! `honeytrap.*` for the rest. Documented in `docs/events.md`, checked against
 //! `docs/event.schema.json` by the tests.
+//!
+//! The event is a tree of borrowed structs serialized straight into the output, so
+//! writing one costs no intermediate JSON tree.
 
-use crate::attack::{Attack, Direction};
+use crate::attack::{Attack, Direction, EndReason};
 use crate::config::PayloadEncoding;
 use base64::Engine as _;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 /// Version of the `honeytrap.*` part of the event; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -13,92 +17,204 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// ECS version the event follows.
 pub const ECS_VERSION: &str = "8.11.0";
 
-/// Build the event for one attack.
+/// One attack event, ready to serialize.
+#[derive(Serialize)]
+pub struct Event<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: String,
+    ecs: Ecs,
+    event: EventInfo,
+    source: Endpoint,
+    destination: Endpoint,
+    network: Network,
+    observer: Observer<'a>,
+    honeytrap: Honeytrap<'a>,
+}
+
+#[derive(Serialize)]
+struct Ecs {
+    version: &'static str,
+}
+
+#[derive(Serialize)]
+struct EventInfo {
+    id: String,
+    kind: &'static str,
+    category: [&'static str; 2],
+    #[serde(rename = "type")]
+    kind_type: [&'static str; 1],
+    action: &'static str,
+    module: &'static str,
+    dataset: &'static str,
+    start: String,
+    end: String,
+    /// Nanoseconds, as ECS wants.
+    duration: i64,
+}
+
+#[derive(Serialize)]
+struct Endpoint {
+    ip: String,
+    port: u16,
+    bytes: u64,
+}
+
+#[derive(Serialize)]
+struct Network {
+    transport: &'static str,
+    #[serde(rename = "type")]
+    ip_type: &'static str,
+    direction: &'static str,
+    bytes: u64,
+}
+
+#[derive(Serialize)]
+struct Observer<'a> {
+    name: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    vendor: &'static str,
+    product: &'static str,
+    version: &'static str,
+}
+
+#[derive(Serialize)]
+struct Honeytrap<'a> {
+    schema_version: u32,
+    attack_id: String,
+    #[serde(rename = "virtual")]
+    is_virtual: bool,
+    monitor: &'a str,
+    mode: &'static str,
+    end_reason: EndReason,
+    responses_sent: u32,
+    payload: Payload,
+    transcript: TranscriptInfo,
+}
+
+#[derive(Serialize)]
+struct Payload {
+    length: u64,
+    md5: String,
+    sha256: String,
+    sha512: String,
+    encoding: &'static str,
+    data: String,
+    shown: usize,
+    truncated: bool,
+    read_limit_reached: bool,
+}
+
+#[derive(Serialize)]
+struct TranscriptInfo {
+    path: Option<String>,
+    offset: Option<u64>,
+    length: Option<u64>,
+    chunks: usize,
+    chunks_in: usize,
+    chunks_out: usize,
+}
+
+fn rfc3339(d: chrono::DateTime<chrono::Utc>) -> String {
+    d.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+impl<'a> Event<'a> {
+    /// The event of one attack, with at most `payload_max` payload bytes inline.
+    pub fn of(a: &'a Attack, payload_max: u64, encoding: PayloadEncoding) -> Event<'a> {
+        let t = &a.transcript;
+        let payload = t.payload();
+        let shown = &payload[..payload.len().min(payload_max as usize)];
+        let (encoding_name, data) = match encoding {
+            PayloadEncoding::Hex => ("hex", hex::encode(shown)),
+            PayloadEncoding::Base64 => (
+                "base64",
+                base64::engine::general_purpose::STANDARD.encode(shown),
+            ),
+        };
+        let chunks_in = t
+            .chunks
+            .iter()
+            .filter(|c| c.direction == Direction::In)
+            .count();
+        let r = a.transcript_ref.as_ref();
+        let id = a.id.to_string();
+        Event {
+            timestamp: rfc3339(a.start),
+            ecs: Ecs {
+                version: ECS_VERSION,
+            },
+            event: EventInfo {
+                id: id.clone(),
+                kind: "event",
+                category: ["network", "intrusion_detection"],
+                kind_type: ["connection"],
+                action: "attack",
+                module: "honeytrap",
+                dataset: "honeytrap.attack",
+                start: rfc3339(a.start),
+                end: rfc3339(a.end),
+                duration: (a.end - a.start)
+                    .num_nanoseconds()
+                    .unwrap_or(i64::MAX)
+                    .max(0),
+            },
+            source: Endpoint {
+                ip: a.remote.ip().to_string(),
+                port: a.remote.port(),
+                bytes: t.bytes_in,
+            },
+            destination: Endpoint {
+                ip: a.local.ip().to_string(),
+                port: a.local.port(),
+                bytes: t.bytes_out,
+            },
+            network: Network {
+                transport: a.protocol.as_str(),
+                ip_type: if a.remote.is_ipv4() { "ipv4" } else { "ipv6" },
+                direction: "inbound",
+                bytes: t.bytes_in + t.bytes_out,
+            },
+            observer: Observer {
+                name: &a.sensor,
+                kind: "honeypot",
+                vendor: "honeytrap",
+                product: "honeytrap",
+                version: env!("CARGO_PKG_VERSION"),
+            },
+            honeytrap: Honeytrap {
+                schema_version: SCHEMA_VERSION,
+                attack_id: id,
+                is_virtual: false,
+                monitor: &a.monitor,
+                mode: a.mode.as_str(),
+                end_reason: a.end_reason,
+                responses_sent: a.responses_sent,
+                payload: Payload {
+                    length: t.bytes_in,
+                    md5: a.payload_hashes.md5.clone(),
+                    sha256: a.payload_hashes.sha256.clone(),
+                    sha512: a.payload_hashes.sha512.clone(),
+                    encoding: encoding_name,
+                    data,
+                    shown: shown.len(),
+                    truncated: shown.len() < payload.len(),
+                    read_limit_reached: t.truncated,
+                },
+                transcript: TranscriptInfo {
+                    path: r.map(|r| r.path.display().to_string()),
+                    offset: r.map(|r| r.offset),
+                    length: r.map(|r| r.length),
+                    chunks: t.chunks.len(),
+                    chunks_in,
+                    chunks_out: t.chunks.len() - chunks_in,
+                },
+            },
+        }
+    }
+}
+
+/// The event for one attack as a JSON value.
 pub fn attack_event(a: &Attack, payload_max: u64, encoding: PayloadEncoding) -> Value {
-    let t = &a.transcript;
-    let payload = t.payload();
-    let shown = &payload[..payload.len().min(payload_max as usize)];
-    let data = match encoding {
-        PayloadEncoding::Hex => hex::encode(shown),
-        PayloadEncoding::Base64 => base64::engine::general_purpose::STANDARD.encode(shown),
-    };
-    let ts =
-        |d: chrono::DateTime<chrono::Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let duration_ns = (a.end - a.start)
-        .num_nanoseconds()
-        .unwrap_or(i64::MAX)
-        .max(0);
-    let net_type = if a.remote.is_ipv4() { "ipv4" } else { "ipv6" };
-    let chunks_in = t
-        .chunks
-        .iter()
-        .filter(|c| c.direction == Direction::In)
-        .count();
-    json!({
-        "@timestamp": ts(a.start),
-        "ecs": { "version": ECS_VERSION },
-        "event": {
-            "id": a.id.to_string(),
-            "kind": "event",
-            "category": ["network", "intrusion_detection"],
-            "type": ["connection"],
-            "action": "attack",
-            "module": "honeytrap",
-            "dataset": "honeytrap.attack",
-            "start": ts(a.start),
-            "end": ts(a.end),
-            "duration": duration_ns,
-        },
-        "source": {
-            "ip": a.remote.ip().to_string(),
-            "port": a.remote.port(),
-            "bytes": t.bytes_in,
-        },
-        "destination": {
-            "ip": a.local.ip().to_string(),
-            "port": a.local.port(),
-            "bytes": t.bytes_out,
-        },
-        "network": {
-            "transport": a.protocol.as_str(),
-            "type": net_type,
-            "direction": "inbound",
-            "bytes": t.bytes_in + t.bytes_out,
-        },
-        "observer": {
-            "name": a.sensor,
-            "type": "honeypot",
-            "vendor": "honeytrap",
-            "product": "honeytrap",
-            "version": env!("CARGO_PKG_VERSION"),
-        },
-        "honeytrap": {
-            "schema_version": SCHEMA_VERSION,
-            "attack_id": a.id.to_string(),
-            "virtual": false,
-            "monitor": a.monitor,
-            "mode": a.mode.as_str(),
-            "end_reason": a.end_reason,
-            "responses_sent": a.responses_sent,
-            "payload": {
-                "length": t.bytes_in,
-                "md5": a.payload_hashes.md5,
-                "sha256": a.payload_hashes.sha256,
-                "sha512": a.payload_hashes.sha512,
-                "encoding": match encoding { PayloadEncoding::Hex => "hex", PayloadEncoding::Base64 => "base64" },
-                "data": data,
-                "shown": shown.len(),
-                "truncated": shown.len() < payload.len(),
-                "read_limit_reached": t.truncated,
-            },
-            "transcript": {
-                "path": a.transcript_ref.as_ref().map(|r| r.path.display().to_string()),
-                "offset": a.transcript_ref.as_ref().map(|r| r.offset),
-                "length": a.transcript_ref.as_ref().map(|r| r.length),
-                "chunks": t.chunks.len(),
-                "chunks_in": chunks_in,
-                "chunks_out": t.chunks.len() - chunks_in,
-            },
-        },
-    })
+    serde_json::to_value(Event::of(a, payload_max, encoding)).expect("event serializes")
 }

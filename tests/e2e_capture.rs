@@ -343,3 +343,43 @@ fn udp_sessions_are_demultiplexed_by_peer_and_never_amplify() {
     }
     assert!(d.stop().success());
 }
+
+#[test]
+fn a_port_owned_by_another_program_is_reported_once_and_skipped() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("owned");
+    // A real service owns 7400 in the honeypot namespace.
+    let _service = net.background_honeypot(
+        "socat",
+        &["TCP-LISTEN:7400,fork,reuseaddr", "SYSTEM:echo REAL-SERVICE"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let config = base_config(std::path::Path::new("@DATA@"), "7400, 7401", "");
+    let mut d = Daemon::start(&net, &config);
+    let log = d.log();
+    assert_eq!(log.matches("cannot bind port").count(), 1, "{log}");
+    assert!(log.contains("port=7400"), "{log}");
+    // The real service still answers on its port; honeytrap serves the other one.
+    let out = net.attack(
+        "socat",
+        &["-t", "1", "-", &format!("TCP:{}:7400", net.hp_v4)],
+        b"",
+        5,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("REAL-SERVICE"),
+        "{out:?}"
+    );
+    let _ = net.attack(
+        "socat",
+        &["-t", "1", "-", &format!("TCP:{}:7401", net.hp_v4)],
+        b"probe",
+        5,
+    );
+    let events = d.wait_events(1, Duration::from_secs(10));
+    assert!(events.iter().all(|e| e["destination"]["port"] == 7401));
+    assert!(d.stop().success());
+    assert!(d.log().contains("bind_failures=1"), "{}", d.log());
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use support::{base_config, require_root, Daemon, NetPair};
 
 /// Hold `n` TCP connections open from the attacker namespace for `secs` seconds.
-fn hold_connections(net: &NetPair, port: u16, n: usize, secs: u32) -> std::process::Child {
+fn hold_connections(net: &NetPair, port: u16, n: usize, secs: u32) -> support::netns::Background {
     let script = (0..n)
         .map(|i| {
             format!(
@@ -17,7 +17,7 @@ fn hold_connections(net: &NetPair, port: u16, n: usize, secs: u32) -> std::proce
         })
         .collect::<String>()
         + "wait";
-    net.in_attacker("sh").args(["-c", &script]).spawn().unwrap()
+    net.background_attacker(&script)
 }
 
 #[test]
@@ -40,7 +40,7 @@ fn session_caps_and_source_rate_refuse_and_log() {
         "{}",
         d.log()
     );
-    let _ = holders.wait();
+    holders.wait();
     let events = d.wait_events(2, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
@@ -98,7 +98,7 @@ fn global_session_cap() {
         "{}",
         d.log()
     );
-    let _ = holders.wait();
+    holders.wait();
     d.wait_events(1, Duration::from_secs(10));
     assert!(d.stop().success());
     assert_eq!(d.events().len(), 1);
@@ -221,14 +221,8 @@ fn a_slow_reader_cannot_stall_capture() {
     ));
     let mut d = Daemon::start(&net, &config);
     // A client that connects and never reads.
-    let mut stuck = net
-        .in_attacker("sh")
-        .args([
-            "-c",
-            &format!("sleep 4 | socat -u - TCP:{}:6400", net.hp_v4),
-        ])
-        .spawn()
-        .unwrap();
+    let mut stuck =
+        net.background_attacker(&format!("sleep 4 | socat -u - TCP:{}:6400", net.hp_v4));
     std::thread::sleep(Duration::from_millis(500));
     // Meanwhile a normal client is served.
     let mut s = std::process::Command::new("ip")
@@ -255,7 +249,7 @@ fn a_slow_reader_cannot_stall_capture() {
         "served while another peer is stuck: {}",
         got.len()
     );
-    let _ = stuck.wait();
+    stuck.wait();
     assert!(d.stop().success());
 }
 
@@ -269,17 +263,10 @@ fn max_buffered_bounds_all_sessions_together() {
     config.push_str("[limits]\nread_timeout = \"5s\"\nread_limit = 1000\nmax_buffered = 1000\n");
     let mut d = Daemon::start(&net, &config);
     // Session A holds 800 bytes and stays open.
-    let mut a = net
-        .in_attacker("sh")
-        .args([
-            "-c",
-            &format!(
-                "(head -c 800 /dev/zero; sleep 3) | socat - TCP:{}:6500",
-                net.hp_v4
-            ),
-        ])
-        .spawn()
-        .unwrap();
+    let mut a = net.background_attacker(&format!(
+        "(head -c 800 /dev/zero; sleep 3) | socat - TCP:{}:6500",
+        net.hp_v4
+    ));
     std::thread::sleep(Duration::from_millis(500));
     // Session B's 500 bytes would take the sessions past 1000 bytes together.
     let _ = net.attack(
@@ -294,7 +281,7 @@ fn max_buffered_bounds_all_sessions_together() {
         "{events:#?}"
     );
     assert_eq!(events[0]["honeytrap"]["payload"]["length"], 0);
-    let _ = a.wait();
+    a.wait();
     let events = d.wait_events(2, Duration::from_secs(10));
     assert_eq!(events[1]["honeytrap"]["payload"]["length"], 800);
     assert!(d.stop().success());

@@ -20,17 +20,10 @@ fn sigterm_keeps_in_flight_attacks() {
     config.push_str("[limits]\nread_timeout = \"30s\"\n");
     let mut d = Daemon::start(&net, &config);
     // A TCP session and a UDP session still open when SIGTERM arrives.
-    let mut tcp = net
-        .in_attacker("sh")
-        .args([
-            "-c",
-            &format!(
-                "(printf 'in-flight tcp'; sleep 20) | socat - TCP:{}:7100",
-                net.hp_v4
-            ),
-        ])
-        .spawn()
-        .unwrap();
+    let _tcp = net.background_attacker(&format!(
+        "(printf 'in-flight tcp'; sleep 20) | socat - TCP:{}:7100",
+        net.hp_v4
+    ));
     let _ = net.attack(
         "socat",
         &["-u", "-", &format!("UDP:{}:7101", net.hp_v4)],
@@ -63,8 +56,6 @@ fn sigterm_keeps_in_flight_attacks() {
         .collect();
     assert!(payloads.contains(&13));
     assert!(d.log().contains("shutting down"));
-    let _ = tcp.kill();
-    let _ = tcp.wait();
 }
 
 #[test]
@@ -88,17 +79,10 @@ fn sighup_reloads_policy_and_refuses_a_bad_config() {
     assert!(open(7200) && open(7201) && !open(7202));
 
     // A session that stays open across the reload.
-    let mut held = net
-        .in_attacker("sh")
-        .args([
-            "-c",
-            &format!(
-                "(printf 'across reload'; sleep 4) | socat - TCP:{}:7200",
-                net.hp_v4
-            ),
-        ])
-        .spawn()
-        .unwrap();
+    let mut held = net.background_attacker(&format!(
+        "(printf 'across reload'; sleep 4) | socat - TCP:{}:7200",
+        net.hp_v4
+    ));
     std::thread::sleep(Duration::from_millis(300));
 
     // New config: 7201 ignored, 7202 added, a custom response file for 7202.
@@ -156,7 +140,7 @@ fn sighup_reloads_policy_and_refuses_a_bad_config() {
     );
     assert!(open(7202) && !open(7201), "old config still in force");
 
-    let _ = held.wait();
+    held.wait();
     assert!(d.stop().success());
     let events = d.events();
     let across = events

@@ -141,6 +141,7 @@ impl PortTable {
         let net = &cfg.config.network;
         let mut bound = 0;
         let mut errors = Vec::new();
+        let mut owned = false;
         for ip in &net.bind_addresses {
             let result = match proto {
                 Protocol::Tcp => bind::tcp_listener(*ip, port, net.backlog)
@@ -150,10 +151,17 @@ impl PortTable {
             };
             match result {
                 Ok(()) => bound += 1,
-                Err(e) => errors.push(format!("{ip}: {e}")),
+                Err(e) => {
+                    owned |= e.kind() == std::io::ErrorKind::AddrInUse;
+                    errors.push(format!("{ip}: {e}"));
+                }
             }
         }
-        if bound == 0 {
+        // In use on any address means another program owns the port: leave all of it
+        // to that program (an IPv4-only service must not get an IPv6 honeypot beside
+        // it). Other errors (IPv6 disabled, an address not on this host) only cost
+        // that address.
+        if bound == 0 || owned {
             handle.cancel.cancel();
             Stats::inc(&self.ctx.stats.bind_failures);
             if self.reported.lock().unwrap().insert((proto, port)) {

@@ -4,7 +4,7 @@
 use super::Sink;
 use crate::attack::Attack;
 use crate::config::{Config, PayloadEncoding};
-use crate::event::attack_event;
+use crate::event::Event;
 use anyhow::Context as _;
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
@@ -56,7 +56,7 @@ impl Sink for JsonlSink {
 
     fn write(&mut self, attack: &Attack) -> anyhow::Result<()> {
         // Serialize to a buffer first so a failure never leaves half a line.
-        let mut line = serde_json::to_vec(&attack_event(attack, self.payload_max, self.encoding))?;
+        let mut line = serde_json::to_vec(&Event::of(attack, self.payload_max, self.encoding))?;
         line.push(b'\n');
         self.out.write_all(&line)?;
         Ok(())

@@ -3,7 +3,8 @@
 //! addresses and no default route, so no traffic can leave them. Everything is
 //! removed on drop, also when the test fails.
 
-use std::process::{Command, Output, Stdio};
+use std::os::unix::process::CommandExt as _;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -94,18 +95,48 @@ impl NetPair {
         pair
     }
 
-    /// A command that runs inside the honeypot namespace.
+    /// A command that runs inside the honeypot namespace. Its standard streams are
+    /// null unless the caller sets them, so a process left behind by a failing test
+    /// cannot hold the test runner's output open.
     pub fn in_honeypot(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.honeypot, program]);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         c
     }
 
-    /// A command that runs inside the attacker namespace.
+    /// A command that runs inside the attacker namespace (streams as above).
     pub fn in_attacker(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.attacker, program]);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         c
+    }
+
+    /// Start a background process in the attacker namespace, killed on drop.
+    pub fn background_attacker(&self, shell: &str) -> Background {
+        Background(
+            self.in_attacker("sh")
+                .args(["-c", shell])
+                .process_group(0)
+                .spawn()
+                .expect("spawn"),
+        )
+    }
+
+    /// Start a background process in the honeypot namespace, killed on drop.
+    pub fn background_honeypot(&self, program: &str, args: &[&str]) -> Background {
+        Background(
+            self.in_honeypot(program)
+                .args(args)
+                .process_group(0)
+                .spawn()
+                .expect("spawn"),
+        )
     }
 
     /// Run a client in the attacker namespace with `input` on stdin, with a time
@@ -138,6 +169,27 @@ impl Drop for NetPair {
     fn drop(&mut self) {
         for ns in [&self.honeypot, &self.attacker] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A background process (and its process group), killed when dropped, also when the
+/// test fails.
+pub struct Background(pub Child);
+
+impl Background {
+    /// Wait for it to end on its own.
+    pub fn wait(&mut self) {
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = self.0.wait();
         }
     }
 }
