@@ -100,13 +100,16 @@ async fn daemon(
     tracing::info!(signal = signal_name, open_sessions = ctx.limiter.active(), grace = ?grace, "shutting down: no new connections");
     ctx.stop_accepting.cancel();
     ctx.sessions.close();
-    if tokio::time::timeout(grace, ctx.sessions.wait())
-        .await
-        .is_err()
-    {
+    // A second SIGTERM/SIGINT cuts the grace period short.
+    let finished = tokio::select! {
+        r = tokio::time::timeout(grace, ctx.sessions.wait()) => r.is_ok(),
+        _ = sigterm.recv() => false,
+        _ = sigint.recv() => false,
+    };
+    if !finished {
         tracing::info!(
             open_sessions = ctx.limiter.active(),
-            "grace period over: ending open sessions"
+            "grace period over (or a second signal): ending open sessions"
         );
         ctx.hard_stop.cancel();
         if tokio::time::timeout(Duration::from_secs(5), ctx.sessions.wait())
