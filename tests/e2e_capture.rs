@@ -268,42 +268,18 @@ fn udp_sessions_are_demultiplexed_by_peer_and_never_amplify() {
     assert!(out.stdout.is_empty(), "no amplification: {:?}", out.stdout);
 
     // Two peers on IPv6 talking at the same time: two sessions, each with its own data.
-    let p1 = std::thread::spawn({
-        let ns = net.attacker.clone();
-        let target = format!("UDP:[{}]:9999,sourceport=42001", net.hp_v6);
-        move || {
-            std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &ns,
-                    "sh",
-                    "-c",
-                    &format!("(printf one1; sleep 0.2; printf one2) | socat -T 1 - '{target}'"),
-                ])
-                .output()
-                .unwrap()
-        }
-    });
-    let p2 = std::thread::spawn({
-        let ns = net.attacker.clone();
-        let target = format!("UDP:[{}]:9999,sourceport=42002", net.hp_v6);
-        move || {
-            std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &ns,
-                    "sh",
-                    "-c",
-                    &format!("(printf two1; sleep 0.2; printf two2) | socat -T 1 - '{target}'"),
-                ])
-                .output()
-                .unwrap()
-        }
-    });
-    p1.join().unwrap();
-    p2.join().unwrap();
+    let peers: Vec<_> = [("one", 42001), ("two", 42002)]
+        .into_iter()
+        .map(|(word, port)| {
+            net.background_attacker(&format!(
+                "(printf {word}1; sleep 0.2; printf {word}2) | socat -T 1 - 'UDP:[{}]:9999,sourceport={port}'",
+                net.hp_v6
+            ))
+        })
+        .collect();
+    for mut p in peers {
+        p.wait();
+    }
 
     let events = d.wait_events(4, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(1500));
