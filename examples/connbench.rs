@@ -29,7 +29,8 @@
 //!
 //! Diagnostics: `--outputs jsonl|none` disables honeytrap's transcript files (and the
 //! event log) to show what they cost; `--data-parent DIR` puts its data directory on
-//! another file system (e.g. /dev/shm); `--honeytrap-first` swaps the order.
+//! another file system (e.g. /dev/shm); `--honeytrap-first` swaps the order;
+//! `--transcript-layout segments|per_attack` sets `output.transcripts.layout`.
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, ValueEnum};
@@ -70,7 +71,7 @@ enum Scenario {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Outputs {
-    /// events.jsonl and one transcript file per session (the default config).
+    /// events.jsonl and transcripts (the default config).
     All,
     /// events.jsonl only.
     Jsonl,
@@ -78,16 +79,32 @@ enum Outputs {
     None,
 }
 
+/// `output.transcripts.layout` of the generated config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Layout {
+    /// Appended to segment files (honeytrap's default).
+    Segments,
+    /// One file per attack.
+    #[value(name = "per_attack")]
+    PerAttack,
+}
+
 impl Outputs {
-    /// The `[output.*]` tables of the generated config.
-    fn toml(self) -> String {
+    /// The `[output.*]` tables of the generated config (`layout`: None leaves
+    /// honeytrap's default).
+    fn toml(self, layout: Option<Layout>) -> String {
         let (jsonl, transcripts) = match self {
             Outputs::All => (true, true),
             Outputs::Jsonl => (true, false),
             Outputs::None => (false, false),
         };
+        let layout = match layout {
+            None => "",
+            Some(Layout::Segments) => "layout = \"segments\"\n",
+            Some(Layout::PerAttack) => "layout = \"per_attack\"\n",
+        };
         format!(
-            "[output.jsonl]\nenabled = {jsonl}\n\n[output.transcripts]\nenabled = {transcripts}\n# Far above what a run writes: no quota removal during the benchmark.\nquota_files = 100000000\n"
+            "[output.jsonl]\nenabled = {jsonl}\n\n[output.transcripts]\nenabled = {transcripts}\n{layout}# Far above what a run writes: no quota removal during the benchmark.\nquota_files = 100000000\n"
         )
     }
 }
@@ -128,13 +145,17 @@ struct Args {
     #[arg(long, default_value_t = 2_000_000)]
     max_connections: u64,
     /// Directory in which honeytrap's temporary data directory is made (default: the
-    /// system temp dir). Its file system matters: one transcript file per session.
+    /// system temp dir). Its file system matters, most with `per_attack` transcripts.
     #[arg(long)]
     data_parent: Option<PathBuf>,
     /// Which of honeytrap's outputs are enabled (diagnostic: `jsonl` and `none` show
     /// what the transcript files and the event log cost; the targets are for `all`).
     #[arg(long, value_enum, default_value_t = Outputs::All)]
     outputs: Outputs,
+    /// `output.transcripts.layout` of the generated config (default: honeytrap's own,
+    /// `segments`).
+    #[arg(long, value_enum)]
+    transcript_layout: Option<Layout>,
     /// Run honeytrap before the bare server in the rate scenario.
     #[arg(long)]
     honeytrap_first: bool,
@@ -160,7 +181,7 @@ fn main() -> Result<()> {
     let data_parent = args.data_parent.clone().unwrap_or_else(std::env::temp_dir);
     println!("# connbench: {}", machine_line());
     println!(
-        "# rate: concurrency={} warmup={}s duration={}s sources=127.0.0.1..{} client_threads={} port={}; memory: idle_sessions={} (+{} warm); open files={}; data in {} ({}); outputs={:?}",
+        "# rate: concurrency={} warmup={}s duration={}s sources=127.0.0.1..{} client_threads={} port={}; memory: idle_sessions={} (+{} warm); open files={}; data in {} ({}); outputs={:?} transcript_layout={}",
         args.concurrency,
         args.warmup,
         args.duration,
@@ -172,7 +193,12 @@ fn main() -> Result<()> {
         nofile,
         data_parent.display(),
         fs_type(&data_parent),
-        args.outputs
+        args.outputs,
+        match args.transcript_layout {
+            None => "default",
+            Some(Layout::Segments) => "segments",
+            Some(Layout::PerAttack) => "per_attack",
+        }
     );
     if matches!(args.scenario, Scenario::Rate | Scenario::All) {
         scenario_rate(&args, &mut rows)?;
@@ -949,7 +975,7 @@ queue_size = 65536
 
 {outputs}"#,
         port = args.port,
-        outputs = args.outputs.toml()
+        outputs = args.outputs.toml(args.transcript_layout)
     )
 }
 
@@ -1077,7 +1103,7 @@ queue_size = 65536
 
 {outputs}"#,
         port = args.port,
-        outputs = args.outputs.toml()
+        outputs = args.outputs.toml(args.transcript_layout)
     )
 }
 
