@@ -288,7 +288,10 @@ fn a_second_signal_cuts_the_grace_period_short() {
     config = config.replace("shutdown_grace = \"3s\"", "shutdown_grace = \"30s\"");
     config.push_str("[limits]\nread_timeout = \"60s\"\n");
     let mut d = Daemon::start(&net, &config);
-    let _client = net.background_attacker(&format!("(printf 'still here'; sleep 60) | socat - TCP:{}:7500", net.hp_v4));
+    let _client = net.background_attacker(&format!(
+        "(printf 'still here'; sleep 60) | socat - TCP:{}:7500",
+        net.hp_v4
+    ));
     std::thread::sleep(Duration::from_millis(700));
     let started = std::time::Instant::now();
     d.signal(Signal::SIGTERM);
@@ -296,7 +299,10 @@ fn a_second_signal_cuts_the_grace_period_short() {
     d.signal(Signal::SIGINT);
     let status = d.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{}", d.log());
-    assert!(started.elapsed() < Duration::from_secs(10), "did not wait for the 30 s grace period");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "did not wait for the 30 s grace period"
+    );
     let events = d.events();
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(events[0]["honeytrap"]["end_reason"], "shutdown");
