@@ -359,3 +359,32 @@ fn a_port_owned_by_another_program_is_reported_once_and_skipped() {
     assert!(d.stop().success());
     assert!(d.log().contains("bind_failures=1"), "{}", d.log());
 }
+
+#[test]
+fn an_unusable_bind_address_is_reported_once_and_the_others_serve() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("addr");
+    // 192.0.2.1 (documentation range) is not an address of the honeypot: binding
+    // fails with EADDRNOTAVAIL; no traffic goes there.
+    let mut config = base_config(std::path::Path::new("@DATA@"), "7600, 7601", "7602");
+    config.push_str(&format!(
+        "[network]\nbind_addresses = [\"{}\", \"192.0.2.1\"]\n",
+        net.hp_v4
+    ));
+    let mut d = Daemon::start(&net, &config);
+    let log = d.log();
+    assert_eq!(
+        log.matches("cannot bind on this address").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("cannot bind port"), "{log}");
+    for port in ["7600", "7601"] {
+        let out = net.attack("nc", &["-z", "-w", "2", &net.hp_v4, port], b"", 5);
+        assert!(out.status.success(), "{port} served on the usable address");
+    }
+    d.wait_events(2, Duration::from_secs(10));
+    assert!(d.stop().success());
+}

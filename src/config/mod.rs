@@ -198,7 +198,7 @@ impl Default for LimitsConfig {
             max_sessions: 10_000,
             max_sessions_per_source: 256,
             source_rate: 100.0,
-            source_burst: 200,
+            source_burst: 500,
             max_listeners: 4096,
         }
     }

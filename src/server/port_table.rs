@@ -82,6 +82,9 @@ pub struct PortTable {
     servers: Mutex<HashMap<(Protocol, u16), Entry>>,
     /// Ports reported as unbindable, so each is reported once.
     reported: Mutex<HashSet<(Protocol, u16)>>,
+    /// Bind addresses that failed for a reason of their own (IPv6 disabled, not an
+    /// address of this host), so each is reported once rather than once per port.
+    reported_addrs: Mutex<HashSet<std::net::IpAddr>>,
     next_id: AtomicU64,
     epoch: Instant,
 }
@@ -92,6 +95,7 @@ impl PortTable {
             ctx,
             servers: Mutex::new(HashMap::new()),
             reported: Mutex::new(HashSet::new()),
+            reported_addrs: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(1),
             epoch: Instant::now(),
         })
@@ -151,8 +155,17 @@ impl PortTable {
             };
             match result {
                 Ok(()) => bound += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    owned = true;
+                    errors.push(format!("{ip}: {e}"));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    errors.push(format!("{ip}: {e}"));
+                }
                 Err(e) => {
-                    owned |= e.kind() == std::io::ErrorKind::AddrInUse;
+                    if self.reported_addrs.lock().unwrap().insert(*ip) {
+                        tracing::warn!(address = %ip, error = %e, "cannot bind on this address (IPv6 disabled, or not an address of this host?); it is skipped for every port");
+                    }
                     errors.push(format!("{ip}: {e}"));
                 }
             }
@@ -169,8 +182,8 @@ impl PortTable {
             }
             return Ensured::Unavailable;
         }
-        if !errors.is_empty() && self.reported.lock().unwrap().insert((proto, port)) {
-            tracing::warn!(%proto, port, errors = errors.join("; "), "port bound on some addresses only");
+        if !errors.is_empty() {
+            tracing::debug!(%proto, port, errors = errors.join("; "), "port bound on some addresses only");
         }
         let id = self.next_id.fetch_add(1, Relaxed);
         Stats::inc(&self.ctx.stats.listeners_started);
