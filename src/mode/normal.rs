@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Longest wait for the peer to take a response before the session is given up.
@@ -105,6 +105,38 @@ impl SessionSpec {
     }
 }
 
+/// What waiting for the peer produced.
+enum Wait<T> {
+    /// Something arrived (or the wait itself failed).
+    Input(T),
+    /// `read_timeout` passed without input.
+    Silence,
+    /// The session's hard time limit passed.
+    Deadline,
+    /// Honeytrap is shutting down and the grace period is over.
+    Shutdown,
+}
+
+/// Wait for `input` up to `read_timeout`, within the session deadline, with one timer.
+async fn wait_for<T>(
+    input: impl Future<Output = T>,
+    spec: &SessionSpec,
+    deadline: Instant,
+    hard_stop: &CancellationToken,
+) -> Wait<T> {
+    let silence = Instant::now() + spec.read_timeout;
+    let until = silence.min(deadline);
+    tokio::select! {
+        biased;
+        _ = hard_stop.cancelled() => Wait::Shutdown,
+        r = timeout_at(until, input) => match r {
+            Ok(v) => Wait::Input(v),
+            Err(_) if deadline <= silence => Wait::Deadline,
+            Err(_) => Wait::Silence,
+        },
+    }
+}
+
 /// Run one TCP session to its end.
 pub async fn tcp(
     mut stream: TcpStream,
@@ -128,39 +160,39 @@ pub async fn tcp(
             sent += 1;
         }
         loop {
-            tokio::select! {
-                biased;
-                _ = hard_stop.cancelled() => break 'session EndReason::Shutdown,
-                _ = sleep_until(deadline) => {
+            match wait_for(stream.readable(), &spec, deadline, &hard_stop).await {
+                Wait::Shutdown => break 'session EndReason::Shutdown,
+                Wait::Deadline => {
                     Stats::inc(&stats.limit_session_timeout);
                     break 'session EndReason::SessionTimeout;
                 }
-                r = timeout(spec.read_timeout, stream.readable()) => match r {
-                    Err(_silence) => {
-                        if sent >= h.max_responses {
-                            break 'session EndReason::Idle;
-                        }
-                        if let Err(r) = respond(&mut stream, &mut t, &h.response).await {
-                            break 'session r;
-                        }
-                        sent += 1;
+                Wait::Silence => {
+                    if sent >= h.max_responses {
+                        break 'session EndReason::Idle;
                     }
-                    Ok(Err(_)) => break 'session EndReason::Error,
-                    Ok(Ok(())) => match read_into(&stream, &mut t, &mut intake) {
-                        Ok(Some(Ok(()))) => {}
-                        Ok(Some(Err(r))) => break 'session r,
-                        Ok(None) => {
-                            // A peer that half-closes after its request still
-                            // reads: answer once, as a real server would.
-                            if sent == 0 && h.max_responses > 0 && respond(&mut stream, &mut t, &h.response).await.is_ok() {
-                                sent += 1;
-                            }
-                            break 'session EndReason::Closed;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => break 'session EndReason::Error,
-                    },
+                    if let Err(r) = respond(&mut stream, &mut t, &h.response).await {
+                        break 'session r;
+                    }
+                    sent += 1;
                 }
+                Wait::Input(Err(_)) => break 'session EndReason::Error,
+                Wait::Input(Ok(())) => match read_into(&stream, &mut t, &mut intake) {
+                    Ok(Some(Ok(()))) => {}
+                    Ok(Some(Err(r))) => break 'session r,
+                    Ok(None) => {
+                        // A peer that half-closes after its request still reads:
+                        // answer once, as a real server would.
+                        if sent == 0
+                            && h.max_responses > 0
+                            && respond(&mut stream, &mut t, &h.response).await.is_ok()
+                        {
+                            sent += 1;
+                        }
+                        break 'session EndReason::Closed;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => break 'session EndReason::Error,
+                },
             }
         }
     };
@@ -256,28 +288,24 @@ pub async fn udp<P: DatagramPeer>(
             }
         }
         loop {
-            tokio::select! {
-                biased;
-                _ = hard_stop.cancelled() => break 'session EndReason::Shutdown,
-                _ = sleep_until(deadline) => {
+            match wait_for(rx.recv(), &spec, deadline, &hard_stop).await {
+                Wait::Shutdown | Wait::Input(None) => break 'session EndReason::Shutdown,
+                Wait::Deadline => {
                     Stats::inc(&stats.limit_session_timeout);
                     break 'session EndReason::SessionTimeout;
                 }
-                r = timeout(spec.read_timeout, rx.recv()) => match r {
-                    Ok(Some(d)) => {
-                        if let Err(r) = intake.take(&mut t, &d) {
-                            break 'session r;
-                        }
+                Wait::Input(Some(d)) => {
+                    if let Err(r) = intake.take(&mut t, &d) {
+                        break 'session r;
                     }
-                    Ok(None) => break 'session EndReason::Shutdown,
-                    Err(_silence) => {
-                        if slots >= h.max_responses {
-                            break 'session EndReason::Idle;
-                        }
-                        slots += 1;
-                        if reply(&mut t, &mut sent) && peer.send(&h.response).await.is_err() {
-                            break 'session EndReason::Error;
-                        }
+                }
+                Wait::Silence => {
+                    if slots >= h.max_responses {
+                        break 'session EndReason::Idle;
+                    }
+                    slots += 1;
+                    if reply(&mut t, &mut sent) && peer.send(&h.response).await.is_err() {
+                        break 'session EndReason::Error;
                     }
                 }
             }
