@@ -85,6 +85,7 @@ async fn daemon(
     }
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tick.tick().await;
+    let mut last_counters = ctx.stats.snapshot();
     let signal_name = loop {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
@@ -92,7 +93,12 @@ async fn daemon(
             _ = sighup.recv() => reload(&ctx, &table, monitor.as_mut(), log.as_ref()),
             _ = tick.tick() => {
                 ctx.limiter.sweep(&ctx.config().config.limits);
-                ctx.stats.log_summary("counters");
+                // Only when something happened: an idle sensor keeps a quiet log.
+                let now = ctx.stats.snapshot();
+                if now != last_counters {
+                    ctx.stats.log_summary("counters");
+                    last_counters = now;
+                }
             }
         }
     };
