@@ -286,3 +286,99 @@ fn run_sink(
     }
     flush(&mut sink);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attack::{EndReason, Mode, Transcript};
+    use std::sync::atomic::AtomicUsize;
+    use std::time::{Duration, Instant};
+
+    /// A sink that takes 50 ms per attack.
+    struct Slow(Arc<AtomicUsize>);
+
+    impl Sink for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn write(&mut self, _: &Attack) -> anyhow::Result<()> {
+            std::thread::sleep(Duration::from_millis(50));
+            self.0.fetch_add(1, Relaxed);
+            Ok(())
+        }
+    }
+
+    fn captured() -> Captured {
+        let mut t = Transcript::default();
+        t.push_in(b"payload", 100);
+        Captured {
+            start: chrono::Utc::now(),
+            end: chrono::Utc::now(),
+            sensor: "s".into(),
+            monitor: "test".into(),
+            mode: Mode::Normal,
+            protocol: crate::proto::Protocol::Tcp,
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.1:2".parse().unwrap(),
+            transcript: t,
+            responses_sent: 0,
+            end_reason: EndReason::Closed,
+        }
+    }
+
+    #[test]
+    fn a_slow_sink_never_blocks_submit_and_overflow_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.sensor.data_dir = dir.path().to_path_buf();
+        config.output.transcripts.enabled = false;
+        config.output.queue_size = 4;
+        let stats = Arc::new(Stats::default());
+        let written = Arc::new(AtomicUsize::new(0));
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(Slow(Arc::clone(&written)))];
+        let r = Recorder::start(&config, sinks, Arc::clone(&stats), Arc::default()).unwrap();
+        let started = Instant::now();
+        for _ in 0..100 {
+            r.submit(captured());
+        }
+        // 100 attacks at 50 ms each would take 5 s if submit waited for the sink.
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        r.close();
+        let dropped = stats.records_dropped.load(Relaxed) as usize;
+        let done = written.load(Relaxed);
+        assert!(dropped > 0, "the small queue overflowed");
+        assert_eq!(
+            done + dropped,
+            100,
+            "every attack was either written or counted as dropped"
+        );
+    }
+
+    #[test]
+    fn the_byte_budget_bounds_queued_attacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.sensor.data_dir = dir.path().to_path_buf();
+        config.output.transcripts.enabled = false;
+        config.output.queue_bytes = 1 << 20;
+        let stats = Arc::new(Stats::default());
+        let written = Arc::new(AtomicUsize::new(0));
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(Slow(Arc::clone(&written)))];
+        let r = Recorder::start(&config, sinks, Arc::clone(&stats), Arc::default()).unwrap();
+        // 40 attacks of 100 KiB: only about 10 fit in 1 MiB at a time.
+        for _ in 0..40 {
+            let mut c = captured();
+            c.transcript.push_in(&vec![b'x'; 100 * 1024], 200 * 1024);
+            r.submit(c);
+        }
+        r.close();
+        let dropped = stats.records_dropped.load(Relaxed) as usize;
+        assert!(dropped >= 25, "{dropped}");
+        assert_eq!(written.load(Relaxed) + dropped, 40);
+        assert_eq!(r.in_flight.load(Relaxed), 0, "every byte given back");
+    }
+}
