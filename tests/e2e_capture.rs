@@ -388,3 +388,34 @@ fn an_unusable_bind_address_is_reported_once_and_the_others_serve() {
     d.wait_events(2, Duration::from_secs(10));
     assert!(d.stop().success());
 }
+
+#[test]
+fn payload_in_the_event_is_cut_at_payload_max_and_hex_encoded() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("hex");
+    let mut config = base_config(std::path::Path::new("@DATA@"), "7700", "");
+    config.push_str("[output.jsonl]\npayload_max = 4\npayload_encoding = \"hex\"\n");
+    let mut d = Daemon::start(&net, &config);
+    let _ = net.attack(
+        "socat",
+        &["-t", "1", "-", &format!("TCP:{}:7700", net.hp_v4)],
+        b"\x00\x01ABCDEF",
+        5,
+    );
+    let events = d.wait_events(1, Duration::from_secs(10));
+    let p = &events[0]["honeytrap"]["payload"];
+    assert_eq!(p["encoding"], "hex");
+    assert_eq!(p["data"], "00014142");
+    assert_eq!(p["shown"], 4);
+    assert_eq!(p["truncated"], true);
+    assert_eq!(p["length"], 8);
+    // The transcript keeps all of it.
+    let doc = support::daemon::transcript_of(&events[0]);
+    assert_eq!(
+        b64(doc["chunks"][0]["data"].as_str().unwrap()),
+        b"\x00\x01ABCDEF"
+    );
+    assert!(d.stop().success());
+}
