@@ -227,7 +227,7 @@ fn udp_sessions_are_demultiplexed_by_peer_and_never_amplify() {
     }
     let net = NetPair::new("udp");
     let mut config = base_config(std::path::Path::new("@DATA@"), "", "5060, 9999");
-    config.push_str("[limits]\nread_timeout = \"500ms\"\n[ports]\nresponses = 1\n");
+    config.push_str("[limits]\nread_timeout = \"500ms\"\n[ports]\nresponses = 3\n");
     let mut d = Daemon::start(&net, &config);
 
     // A full SIP OPTIONS (more bytes than the built-in reply) gets the reply.
@@ -296,6 +296,11 @@ fn udp_sessions_are_demultiplexed_by_peer_and_never_amplify() {
     let tiny = sip.iter().find(|e| e["source"]["port"] == 41001).unwrap();
     assert_eq!(tiny["honeytrap"]["responses_sent"], 0);
     assert_eq!(tiny["destination"]["bytes"], 0);
+    // Nothing to say and silent: the session ends at the first silence instead of
+    // holding a slot for all `responses` rounds (spoofed floods).
+    assert_eq!(tiny["honeytrap"]["end_reason"], "idle");
+    let ns = tiny["event"]["duration"].as_u64().unwrap();
+    assert!(ns < 1_200_000_000, "ended after one read_timeout: {ns} ns");
     check_transcript(full);
 
     let v6 = find(&events, 9999, "udp");

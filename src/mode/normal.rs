@@ -304,7 +304,13 @@ pub async fn udp<P: DatagramPeer>(
                         break 'session EndReason::Idle;
                     }
                     slots += 1;
-                    if reply(&mut t, &mut sent) && peer.send(&h.response).await.is_err() {
+                    if !reply(&mut t, &mut sent) {
+                        // The peer has not sent enough to earn a reply and is silent:
+                        // holding the session open would only let spoofed floods
+                        // tie up session slots.
+                        break 'session EndReason::Idle;
+                    }
+                    if peer.send(&h.response).await.is_err() {
                         break 'session EndReason::Error;
                     }
                 }
