@@ -163,6 +163,12 @@ fn read_limit_and_session_timeout_end_sessions() {
     assert!(d.stop().success());
     assert!(d.log().contains("limit_read=2"), "{}", d.log());
     assert!(d.log().contains("limit_session_timeout=1"), "{}", d.log());
+    assert!(d.log().contains("limits.read_limit reached"), "{}", d.log());
+    assert!(
+        d.log().contains("limits.session_timeout reached"),
+        "{}",
+        d.log()
+    );
 }
 
 #[test]

@@ -72,6 +72,12 @@ impl Intake {
             Ok(())
         } else {
             Stats::inc(&self.stats.limit_read);
+            limit_warn!(
+                self.throttle,
+                "read_limit",
+                limit = self.limit,
+                "session ended: limits.read_limit reached"
+            );
             Err(EndReason::ReadLimit)
         }
     }
@@ -164,6 +170,11 @@ pub async fn tcp(
                 Wait::Shutdown => break 'session EndReason::Shutdown,
                 Wait::Deadline => {
                     Stats::inc(&stats.limit_session_timeout);
+                    limit_warn!(
+                        spec.throttle,
+                        "session_timeout",
+                        "session ended: limits.session_timeout reached"
+                    );
                     break 'session EndReason::SessionTimeout;
                 }
                 Wait::Silence => {
@@ -271,6 +282,11 @@ pub async fn udp<P: DatagramPeer>(
     let reply = |t: &mut Transcript, sent: &mut u32| {
         if t.bytes_out + h.response.len() as u64 > t.bytes_in {
             Stats::inc(&stats.udp_replies_suppressed);
+            limit_warn!(
+                spec.throttle,
+                "udp_reply_suppressed",
+                "UDP reply withheld: it would exceed the bytes the peer sent (anti-amplification)"
+            );
             return false;
         }
         t.push_out(&h.response);
@@ -292,6 +308,11 @@ pub async fn udp<P: DatagramPeer>(
                 Wait::Shutdown | Wait::Input(None) => break 'session EndReason::Shutdown,
                 Wait::Deadline => {
                     Stats::inc(&stats.limit_session_timeout);
+                    limit_warn!(
+                        spec.throttle,
+                        "session_timeout",
+                        "session ended: limits.session_timeout reached"
+                    );
                     break 'session EndReason::SessionTimeout;
                 }
                 Wait::Input(Some(d)) => {

@@ -78,6 +78,7 @@ fn on_datagram(
             Ok(()) => return,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 Stats::inc(&ctx.stats.udp_datagrams_dropped);
+                crate::limit_warn!(ctx.throttle, "udp_session_queue", %peer, "UDP datagram dropped: the session's queue of 64 datagrams is full");
                 return;
             }
             Err(mpsc::error::TrySendError::Closed(d)) => d,
