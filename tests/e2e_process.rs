@@ -208,7 +208,7 @@ fn check_config_prints_the_effective_config() {
     let v: toml::Value = toml::from_str(&text).expect("valid TOML");
     assert_eq!(v["limits"]["conn_timeout"].as_str(), Some("2m"));
     assert_eq!(v["limits"]["read_limit"].as_integer(), Some(20 << 20));
-    assert_eq!(v["monitor"]["kind"].as_str(), Some("listen"));
+    assert_eq!(v["monitor"]["kind"].as_str(), Some("auto"));
     assert!(
         !v["sensor"]["name"].as_str().unwrap().is_empty(),
         "host name filled in"
@@ -244,7 +244,7 @@ fn drops_root_and_keeps_only_net_bind_service() {
         return;
     }
     let net = NetPair::new("priv");
-    let config = "[sensor]\ndata_dir = \"@DATA@\"\n[process]\nuser = \"nobody\"\nshutdown_grace = \"1s\"\n[monitor.listen]\ntcp = [21, 7300]\nudp = []\n";
+    let config = "[sensor]\ndata_dir = \"@DATA@\"\n[process]\nuser = \"nobody\"\nshutdown_grace = \"1s\"\n[monitor]\nkind = \"listen\"\n[monitor.listen]\ntcp = [21, 7300]\nudp = []\n";
     let d = Daemon::spawn(&net, config);
     assert!(d.wait_log("ready", Duration::from_secs(15)), "{}", d.log());
     let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();

@@ -107,8 +107,12 @@ impl Default for NetworkConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MonitorKind {
+    /// `sniff` when CAP_NET_RAW is available (running as root), `listen` otherwise.
+    Auto,
     /// Bind a fixed set of ports at start-up.
     Listen,
+    /// Watch outgoing TCP RST / ICMP port-unreachable and bind the port on demand.
+    Sniff,
 }
 
 /// Monitor selection and per-monitor options.
@@ -117,15 +121,30 @@ pub enum MonitorKind {
 pub struct MonitorConfig {
     pub kind: MonitorKind,
     pub listen: ListenConfig,
+    pub sniff: SniffConfig,
 }
 
 impl Default for MonitorConfig {
     fn default() -> Self {
         MonitorConfig {
-            kind: MonitorKind::Listen,
+            kind: MonitorKind::Auto,
             listen: ListenConfig::default(),
+            sniff: SniffConfig::default(),
         }
     }
+}
+
+/// Options of the `sniff` monitor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SniffConfig {
+    /// Interfaces to watch (empty: all). Each must exist at start-up.
+    pub interfaces: Vec<String>,
+    /// Put the watched interfaces into promiscuous mode.
+    pub promiscuous: bool,
+    /// This host's addresses; a RST or ICMP error from any other source is ignored
+    /// (empty: the addresses of every interface, read again on SIGHUP).
+    pub addresses: Vec<IpAddr>,
 }
 
 /// Options of the `listen` monitor.
@@ -501,6 +520,31 @@ impl Config {
                 "must be between 1 and 65535",
             ));
         }
+        let s = &self.monitor.sniff;
+        let mut names = HashSet::new();
+        for (i, name) in s.interfaces.iter().enumerate() {
+            let key = format!("monitor.sniff.interfaces[{i}]");
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+                return Err(Invalid::new(
+                    key,
+                    format!(
+                        "`{name}` is not an interface name (1 to 15 characters, no `/` or space)"
+                    ),
+                ));
+            }
+            if !names.insert(name) {
+                return Err(Invalid::new(key, format!("`{name}` is listed twice")));
+            }
+        }
+        let mut addrs = HashSet::new();
+        for (i, a) in s.addresses.iter().enumerate() {
+            if !addrs.insert(a) {
+                return Err(Invalid::new(
+                    format!("monitor.sniff.addresses[{i}]"),
+                    format!("{a} is listed twice"),
+                ));
+            }
+        }
         let l = &self.limits;
         nonzero("limits.conn_timeout", l.conn_timeout)?;
         nonzero("limits.read_timeout", l.read_timeout)?;
@@ -675,6 +719,35 @@ mod tests {
         assert_eq!(e.line, Some(3), "{e}");
         let e = err("[[ports.rule]]\nprotocol = \"tcp\"\nports = [\"90-80\"]\nmode = \"ignore\"\n");
         assert!(e.message.contains("ends before it starts"), "{e}");
+    }
+
+    #[test]
+    fn monitor_kinds_and_sniff_options() {
+        let c = parse(Path::new("t"), "").unwrap();
+        assert_eq!(c.monitor.kind, MonitorKind::Auto);
+        let c = parse(
+            Path::new("t"),
+            "[monitor]\nkind = \"sniff\"\n[monitor.sniff]\ninterfaces = [\"eth0\"]\npromiscuous = true\naddresses = [\"192.0.2.1\", \"2001:db8::1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.monitor.kind, MonitorKind::Sniff);
+        assert_eq!(c.monitor.sniff.interfaces, vec!["eth0".to_string()]);
+        assert!(c.monitor.sniff.promiscuous);
+        assert_eq!(c.monitor.sniff.addresses.len(), 2);
+        let e = err("[monitor]\nkind = \"pcap\"\n");
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = err("[monitor.sniff]\nfilter = \"tcp\"\n");
+        assert!(e.to_string().contains("filter"), "{e}");
+        let e = err("[monitor.sniff]\ninterfaces = [\"eth0\", \"eth0\"]\n");
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("monitor.sniff.interfaces[1]", Some(2)),
+            "{e}"
+        );
+        let e = err("[monitor.sniff]\ninterfaces = [\"a-very-long-interface-name\"]\n");
+        assert!(e.message.contains("not an interface name"), "{e}");
+        let e = err("[monitor.sniff]\naddresses = [\"10.0.0.1\", \"10.0.0.1\"]\n");
+        assert_eq!(e.key, "monitor.sniff.addresses[1]", "{e}");
     }
 
     #[test]

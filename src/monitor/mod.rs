@@ -2,6 +2,7 @@
 //! make sure a server is up. One file per monitor; [`build`] is the registry.
 
 pub mod listen;
+pub mod sniff;
 
 use crate::config::{Config, MonitorKind};
 use crate::server::PortTable;
@@ -26,5 +27,24 @@ pub fn build(config: &Config) -> (Box<dyn Monitor>, &'static str) {
             Box::new(listen::ListenMonitor::default()),
             "monitor.kind = \"listen\"",
         ),
+        MonitorKind::Sniff => (
+            Box::new(sniff::SniffMonitor::new()),
+            "monitor.kind = \"sniff\"",
+        ),
+        MonitorKind::Auto if can_sniff() => (
+            Box::new(sniff::SniffMonitor::new()),
+            "monitor.kind = \"auto\" and CAP_NET_RAW is available (root): sniffing for RST and ICMP port unreachable",
+        ),
+        MonitorKind::Auto => (
+            Box::new(listen::ListenMonitor::default()),
+            "monitor.kind = \"auto\" and no CAP_NET_RAW (not root): listening on monitor.listen",
+        ),
     }
+}
+
+/// Whether a packet socket can be opened: CAP_NET_RAW is in the effective set (root
+/// has it unless a container dropped it). If the set cannot be read: effective uid 0.
+fn can_sniff() -> bool {
+    caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_NET_RAW)
+        .unwrap_or_else(|_| nix::unistd::Uid::effective().is_root())
 }

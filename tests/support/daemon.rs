@@ -31,6 +31,9 @@ data_dir = "{}"
 log_level = "info"
 shutdown_grace = "3s"
 
+[monitor]
+kind = "listen"
+
 [monitor.listen]
 tcp = [{listen_tcp}]
 udp = [{listen_udp}]

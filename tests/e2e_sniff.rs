@@ -1,0 +1,267 @@
+//! End-to-end: the `sniff` monitor. honeytrap runs with nothing bound in the honeypot
+//! namespace; a first attempt on a closed port is refused by the kernel (TCP RST, or
+//! ICMP port unreachable for UDP), the sniffer sees that answer and binds the port,
+//! and the attacker's retry is caught and recorded.
+
+mod support;
+
+use base64::Engine as _;
+use serde_json::Value;
+use std::time::Duration;
+use support::{base_config, require_root, Daemon, NetPair};
+
+/// The harness's base config with the given monitor kind, no listen ports and a
+/// short read timeout; `extra` is appended (sections not in the base).
+fn config(kind: &str, extra: &str) -> String {
+    let base = base_config(std::path::Path::new("@DATA@"), "", "");
+    assert!(base.contains("kind = \"listen\""));
+    format!(
+        "{}[limits]\nread_timeout = \"300ms\"\n{extra}",
+        base.replace("kind = \"listen\"", &format!("kind = \"{kind}\""))
+    )
+}
+
+fn payload(e: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(e["honeytrap"]["payload"]["data"].as_str().unwrap_or(""))
+        .expect("base64")
+}
+
+/// nc -z: true when the connection was accepted.
+fn probe(net: &NetPair, host: &str, port: u16) -> bool {
+    net.attack("nc", &["-z", "-w", "1", host, &port.to_string()], b"", 4)
+        .status
+        .success()
+}
+
+/// First try refused, retry accepted, then a session with data is recorded by the
+/// sniff monitor.
+fn tcp_refused_then_caught(d: &Daemon, net: &NetPair, host: &str, target: &str, port: u16) {
+    assert!(
+        !probe(net, host, port),
+        "first attempt on {port} must be refused"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        probe(net, host, port),
+        "retry on {port} must be accepted:\n{}",
+        d.log()
+    );
+    let word = format!("hello sniff {port}\n");
+    let _ = net.attack(
+        "socat",
+        &["-t", "1", "-", &format!("TCP:{target}:{port}")],
+        word.as_bytes(),
+        5,
+    );
+    let mut found = None;
+    support::daemon::wait_until(Duration::from_secs(10), || {
+        found = d
+            .events()
+            .into_iter()
+            .find(|e| e["destination"]["port"] == port && payload(e) == word.as_bytes());
+        found.is_some()
+    });
+    let e = found.unwrap_or_else(|| panic!("no event for {port}:\n{}", d.log()));
+    assert_eq!(e["honeytrap"]["monitor"], "sniff");
+    assert_eq!(e["network"]["transport"], "tcp");
+    assert_eq!(e["destination"]["ip"], host);
+}
+
+#[test]
+fn tcp_retry_after_rst_is_caught_over_ipv4_and_ipv6() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("sniffv4");
+    let mut d = Daemon::start(&net, &config("sniff", ""));
+    assert!(d.log().contains("sniffing for outgoing"), "{}", d.log());
+    tcp_refused_then_caught(&d, &net, &net.hp_v4.clone(), &net.hp_v4, 21001);
+    let v6 = net.hp_v6.clone();
+    tcp_refused_then_caught(&d, &net, &v6, &format!("[{v6}]"), 21002);
+    assert!(d.stop().success());
+    let log = d.log();
+    assert!(log.contains("sniff monitor stopped"), "{log}");
+    assert!(log.contains("servers_started=2"), "{log}");
+}
+
+#[test]
+fn udp_retry_after_port_unreachable_is_caught_over_ipv4_and_ipv6() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("sniffudp");
+    let mut d = Daemon::start(&net, &config("sniff", ""));
+    for (target, port) in [
+        (net.hp_v4.clone(), 21003u16),
+        (format!("[{}]", net.hp_v6), 21004),
+    ] {
+        let send = |word: &str| {
+            let _ = net.attack(
+                "socat",
+                &["-T", "0.5", "-", &format!("UDP:{target}:{port}")],
+                word.as_bytes(),
+                4,
+            );
+        };
+        send("first");
+        std::thread::sleep(Duration::from_millis(300));
+        send("second");
+    }
+    let events = d.wait_events(2, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let events = if d.events().len() > events.len() {
+        d.events()
+    } else {
+        events
+    };
+    for port in [21003u16, 21004] {
+        let mine: Vec<_> = events
+            .iter()
+            .filter(|e| e["destination"]["port"] == port)
+            .collect();
+        assert_eq!(mine.len(), 1, "{port}: {events:#?}\n{}", d.log());
+        assert_eq!(payload(mine[0]), b"second", "the first datagram is lost");
+        assert_eq!(mine[0]["honeytrap"]["monitor"], "sniff");
+        assert_eq!(mine[0]["network"]["transport"], "udp");
+    }
+    let v6 = events
+        .iter()
+        .find(|e| e["destination"]["port"] == 21004)
+        .unwrap();
+    assert_eq!(v6["network"]["type"], "ipv6");
+    assert!(d.stop().success());
+    assert!(d.log().contains("port_unreachables=2"), "{}", d.log());
+}
+
+#[test]
+fn an_ignored_port_is_never_bound_by_the_sniffer() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("sniffign");
+    let rule = "[[ports.rule]]\nprotocol = \"tcp\"\nports = [21005]\nmode = \"ignore\"\n";
+    let mut d = Daemon::start(&net, &config("sniff", rule));
+    for _ in 0..3 {
+        assert!(
+            !probe(&net, &net.hp_v4, 21005),
+            "ignored port must stay closed"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(d.events().is_empty());
+    assert!(d.stop().success());
+    let log = d.log();
+    assert!(log.contains("ignored_ports=3"), "{log}");
+    assert!(log.contains("servers_started=0"), "{log}");
+}
+
+#[test]
+fn auto_chooses_sniff_when_root() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("sniffauto");
+    let mut d = Daemon::start(&net, &config("auto", ""));
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("monitor chosen"))
+        .unwrap_or_else(|| panic!("no `monitor chosen` line:\n{log}"));
+    assert!(
+        line.contains("monitor=\"sniff\"") || line.contains("monitor=sniff"),
+        "{line}"
+    );
+    assert!(
+        line.contains("auto") && line.contains("CAP_NET_RAW"),
+        "{line}"
+    );
+    // And it works: refused, then caught.
+    assert!(!probe(&net, &net.hp_v4, 21006));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(probe(&net, &net.hp_v4, 21006), "{}", d.log());
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_missing_interface_is_a_clear_error() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("sniffif");
+    let mut d = Daemon::spawn(
+        &net,
+        &config("sniff", "[monitor.sniff]\ninterfaces = [\"nosuch0\"]\n"),
+    );
+    let status = d.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(1), "{}", d.log());
+    let log = d.log();
+    assert!(log.contains("no such interface `nosuch0`"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn an_interface_list_and_promiscuous_mode_work() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("sniffpromisc");
+    // Only the loopback interface is watched: attempts over the veth are not seen,
+    // attempts on 127.0.0.1 from inside the honeypot namespace are.
+    let mut d = Daemon::start(
+        &net,
+        &config(
+            "sniff",
+            "[monitor.sniff]\ninterfaces = [\"lo\"]\npromiscuous = true\n",
+        ),
+    );
+    assert!(!probe(&net, &net.hp_v4, 21007));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!probe(&net, &net.hp_v4, 21007), "veth is not watched");
+    let local = |port: &str| {
+        support::daemon::run(
+            {
+                let mut c = net.in_honeypot("nc");
+                c.args(["-z", "-w", "1", "127.0.0.1", port]);
+                c
+            },
+            Duration::from_secs(4),
+        )
+        .status
+        .success()
+    };
+    assert!(!local("21008"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(local("21008"), "{}", d.log());
+    assert!(d.stop().success());
+}
+
+#[test]
+fn after_dropping_root_the_sniffer_keeps_net_raw_and_works() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("sniffpriv");
+    let cfg = config("sniff", "").replace("[process]\n", "[process]\nuser = \"nobody\"\n");
+    let mut d = Daemon::start(&net, &cfg);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let cap = |name: &str| {
+        let v = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string();
+        u64::from_str_radix(&v, 16).unwrap()
+    };
+    // CAP_NET_BIND_SERVICE (10) and CAP_NET_RAW (13), nothing else.
+    assert_eq!(cap("CapEff:"), (1 << 10) | (1 << 13), "{status}");
+    assert_eq!(cap("CapPrm:"), (1 << 10) | (1 << 13), "{status}");
+    // Port 21 needs CAP_NET_BIND_SERVICE for the server the sniffer starts.
+    assert!(!probe(&net, &net.hp_v4, 21));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(probe(&net, &net.hp_v4, 21), "{}", d.log());
+    assert!(d.stop().success());
+}
