@@ -265,3 +265,43 @@ fn after_dropping_root_the_sniffer_keeps_net_raw_and_works() {
     assert!(probe(&net, &net.hp_v4, 21), "{}", d.log());
     assert!(d.stop().success());
 }
+
+/// Dynamic servers started by the sniffer close after `conn_timeout` without a new
+/// connection, and the least recently used one is closed at `max_listeners`.
+#[test]
+fn dynamic_servers_idle_out_and_are_evicted_lru() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("sniffidle");
+    let mut d = Daemon::start(
+        &net,
+        &config("sniff", "conn_timeout = \"2s\"\nmax_listeners = 2\n"),
+    );
+    let host = net.hp_v4.clone();
+    for port in [23001u16, 23002] {
+        assert!(!probe(&net, &host, port));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(probe(&net, &host, port), "{port} bound on demand");
+    }
+    // A third port: the cap of 2 closes the least recently used server (23001).
+    assert!(!probe(&net, &host, 23003));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(probe(&net, &host, 23003));
+    assert!(
+        d.wait_log(
+            "closed the least recently used server",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        d.log()
+    );
+    // 23002 is still served; then after 2 s without connections everything closes.
+    assert!(probe(&net, &host, 23002));
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(!probe(&net, &host, 23002), "closed after conn_timeout");
+    assert!(d.stop().success());
+    let log = d.log();
+    assert!(log.contains("listeners_evicted=1"), "{log}");
+    assert!(log.contains("listeners_idle_closed="), "{log}");
+}
