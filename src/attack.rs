@@ -167,11 +167,31 @@ impl Hashes {
     }
 }
 
-/// One finished session, ready for the sinks.
+/// One finished session, ready for the sinks: the [`Captured`] session (reachable
+/// through `Deref`, so `attack.remote` works) plus what sealing added.
 #[derive(Debug, Clone)]
 pub struct Attack {
     /// Unique, time-ordered id (UUIDv7).
     pub id: Uuid,
+    /// The session as the mode handler recorded it.
+    pub session: Captured,
+    /// Hashes of the payload (everything received from the attacker).
+    pub payload_hashes: Hashes,
+    /// Where the transcript was written, once the file store has run.
+    pub transcript_ref: Option<crate::sink::transcripts::TranscriptRef>,
+}
+
+impl std::ops::Deref for Attack {
+    type Target = Captured;
+    fn deref(&self) -> &Captured {
+        &self.session
+    }
+}
+
+/// A finished session as a mode handler hands it over; [`Captured::seal`] hashes
+/// it into an [`Attack`] off the capture path.
+#[derive(Debug, Clone)]
+pub struct Captured {
     /// When the session started.
     pub start: DateTime<Utc>,
     /// When it ended.
@@ -190,30 +210,9 @@ pub struct Attack {
     pub remote: SocketAddr,
     /// What was said both ways.
     pub transcript: Transcript,
-    /// Hashes of the payload (everything received from the attacker).
-    pub payload_hashes: Hashes,
     /// Number of canned responses sent.
     pub responses_sent: u32,
     /// Why the session ended.
-    pub end_reason: EndReason,
-    /// Where the transcript was written, once the file store has run.
-    pub transcript_ref: Option<crate::sink::transcripts::TranscriptRef>,
-}
-
-/// A finished session as a mode handler hands it over; [`Captured::seal`] hashes
-/// it into an [`Attack`] off the capture path.
-#[derive(Debug, Clone)]
-pub struct Captured {
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-    pub sensor: String,
-    pub monitor: String,
-    pub mode: Mode,
-    pub protocol: Protocol,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    pub transcript: Transcript,
-    pub responses_sent: u32,
     pub end_reason: EndReason,
 }
 
@@ -224,22 +223,13 @@ impl Captured {
     }
 
     /// Hash the payload and give the record its id.
-    pub fn seal(self) -> Attack {
-        let payload_hashes = Hashes::of(&self.transcript.payload());
+    pub fn seal(mut self) -> Attack {
+        self.local = normalize(self.local);
+        self.remote = normalize(self.remote);
         Attack {
             id: new_attack_id(self.start),
-            start: self.start,
-            end: self.end,
-            sensor: self.sensor,
-            monitor: self.monitor,
-            mode: self.mode,
-            protocol: self.protocol,
-            local: normalize(self.local),
-            remote: normalize(self.remote),
-            transcript: self.transcript,
-            payload_hashes,
-            responses_sent: self.responses_sent,
-            end_reason: self.end_reason,
+            payload_hashes: Hashes::of(&self.transcript.payload()),
+            session: self,
             transcript_ref: None,
         }
     }
