@@ -92,6 +92,19 @@ impl Transcript {
         });
     }
 
+    /// The first `max` bytes received from the attacker.
+    pub fn payload_prefix(&self, max: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(max.min(self.bytes_in as usize));
+        for c in self.chunks.iter().filter(|c| c.direction == Direction::In) {
+            let room = max - out.len();
+            if room == 0 {
+                break;
+            }
+            out.extend_from_slice(&c.data[..c.data.len().min(room)]);
+        }
+        out
+    }
+
     /// Everything received from the attacker, concatenated (the "attack string").
     pub fn payload(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.bytes_in as usize);
@@ -279,6 +292,9 @@ mod tests {
         let dirs: Vec<_> = t.chunks.iter().map(|c| c.direction).collect();
         assert_eq!(dirs, [Direction::In, Direction::Out, Direction::In]);
         assert_eq!(t.payload(), b"ac");
+        assert_eq!(t.payload_prefix(1), b"a");
+        assert_eq!(t.payload_prefix(9), b"ac");
+        assert_eq!(t.payload_prefix(0), b"");
         assert_eq!(t.bytes_out, 1);
     }
 

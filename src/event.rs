@@ -123,8 +123,9 @@ impl<'a> Event<'a> {
     /// The event of one attack, with at most `payload_max` payload bytes inline.
     pub fn of(a: &'a Attack, payload_max: u64, encoding: PayloadEncoding) -> Event<'a> {
         let t = &a.transcript;
-        let payload = t.payload();
-        let shown = &payload[..payload.len().min(payload_max as usize)];
+        // Only the part shown is copied; the digests were made when the attack was sealed.
+        let shown = t.payload_prefix(payload_max.min(t.bytes_in) as usize);
+        let shown = &shown[..];
         let (encoding_name, data) = match encoding {
             PayloadEncoding::Hex => ("hex", hex::encode(shown)),
             PayloadEncoding::Base64 => (
@@ -198,7 +199,7 @@ impl<'a> Event<'a> {
                     encoding: encoding_name,
                     data,
                     shown: shown.len(),
-                    truncated: shown.len() < payload.len(),
+                    truncated: (shown.len() as u64) < t.bytes_in,
                     read_limit_reached: t.truncated,
                 },
                 transcript: TranscriptInfo {
