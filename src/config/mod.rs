@@ -113,6 +113,9 @@ pub enum MonitorKind {
     Listen,
     /// Watch outgoing TCP RST / ICMP port-unreachable and bind the port on demand.
     Sniff,
+    /// Take new TCP SYNs and UDP datagrams from an NFQUEUE (iptables rules queue
+    /// them), bind the port, then let the packet through: the first try is caught.
+    Nfqueue,
 }
 
 /// Monitor selection and per-monitor options.
@@ -122,6 +125,7 @@ pub struct MonitorConfig {
     pub kind: MonitorKind,
     pub listen: ListenConfig,
     pub sniff: SniffConfig,
+    pub nfqueue: NfqueueConfig,
 }
 
 impl Default for MonitorConfig {
@@ -130,6 +134,30 @@ impl Default for MonitorConfig {
             kind: MonitorKind::Auto,
             listen: ListenConfig::default(),
             sniff: SniffConfig::default(),
+            nfqueue: NfqueueConfig::default(),
+        }
+    }
+}
+
+/// Options of the `nfqueue` monitor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NfqueueConfig {
+    /// Queue number (`--queue-num` of the iptables rules).
+    pub queue: u16,
+    /// Most packets the kernel holds for us; past it they go through unseen.
+    pub queue_maxlen: u32,
+    /// Receive buffer of the netlink socket.
+    #[serde(with = "units::bytesize")]
+    pub rcvbuf: u64,
+}
+
+impl Default for NfqueueConfig {
+    fn default() -> Self {
+        NfqueueConfig {
+            queue: 0,
+            queue_maxlen: 4096,
+            rcvbuf: 8 << 20,
         }
     }
 }
@@ -545,6 +573,14 @@ impl Config {
                 ));
             }
         }
+        let q = &self.monitor.nfqueue;
+        positive("monitor.nfqueue.queue_maxlen", q.queue_maxlen.into())?;
+        if !(64 << 10..=1 << 30).contains(&q.rcvbuf) {
+            return Err(Invalid::new(
+                "monitor.nfqueue.rcvbuf",
+                "must be between 64KiB and 1GiB",
+            ));
+        }
         let l = &self.limits;
         nonzero("limits.conn_timeout", l.conn_timeout)?;
         nonzero("limits.read_timeout", l.read_timeout)?;
@@ -748,6 +784,36 @@ mod tests {
         assert!(e.message.contains("not an interface name"), "{e}");
         let e = err("[monitor.sniff]\naddresses = [\"10.0.0.1\", \"10.0.0.1\"]\n");
         assert_eq!(e.key, "monitor.sniff.addresses[1]", "{e}");
+    }
+
+    #[test]
+    fn nfqueue_options() {
+        let c = parse(
+            Path::new("t"),
+            "[monitor]\nkind = \"nfqueue\"\n[monitor.nfqueue]\nqueue = 7\nqueue_maxlen = 100\nrcvbuf = \"1MiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.monitor.kind, MonitorKind::Nfqueue);
+        assert_eq!(
+            c.monitor.nfqueue,
+            NfqueueConfig {
+                queue: 7,
+                queue_maxlen: 100,
+                rcvbuf: 1 << 20
+            }
+        );
+        let e = err("[monitor.nfqueue]\nqueue = 70000\n");
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = err("[monitor.nfqueue]\nqueue_maxlen = 0\n");
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("monitor.nfqueue.queue_maxlen", Some(2)),
+            "{e}"
+        );
+        let e = err("[monitor.nfqueue]\nrcvbuf = 1000\n");
+        assert_eq!(e.key, "monitor.nfqueue.rcvbuf", "{e}");
+        let e = err("[monitor.nfqueue]\nfail_open = true\n");
+        assert!(e.to_string().contains("fail_open"), "{e}");
     }
 
     #[test]

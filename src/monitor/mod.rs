@@ -2,6 +2,7 @@
 //! make sure a server is up. One file per monitor; [`build`] is the registry.
 
 pub mod listen;
+pub mod nfqueue;
 pub mod sniff;
 
 use crate::config::{Config, MonitorKind};
@@ -30,6 +31,10 @@ pub fn build(config: &Config) -> (Box<dyn Monitor>, &'static str) {
         MonitorKind::Sniff => (
             Box::new(sniff::SniffMonitor::new()),
             "monitor.kind = \"sniff\"",
+        ),
+        MonitorKind::Nfqueue => (
+            Box::new(nfqueue::NfqueueMonitor::new()),
+            "monitor.kind = \"nfqueue\"",
         ),
         MonitorKind::Auto if can_sniff() => (
             Box::new(sniff::SniffMonitor::new()),

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod firewall;
 pub mod netns;
 pub mod schema;
 

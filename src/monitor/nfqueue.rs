@@ -1,0 +1,767 @@
+//! The `nfqueue` monitor, the original honeytrap's best monitor: iptables rules (which
+//! the administrator adds, see docs/configuration.md) queue every new TCP SYN and
+//! every new UDP datagram to a netfilter queue; for each queued packet this monitor
+//! looks up the port policy and, unless the port is ignored, has the port table bind
+//! the port *before* it lets the packet through. The kernel then delivers that very
+//! packet to the new listener: the attacker's first try is caught, not the retry.
+//!
+//! Every packet gets exactly one verdict, and it is always ACCEPT: an ignored port, a
+//! port owned by a real service (bind fails), a malformed or unsupported packet and
+//! any internal error (even a panic in the handler) all let the packet through, so
+//! the host behaves as it would without honeytrap.
+//!
+//! The `nfq` crate (pure Rust netlink) is blocking, so the queue is read on a
+//! dedicated OS thread that enters the tokio runtime (the port table spawns tasks).
+//! The queue is configured fail-open (`NFQA_CFG_F_FAIL_OPEN`: packets that do not
+//! fit into the queue or the socket are accepted by the kernel, not dropped) and
+//! reports socket overflows (ENOBUFS), which are counted and logged; the loop goes on.
+//!
+//! Gap in `nfq` 0.2: its `Queue` does not expose its socket. The descriptor is found
+//! by looking for the process's one `NETLINK_NETFILTER` socket (see [`find_fd`]); it
+//! is needed for `rcvbuf` (SO_RCVBUFFORCE) and for waking the thread at shutdown. If
+//! it cannot be found, `rcvbuf` is not applied (logged) and the thread polls.
+
+use super::Monitor;
+use crate::limit_warn;
+use crate::proto::Protocol;
+use crate::server::{Ensured, PortTable, Trigger};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Name of this monitor (in events: `honeytrap.monitor`).
+pub const NAME: &str = "nfqueue";
+
+/// Bytes of each packet copied to userspace: enough for the IP header, IPv6
+/// extension headers and the TCP/UDP ports.
+const COPY_RANGE: u16 = 512;
+
+// ---------------------------------------------------------------------------------
+// Parsing
+// ---------------------------------------------------------------------------------
+
+/// A connection attempt: what a queued packet is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    pub protocol: Protocol,
+    /// Our side (the destination of the packet).
+    pub local: SocketAddr,
+    /// The attacker (the source).
+    pub remote: SocketAddr,
+}
+
+/// Why a packet is not an attempt (it is accepted all the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// Shorter than its headers say, or impossible header values.
+    Malformed,
+    /// Well formed, but not a TCP SYN or UDP datagram we can attribute to a port
+    /// (another protocol, a later fragment, a TCP segment without SYN, port 0).
+    Unsupported,
+}
+
+fn be16(p: &[u8], at: usize) -> Result<u16, Reject> {
+    match p.get(at..at + 2) {
+        Some(b) => Ok(u16::from_be_bytes([b[0], b[1]])),
+        None => Err(Reject::Malformed),
+    }
+}
+
+/// (source, destination, transport protocol, transport header and what follows).
+type IpHeader<'a> = (IpAddr, IpAddr, u8, &'a [u8]);
+
+fn ipv4(p: &[u8]) -> Result<IpHeader<'_>, Reject> {
+    if p.len() < 20 {
+        return Err(Reject::Malformed);
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    if ihl < 20 || p.len() < ihl {
+        return Err(Reject::Malformed);
+    }
+    if be16(p, 6)? & 0x1fff != 0 {
+        // A later fragment: no transport header.
+        return Err(Reject::Unsupported);
+    }
+    let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+    let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+    Ok((src.into(), dst.into(), p[9], &p[ihl..]))
+}
+
+fn ipv6(p: &[u8]) -> Result<IpHeader<'_>, Reject> {
+    if p.len() < 40 {
+        return Err(Reject::Malformed);
+    }
+    let addr = |at: usize| {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&p[at..at + 16]);
+        IpAddr::from(Ipv6Addr::from(a))
+    };
+    let (mut next, mut rest) = (p[6], &p[40..]);
+    // Walk the extension headers that may precede TCP/UDP (at most a few).
+    for _ in 0..8 {
+        match next {
+            // Hop-by-hop, routing, destination options: (length + 1) * 8 bytes.
+            0 | 43 | 60 => {
+                if rest.len() < 8 {
+                    return Err(Reject::Malformed);
+                }
+                let len = (usize::from(rest[1]) + 1) * 8;
+                if rest.len() < len {
+                    return Err(Reject::Malformed);
+                }
+                next = rest[0];
+                rest = &rest[len..];
+            }
+            // Fragment: 8 bytes; only the first fragment has the transport header.
+            44 => {
+                if rest.len() < 8 {
+                    return Err(Reject::Malformed);
+                }
+                if be16(rest, 2)? & 0xfff8 != 0 {
+                    return Err(Reject::Unsupported);
+                }
+                next = rest[0];
+                rest = &rest[8..];
+            }
+            _ => return Ok((addr(8), addr(24), next, rest)),
+        }
+    }
+    Err(Reject::Unsupported)
+}
+
+/// Parse one queued packet (starting at its IP header). Never panics.
+pub fn parse(p: &[u8]) -> Result<Attempt, Reject> {
+    let (src, dst, proto, rest) = match p.first().map(|b| b >> 4) {
+        Some(4) => ipv4(p)?,
+        Some(6) => ipv6(p)?,
+        Some(_) => return Err(Reject::Malformed),
+        None => return Err(Reject::Malformed),
+    };
+    let protocol = match proto {
+        6 => {
+            if rest.len() < 20 || usize::from(rest[12] >> 4) * 4 < 20 {
+                return Err(Reject::Malformed);
+            }
+            // SYN without ACK: a new connection. Anything else (a rule that queues
+            // more than the documented ones) is let through untouched.
+            if rest[13] & 0x12 != 0x02 {
+                return Err(Reject::Unsupported);
+            }
+            Protocol::Tcp
+        }
+        17 => {
+            if rest.len() < 8 {
+                return Err(Reject::Malformed);
+            }
+            Protocol::Udp
+        }
+        _ => return Err(Reject::Unsupported),
+    };
+    let (sport, dport) = (be16(rest, 0)?, be16(rest, 2)?);
+    if dport == 0 {
+        return Err(Reject::Unsupported);
+    }
+    Ok(Attempt {
+        protocol,
+        local: SocketAddr::new(dst, dport),
+        remote: SocketAddr::new(src, sport),
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// The monitor
+// ---------------------------------------------------------------------------------
+
+/// What the monitor saw, logged at info when it stops.
+#[derive(Default)]
+struct Counters {
+    packets: AtomicU64,
+    tcp_syns: AtomicU64,
+    udp_datagrams: AtomicU64,
+    started: AtomicU64,
+    running: AtomicU64,
+    ignored: AtomicU64,
+    unavailable: AtomicU64,
+    malformed: AtomicU64,
+    unsupported: AtomicU64,
+    overflows: AtomicU64,
+    errors: AtomicU64,
+    verdict_errors: AtomicU64,
+}
+
+/// The `nfqueue` monitor.
+pub struct NfqueueMonitor {
+    counters: Arc<Counters>,
+    /// `[monitor.nfqueue]` as started (every option needs a restart).
+    started: Option<crate::config::NfqueueConfig>,
+    worker: Option<Worker>,
+}
+
+/// The queue thread and how to stop it.
+struct Worker {
+    thread: std::thread::JoinHandle<()>,
+    stop: Arc<Stop>,
+}
+
+/// Stop request: a flag and an eventfd the thread polls beside the queue socket.
+struct Stop {
+    flag: AtomicBool,
+    event: OwnedFd,
+}
+
+impl Stop {
+    fn new() -> io::Result<Stop> {
+        // SAFETY: eventfd has no memory arguments; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Stop {
+            flag: AtomicBool::new(false),
+            // SAFETY: `fd` was just created and is owned by nothing else.
+            event: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    fn request(&self) {
+        self.flag.store(true, Relaxed);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+        unsafe {
+            libc::write(
+                self.event.as_raw_fd(),
+                std::ptr::addr_of!(one).cast::<libc::c_void>(),
+                8,
+            )
+        };
+    }
+
+    fn requested(&self) -> bool {
+        self.flag.load(Relaxed)
+    }
+}
+
+impl Default for NfqueueMonitor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NfqueueMonitor {
+    pub fn new() -> NfqueueMonitor {
+        NfqueueMonitor {
+            counters: Arc::new(Counters::default()),
+            started: None,
+            worker: None,
+        }
+    }
+}
+
+/// Whether `fd` is a netlink socket of protocol NETLINK_NETFILTER.
+fn is_netfilter_socket(fd: RawFd) -> bool {
+    let get = |opt: libc::c_int| -> Option<libc::c_int> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v` and `len` are valid for writes of an int and its length.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                std::ptr::addr_of_mut!(v).cast::<libc::c_void>(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(v)
+    };
+    get(libc::SO_DOMAIN) == Some(libc::AF_NETLINK)
+        && get(libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER)
+}
+
+/// The lowest free descriptor number now (the one the next socket will most likely
+/// get).
+fn lowest_free_fd() -> Option<RawFd> {
+    // SAFETY: duplicates standard error (fails harmlessly if it is closed); the copy
+    // is closed at once.
+    let probe = unsafe { libc::fcntl(libc::STDERR_FILENO, libc::F_DUPFD_CLOEXEC, 0) };
+    if probe < 0 {
+        return None;
+    }
+    // SAFETY: `probe` was just created by us.
+    unsafe { libc::close(probe) };
+    Some(probe)
+}
+
+/// The descriptor of the `nfq` queue's socket (`nfq` 0.2 does not expose it): the
+/// process's only NETLINK_NETFILTER socket. `guess` is the lowest free descriptor
+/// before the queue was opened; otherwise /proc/self/fd is searched.
+fn find_fd(guess: Option<RawFd>) -> Option<RawFd> {
+    if let Some(fd) = guess.filter(|&fd| is_netfilter_socket(fd)) {
+        return Some(fd);
+    }
+    let found: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| is_netfilter_socket(fd))
+        .collect();
+    match found[..] {
+        [fd] => Some(fd),
+        _ => None,
+    }
+}
+
+/// Set the socket's receive buffer: SO_RCVBUFFORCE (CAP_NET_ADMIN, beyond
+/// net.core.rmem_max), else SO_RCVBUF. Returns what the kernel reports.
+fn set_rcvbuf(fd: RawFd, bytes: u64) -> io::Result<usize> {
+    let want = libc::c_int::try_from(bytes / 2).unwrap_or(libc::c_int::MAX / 2);
+    let set = |opt| {
+        // SAFETY: passes a valid int and its size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                std::ptr::addr_of!(want).cast::<libc::c_void>(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    // The kernel doubles the value it is given (for its bookkeeping), as
+    // socket(7) says; half is asked for so that `rcvbuf` is what it reports.
+    if set(libc::SO_RCVBUFFORCE) != 0 && set(libc::SO_RCVBUF) != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid for writes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::addr_of_mut!(v).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v as usize)
+}
+
+/// Open, bind and configure the queue. Returns it with its descriptor, if found.
+fn open(cfg: &crate::config::NfqueueConfig) -> anyhow::Result<(nfq::Queue, Option<RawFd>)> {
+    let n = cfg.queue;
+    let guess = lowest_free_fd();
+    let mut q = nfq::Queue::open().map_err(|e| {
+        anyhow::anyhow!(
+            "monitor.nfqueue: cannot open a netfilter queue socket (needs CAP_NET_ADMIN): {e}"
+        )
+    })?;
+    let fd = find_fd(guess);
+    q.bind(n).map_err(|e| {
+        anyhow::anyhow!("monitor.nfqueue: cannot bind queue {n} (does another program use it? needs CAP_NET_ADMIN): {e}")
+    })?;
+    let step = |what: &str, r: io::Result<()>| {
+        r.map_err(|e| anyhow::anyhow!("monitor.nfqueue: queue {n}: cannot set {what}: {e}"))
+    };
+    step("the copy range", q.set_copy_range(n, COPY_RANGE))?;
+    step("queue_maxlen", q.set_queue_max_len(n, cfg.queue_maxlen))?;
+    // Fail open: a packet that does not fit is accepted by the kernel, not dropped.
+    step("fail-open", q.set_fail_open(n, true))?;
+    // Report socket overflows (ENOBUFS) so they are counted and logged.
+    step("ENOBUFS reporting", q.set_recv_enobufs(true))?;
+    q.set_nonblocking(true);
+    match fd {
+        Some(fd) => match set_rcvbuf(fd, cfg.rcvbuf) {
+            Ok(got) => tracing::debug!(rcvbuf = got, "nfqueue: socket receive buffer set"),
+            Err(e) => {
+                tracing::warn!(error = %e, "monitor.nfqueue.rcvbuf: cannot set the socket receive buffer; the kernel default is used")
+            }
+        },
+        None => tracing::warn!(
+            "nfqueue: the queue's socket was not found; monitor.nfqueue.rcvbuf is not applied and the queue is polled every 5 ms"
+        ),
+    }
+    Ok((q, fd))
+}
+
+/// What the thread needs.
+struct Loop {
+    queue: nfq::Queue,
+    fd: Option<RawFd>,
+    table: Arc<PortTable>,
+    counters: Arc<Counters>,
+    stop: Arc<Stop>,
+    number: u16,
+}
+
+impl Loop {
+    /// Decide about one packet: trigger the port table if it is an attempt on a
+    /// port that is not ignored. The caller gives the verdict (ACCEPT) afterwards.
+    fn handle(&self, packet: &[u8]) {
+        let c = &self.counters;
+        let attempt = match parse(packet) {
+            Ok(a) => a,
+            Err(Reject::Malformed) => {
+                c.malformed.fetch_add(1, Relaxed);
+                tracing::debug!(len = packet.len(), "nfqueue: malformed packet accepted");
+                return;
+            }
+            Err(Reject::Unsupported) => {
+                c.unsupported.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        match attempt.protocol {
+            Protocol::Tcp => c.tcp_syns.fetch_add(1, Relaxed),
+            Protocol::Udp => c.udp_datagrams.fetch_add(1, Relaxed),
+        };
+        // `trigger` applies the policy (ignore: nothing bound) and binds
+        // synchronously, so the listener exists before the verdict.
+        let result = self.table.trigger(&Trigger {
+            protocol: attempt.protocol,
+            local: attempt.local,
+            remote: attempt.remote,
+            monitor: NAME,
+        });
+        let counter = match result {
+            Ensured::Started => &c.started,
+            Ensured::Running => &c.running,
+            Ensured::Ignored => &c.ignored,
+            Ensured::Unavailable | Ensured::Full => &c.unavailable,
+        };
+        counter.fetch_add(1, Relaxed);
+        tracing::debug!(protocol = %attempt.protocol, local = %attempt.local, remote = %attempt.remote, result = ?result, "nfqueue: new attempt");
+    }
+
+    /// Handle one message and give its verdict (always ACCEPT, also if the handler
+    /// panics).
+    fn verdict(&mut self, mut msg: nfq::Message) {
+        self.counters.packets.fetch_add(1, Relaxed);
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.handle(msg.get_payload())
+        }));
+        if handled.is_err() {
+            self.counters.errors.fetch_add(1, Relaxed);
+            tracing::error!("nfqueue: the packet handler panicked; the packet is accepted");
+        }
+        msg.set_verdict(nfq::Verdict::Accept);
+        if let Err(e) = self.queue.verdict(msg) {
+            self.counters.verdict_errors.fetch_add(1, Relaxed);
+            let ctx = Arc::clone(self.table.context());
+            limit_warn!(ctx.throttle, "nfqueue_verdict", error = %e, "nfqueue: cannot send a verdict (the kernel accepts the packet when the queue is torn down)");
+        }
+    }
+
+    /// Wait until the socket is readable or a stop is requested.
+    fn wait(&self) {
+        let Some(fd) = self.fd else {
+            std::thread::sleep(Duration::from_millis(5));
+            return;
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.stop.event.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // A timeout as a safety net: the stop flag is checked at least every second.
+        // SAFETY: `fds` is a valid array of two pollfds.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+    }
+
+    /// Receive and judge packets until a stop is requested.
+    fn run(&mut self) {
+        let ctx = Arc::clone(self.table.context());
+        while !self.stop.requested() {
+            match self.queue.recv() {
+                Ok(msg) => self.verdict(msg),
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EAGAIN) => self.wait(),
+                    Some(libc::EINTR) => {}
+                    Some(libc::ENOBUFS) => {
+                        // The socket buffer overflowed: the kernel accepted (fail
+                        // open) what it could not deliver. Go on.
+                        self.counters.overflows.fetch_add(1, Relaxed);
+                        limit_warn!(ctx.throttle, "nfqueue_overflow", queue = self.number, "nfqueue: netlink socket overflow (ENOBUFS): packets went through unseen; raise monitor.nfqueue.rcvbuf");
+                    }
+                    _ => {
+                        self.counters.errors.fetch_add(1, Relaxed);
+                        limit_warn!(ctx.throttle, "nfqueue_error", queue = self.number, error = %e, "nfqueue: receive error");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                },
+            }
+        }
+        // Accept what is still waiting, then leave the queue (with --queue-bypass the
+        // kernel lets packets through while nobody is bound).
+        while let Ok(msg) = self.queue.recv() {
+            self.verdict(msg);
+        }
+        let _ = self.queue.unbind(self.number);
+        self.log_summary();
+    }
+
+    fn log_summary(&self) {
+        let c = &self.counters;
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        tracing::info!(
+            queue = self.number,
+            packets = g(&c.packets),
+            tcp_syns = g(&c.tcp_syns),
+            udp_datagrams = g(&c.udp_datagrams),
+            servers_started = g(&c.started),
+            already_running = g(&c.running),
+            ignored_ports = g(&c.ignored),
+            unavailable = g(&c.unavailable),
+            malformed = g(&c.malformed),
+            unsupported = g(&c.unsupported),
+            overflows = g(&c.overflows),
+            errors = g(&c.errors),
+            verdict_errors = g(&c.verdict_errors),
+            "nfqueue monitor stopped"
+        );
+    }
+}
+
+impl Monitor for NfqueueMonitor {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Vec<caps::Capability> {
+        // The queue is opened after the privilege drop; servers may be started on
+        // ports below 1024.
+        vec![
+            caps::Capability::CAP_NET_ADMIN,
+            caps::Capability::CAP_NET_BIND_SERVICE,
+        ]
+    }
+
+    fn start(&mut self, table: &Arc<PortTable>) -> anyhow::Result<()> {
+        let cfg = table.context().config().config.monitor.nfqueue.clone();
+        let (queue, fd) = open(&cfg)?;
+        let stop = Arc::new(Stop::new()?);
+        let runtime = tokio::runtime::Handle::current();
+        let mut lp = Loop {
+            queue,
+            fd,
+            table: Arc::clone(table),
+            counters: Arc::clone(&self.counters),
+            stop: Arc::clone(&stop),
+            number: cfg.queue,
+        };
+        let thread = std::thread::Builder::new()
+            .name("nfqueue".into())
+            .spawn(move || {
+                // The port table spawns tokio tasks (servers, idle watchers).
+                let _entered = runtime.enter();
+                lp.run();
+            })?;
+        // Stop with the servers: on shutdown the thread accepts what is queued and
+        // unbinds, so packets go through (--queue-bypass) to whatever answers.
+        let token = table.context().stop_accepting.clone();
+        let s2 = Arc::clone(&stop);
+        tokio::spawn(async move {
+            token.cancelled().await;
+            s2.request();
+        });
+        tracing::info!(
+            queue = cfg.queue,
+            queue_maxlen = cfg.queue_maxlen,
+            rcvbuf = cfg.rcvbuf,
+            "reading new TCP SYNs and UDP datagrams from the netfilter queue; ports are bound before the packet is accepted"
+        );
+        self.worker = Some(Worker { thread, stop });
+        self.started = Some(cfg);
+        Ok(())
+    }
+
+    fn reload(&mut self, table: &Arc<PortTable>) {
+        let cfg = table.context().config().config.monitor.nfqueue.clone();
+        if self.started.as_ref().is_some_and(|old| *old != cfg) {
+            tracing::warn!(
+                "SIGHUP: changes to [monitor.nfqueue] need a restart; they are kept as they were"
+            );
+        }
+    }
+}
+
+impl Drop for NfqueueMonitor {
+    /// Stop the thread and wait for it, so its summary is logged before exit.
+    fn drop(&mut self) {
+        if let Some(w) = self.worker.take() {
+            w.stop.request();
+            let _ = w.thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(proto: u8, payload: &[u8]) -> Vec<u8> {
+        let mut h = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0];
+        let total = (20 + payload.len()) as u16;
+        h[2..4].copy_from_slice(&total.to_be_bytes());
+        h.extend_from_slice(&[203, 0, 113, 9]);
+        h.extend_from_slice(&[10, 0, 0, 1]);
+        h.extend_from_slice(payload);
+        h
+    }
+
+    fn v6(next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut h = vec![0x60, 0, 0, 0];
+        h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        h.extend_from_slice(&[next, 64]);
+        h.extend_from_slice(&"2001:db8::9".parse::<Ipv6Addr>().unwrap().octets());
+        h.extend_from_slice(&"fd00::1".parse::<Ipv6Addr>().unwrap().octets());
+        h.extend_from_slice(payload);
+        h
+    }
+
+    fn tcp(flags: u8) -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend_from_slice(&40000u16.to_be_bytes());
+        t.extend_from_slice(&2222u16.to_be_bytes());
+        t.extend_from_slice(&[0, 0, 0, 7, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        t
+    }
+
+    fn udp(data: &[u8]) -> Vec<u8> {
+        let mut u = Vec::new();
+        u.extend_from_slice(&41000u16.to_be_bytes());
+        u.extend_from_slice(&5060u16.to_be_bytes());
+        u.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(data);
+        u
+    }
+
+    const SYN: u8 = 0x02;
+
+    #[test]
+    fn tcp_syn_over_ipv4_and_ipv6() {
+        let a = parse(&v4(6, &tcp(SYN))).unwrap();
+        assert_eq!(a.protocol, Protocol::Tcp);
+        assert_eq!(a.local, "10.0.0.1:2222".parse().unwrap());
+        assert_eq!(a.remote, "203.0.113.9:40000".parse().unwrap());
+        let a = parse(&v6(6, &tcp(SYN))).unwrap();
+        assert_eq!(a.protocol, Protocol::Tcp);
+        assert_eq!(a.local, "[fd00::1]:2222".parse().unwrap());
+        assert_eq!(a.remote, "[2001:db8::9]:40000".parse().unwrap());
+    }
+
+    #[test]
+    fn udp_datagram_over_ipv4_and_ipv6() {
+        let a = parse(&v4(17, &udp(b"probe"))).unwrap();
+        assert_eq!(a.protocol, Protocol::Udp);
+        assert_eq!(a.local, "10.0.0.1:5060".parse().unwrap());
+        assert_eq!(a.remote, "203.0.113.9:41000".parse().unwrap());
+        let a = parse(&v6(17, &udp(b""))).unwrap();
+        assert_eq!(a.local, "[fd00::1]:5060".parse().unwrap());
+        assert_eq!(a.remote, "[2001:db8::9]:41000".parse().unwrap());
+    }
+
+    #[test]
+    fn ipv4_options_and_ipv6_extension_headers_are_skipped() {
+        let mut p = v4(6, &[]);
+        p[0] = 0x46;
+        p.extend_from_slice(&[1, 1, 1, 0]);
+        p.extend(tcp(SYN));
+        assert_eq!(parse(&p).unwrap().local.port(), 2222);
+        // Hop-by-hop (8 bytes) then a first fragment (offset 0) then UDP.
+        let mut ext = vec![44, 0, 1, 4, 0, 0, 0, 0];
+        ext.extend_from_slice(&[17, 0, 0, 0, 0, 0, 0, 1]);
+        ext.extend(udp(b"x"));
+        let a = parse(&v6(0, &ext)).unwrap();
+        assert_eq!((a.protocol, a.local.port()), (Protocol::Udp, 5060));
+        // A later IPv6 fragment: no ports.
+        let mut ext = vec![17, 0, 0, 8, 0, 0, 0, 1];
+        ext.extend(udp(b"x"));
+        assert_eq!(parse(&v6(44, &ext)), Err(Reject::Unsupported));
+    }
+
+    #[test]
+    fn other_packets_are_unsupported() {
+        // SYN-ACK, plain ACK, RST: not a new connection.
+        for flags in [0x12, 0x10, 0x04] {
+            assert_eq!(parse(&v4(6, &tcp(flags))), Err(Reject::Unsupported));
+        }
+        // ICMP, SCTP.
+        assert_eq!(
+            parse(&v4(1, &[8, 0, 0, 0, 0, 0, 0, 0])),
+            Err(Reject::Unsupported)
+        );
+        assert_eq!(parse(&v6(132, &[0; 16])), Err(Reject::Unsupported));
+        // A later IPv4 fragment.
+        let mut p = v4(17, &udp(b"x"));
+        p[7] = 10;
+        assert_eq!(parse(&p), Err(Reject::Unsupported));
+        // Destination port 0.
+        let mut p = v4(17, &udp(b"x"));
+        p[22] = 0;
+        p[23] = 0;
+        assert_eq!(parse(&p), Err(Reject::Unsupported));
+    }
+
+    #[test]
+    fn truncated_and_garbage_packets_never_panic() {
+        for (p, min) in [
+            (v4(6, &tcp(SYN)), 40),
+            (v6(6, &tcp(SYN)), 60),
+            (v4(17, &udp(b"data")), 28),
+            (v6(17, &udp(b"data")), 48),
+        ] {
+            for n in 0..p.len() {
+                let r = parse(&p[..n]);
+                assert_eq!(r.is_ok(), n >= min, "{n} bytes of {p:?}: {r:?}");
+                if n < min {
+                    assert_eq!(r, Err(Reject::Malformed), "{n} bytes");
+                }
+            }
+        }
+        // IPv4 header length below 20 or beyond the packet; TCP data offset below 5.
+        let mut p = v4(6, &tcp(SYN));
+        p[0] = 0x44;
+        assert_eq!(parse(&p), Err(Reject::Malformed));
+        let mut p = v4(6, &tcp(SYN));
+        p[0] = 0x4f;
+        p.truncate(50);
+        assert_eq!(parse(&p), Err(Reject::Malformed));
+        let mut p = v4(6, &tcp(SYN));
+        p[20 + 12] = 0x40;
+        assert_eq!(parse(&p), Err(Reject::Malformed));
+        // An IPv6 extension header longer than the packet.
+        let mut ext = vec![17, 200, 0, 0, 0, 0, 0, 0];
+        ext.extend(udp(b"x"));
+        assert_eq!(parse(&v6(60, &ext)), Err(Reject::Malformed));
+        // Not IP, or nothing at all.
+        assert_eq!(parse(&[0x20, 1, 2]), Err(Reject::Malformed));
+        assert_eq!(parse(&[]), Err(Reject::Malformed));
+        // Arbitrary bytes.
+        let mut x: u32 = 7;
+        for len in 0..400 {
+            let mut p = Vec::with_capacity(len);
+            for _ in 0..len {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                p.push((x >> 16) as u8);
+            }
+            if let Some(b) = p.first_mut() {
+                *b = if len % 2 == 0 { 0x45 } else { 0x60 };
+            }
+            let _ = parse(&p);
+        }
+    }
+}
