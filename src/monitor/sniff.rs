@@ -678,8 +678,10 @@ impl Monitor for SniffMonitor {
             .collect::<io::Result<Vec<_>>>()?;
         let addresses = self.refresh_addresses(&cfg);
         self.shared.readers.store(fds.len(), Relaxed);
+        // Tracked with the sessions, so shutdown waits for the readers (and their
+        // summary line) before the process exits.
         for (name, fd) in fds {
-            tokio::spawn(read_loop(
+            table.context().sessions.spawn(read_loop(
                 fd,
                 name,
                 Arc::clone(table),
