@@ -42,6 +42,11 @@ pub fn run(loaded: Loaded, log: Option<LogControl>) -> anyhow::Result<()> {
     let who = privileges::resolve(&cfg.process.user, &cfg.process.group)?;
     privileges::prepare_data_dir(&cfg.sensor.data_dir, who.as_ref())?;
     let (monitor, why) = monitor::build(cfg);
+    let why = if loaded.overridden {
+        format!("{why} (set on the command line)")
+    } else {
+        why.to_string()
+    };
     if let Some(who) = &who {
         let keep = monitor.capabilities();
         privileges::drop_to(who, &keep)?;
@@ -56,7 +61,7 @@ pub fn run(loaded: Loaded, log: Option<LogControl>) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     tracing::info!(
         monitor = monitor.name(),
-        reason = why,
+        reason = %why,
         open_files = nofile,
         "monitor chosen"
     );
@@ -178,6 +183,11 @@ fn reload(
             merged.config.process.user = o.process.user.clone();
             merged.config.process.group = o.process.group.clone();
             merged.config.monitor.kind = o.monitor.kind;
+            if old.overridden {
+                // The command line wins until restart.
+                merged.config.monitor.nfqueue.queue = o.monitor.nfqueue.queue;
+                merged.overridden = true;
+            }
             ctx.buffers.set_max(merged.config.limits.max_buffered);
             ctx.current.store(Arc::new(merged));
             table.apply_policy();

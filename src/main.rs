@@ -26,6 +26,8 @@ enum Command {
         /// Configuration file (TOML); without it the embedded default is used.
         #[arg(short = 'c', long = "config")]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
         /// Log filter, overriding process.log_level (error, warn, info, debug, trace).
         #[arg(long)]
         log_level: Option<String>,
@@ -35,13 +37,44 @@ enum Command {
         /// Configuration file (TOML); without it the embedded default is checked.
         #[arg(short = 'c', long = "config")]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
     },
+}
+
+/// Settings the command line overrides without editing the configuration file.
+#[derive(clap::Args)]
+struct Overrides {
+    /// Monitor to run, overriding monitor.kind.
+    #[arg(long, value_parser = ["auto", "listen", "sniff", "nfqueue"])]
+    monitor: Option<String>,
+    /// NFQUEUE queue number, overriding monitor.nfqueue.queue.
+    #[arg(long)]
+    queue: Option<u16>,
+}
+
+/// Load the configuration and apply the command-line overrides.
+fn load(
+    config: Option<&std::path::Path>,
+    o: &Overrides,
+) -> Result<honeytrap::config::Loaded, honeytrap::config::ConfigError> {
+    let mut loaded = honeytrap::config::load(config)?;
+    if let Some(kind) = &o.monitor {
+        loaded.config.monitor.kind = toml::Value::String(kind.clone())
+            .try_into()
+            .expect("clap checked the monitor name");
+    }
+    if let Some(q) = o.queue {
+        loaded.config.monitor.nfqueue.queue = q;
+    }
+    loaded.overridden = o.monitor.is_some() || o.queue.is_some();
+    Ok(loaded)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match honeytrap::config::load(config.as_deref()) {
+        Command::CheckConfig { config, overrides } => match load(config.as_deref(), &overrides) {
             Ok(loaded) => {
                 print!("{}", loaded.config.to_toml());
                 ExitCode::SUCCESS
@@ -51,8 +84,12 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config, log_level } => {
-            let loaded = match honeytrap::config::load(config.as_deref()) {
+        Command::Run {
+            config,
+            overrides,
+            log_level,
+        } => {
+            let loaded = match load(config.as_deref(), &overrides) {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("honeytrap: invalid configuration: {e}");

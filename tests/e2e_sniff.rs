@@ -7,6 +7,7 @@ mod support;
 
 use base64::Engine as _;
 use serde_json::Value;
+use std::os::unix::process::CommandExt as _;
 use std::time::Duration;
 use support::{base_config, require_root, Daemon, NetPair};
 
@@ -304,4 +305,58 @@ fn dynamic_servers_idle_out_and_are_evicted_lru() {
     let log = d.log();
     assert!(log.contains("listeners_evicted=1"), "{log}");
     assert!(log.contains("listeners_idle_closed="), "{log}");
+}
+
+/// `--monitor` on the command line overrides monitor.kind without editing the file.
+#[test]
+fn the_command_line_chooses_the_monitor() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("sniffcli");
+    // The file says listen (with no ports); the command line says sniff.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.toml");
+    std::fs::write(
+        &path,
+        config("listen", "").replace("@DATA@", &dir.path().join("data").display().to_string()),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let _daemon = support::netns::Background(
+        net.in_honeypot(support::daemon::BIN)
+            .args(["run", "--monitor", "sniff", "-c"])
+            .arg(&path)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        support::daemon::wait_until(Duration::from_secs(10), || read().contains("ready")),
+        "{}",
+        read()
+    );
+    assert!(
+        read().contains("monitor chosen monitor=\"sniff\""),
+        "{}",
+        read()
+    );
+    assert!(read().contains("set on the command line"), "{}", read());
+    // It really sniffs: the retry on an unbound port is caught.
+    assert!(!probe(&net, &net.hp_v4, 24001));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(probe(&net, &net.hp_v4, 24001), "{}", read());
+    drop(_daemon);
+
+    let out = std::process::Command::new(support::daemon::BIN)
+        .args(["check-config", "--monitor", "nfqueue", "--queue", "7", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: toml::Value = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(v["monitor"]["kind"].as_str(), Some("nfqueue"));
+    assert_eq!(v["monitor"]["nfqueue"]["queue"].as_integer(), Some(7));
 }

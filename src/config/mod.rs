@@ -422,6 +422,9 @@ pub struct Loaded {
     pub sensor: std::sync::Arc<str>,
     /// Where it came from (for SIGHUP reloads); None for the embedded default.
     pub source: Option<PathBuf>,
+    /// The command line changed the monitor (`--monitor`, `--queue`); a reload keeps
+    /// the monitor settings as they are.
+    pub overridden: bool,
 }
 
 /// Load and validate `path`, or the embedded default when `path` is None.
@@ -449,6 +452,7 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
         policy,
         sensor,
         source: path.map(Path::to_path_buf),
+        overridden: false,
     })
 }
 
