@@ -955,6 +955,9 @@ data_dir = "@DATA@"
 bind_addresses = ["127.0.0.1"]
 backlog = 4096
 
+[monitor]
+kind = "listen"
+
 [monitor.listen]
 tcp = [{port}]
 udp = []
@@ -1081,6 +1084,9 @@ data_dir = "@DATA@"
 [network]
 bind_addresses = ["127.0.0.1"]
 backlog = 4096
+
+[monitor]
+kind = "listen"
 
 [monitor.listen]
 tcp = [{port}]
