@@ -46,7 +46,7 @@ enum Command {
 #[derive(clap::Args)]
 struct Overrides {
     /// Monitor to run, overriding monitor.kind.
-    #[arg(long, value_parser = ["auto", "listen", "sniff", "nfqueue"])]
+    #[arg(long, value_parser = ["auto", "listen", "sniff", "nfqueue", "tproxy"])]
     monitor: Option<String>,
     /// NFQUEUE queue number, overriding monitor.nfqueue.queue.
     #[arg(long)]

@@ -116,6 +116,10 @@ pub enum MonitorKind {
     /// Take new TCP SYNs and UDP datagrams from an NFQUEUE (iptables rules queue
     /// them), bind the port, then let the packet through: the first try is caught.
     Nfqueue,
+    /// Take every new flow the iptables TPROXY rules divert to one transparent TCP
+    /// listener and one transparent UDP socket; the original destination comes from
+    /// the socket. Nothing is bound per port.
+    Tproxy,
 }
 
 /// Monitor selection and per-monitor options.
@@ -126,6 +130,7 @@ pub struct MonitorConfig {
     pub listen: ListenConfig,
     pub sniff: SniffConfig,
     pub nfqueue: NfqueueConfig,
+    pub tproxy: TproxyConfig,
 }
 
 impl Default for MonitorConfig {
@@ -135,6 +140,7 @@ impl Default for MonitorConfig {
             listen: ListenConfig::default(),
             sniff: SniffConfig::default(),
             nfqueue: NfqueueConfig::default(),
+            tproxy: TproxyConfig::default(),
         }
     }
 }
@@ -159,6 +165,21 @@ impl Default for NfqueueConfig {
             queue_maxlen: 4096,
             rcvbuf: 8 << 20,
         }
+    }
+}
+
+/// Options of the `tproxy` monitor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TproxyConfig {
+    /// Port of the transparent TCP listener and UDP socket (`--on-port` of the
+    /// TPROXY rules), bound on the wildcard addresses.
+    pub port: u16,
+}
+
+impl Default for TproxyConfig {
+    fn default() -> Self {
+        TproxyConfig { port: 65499 }
     }
 }
 
@@ -585,6 +606,12 @@ impl Config {
                 "must be between 64KiB and 1GiB",
             ));
         }
+        if self.monitor.tproxy.port == 0 {
+            return Err(Invalid::new(
+                "monitor.tproxy.port",
+                "must be between 1 and 65535",
+            ));
+        }
         let l = &self.limits;
         nonzero("limits.conn_timeout", l.conn_timeout)?;
         nonzero("limits.read_timeout", l.read_timeout)?;
@@ -818,6 +845,29 @@ mod tests {
         assert_eq!(e.key, "monitor.nfqueue.rcvbuf", "{e}");
         let e = err("[monitor.nfqueue]\nfail_open = true\n");
         assert!(e.to_string().contains("fail_open"), "{e}");
+    }
+
+    #[test]
+    fn tproxy_options() {
+        let c = parse(Path::new("t"), "[monitor]\nkind = \"tproxy\"\n").unwrap();
+        assert_eq!(c.monitor.kind, MonitorKind::Tproxy);
+        assert_eq!(c.monitor.tproxy, TproxyConfig { port: 65499 });
+        let c = parse(
+            Path::new("t"),
+            "[monitor]\nkind = \"tproxy\"\n[monitor.tproxy]\nport = 9000\n",
+        )
+        .unwrap();
+        assert_eq!(c.monitor.tproxy.port, 9000);
+        let e = err("[monitor.tproxy]\nport = 0\n");
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("monitor.tproxy.port", Some(2)),
+            "{e}"
+        );
+        let e = err("[monitor.tproxy]\nport = 70000\n");
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = err("[monitor.tproxy]\naddress = \"0.0.0.0\"\n");
+        assert!(e.to_string().contains("address"), "{e}");
     }
 
     #[test]

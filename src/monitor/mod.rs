@@ -1,9 +1,11 @@
 //! Connection monitors: they notice connection attempts and ask the port table to
-//! make sure a server is up. One file per monitor; [`build`] is the registry.
+//! make sure a server is up (the `tproxy` monitor instead receives the diverted
+//! flows itself and hands them to the servers' per-connection path). One file per monitor; [`build`] is the registry.
 
 pub mod listen;
 pub mod nfqueue;
 pub mod sniff;
+pub mod tproxy;
 
 use crate::config::{Config, MonitorKind};
 use crate::server::PortTable;
@@ -35,6 +37,10 @@ pub fn build(config: &Config) -> (Box<dyn Monitor>, &'static str) {
         MonitorKind::Nfqueue => (
             Box::new(nfqueue::NfqueueMonitor::new()),
             "monitor.kind = \"nfqueue\"",
+        ),
+        MonitorKind::Tproxy => (
+            Box::new(tproxy::TproxyMonitor::new()),
+            "monitor.kind = \"tproxy\"",
         ),
         MonitorKind::Auto if can_sniff() => (
             Box::new(sniff::SniffMonitor::new()),

@@ -3,6 +3,7 @@
 
 use super::port_table::{PortTable, ServerHandle};
 use crate::attack::Mode;
+use crate::context::Context;
 use crate::limit_warn;
 use crate::mode::normal;
 use crate::proto::Protocol;
@@ -22,7 +23,7 @@ pub fn spawn(table: Arc<PortTable>, listener: TcpListener, handle: ServerHandle)
             match accepted {
                 Ok((stream, remote)) => {
                     handle.touch();
-                    on_connection(&table, stream, remote, &handle);
+                    on_connection(table.context(), stream, remote, &handle.monitor);
                 }
                 Err(e) => {
                     // Out of descriptors or memory: back off instead of spinning.
@@ -35,13 +36,16 @@ pub fn spawn(table: Arc<PortTable>, listener: TcpListener, handle: ServerHandle)
     });
 }
 
-fn on_connection(
-    table: &Arc<PortTable>,
+/// One accepted connection, attributed to `monitor`: policy lookup by the port it
+/// was sent to (`local_addr`, which for a transparent socket is the original
+/// destination), admission limits, then a session in the port's mode. Shared by the
+/// dynamic servers and the `tproxy` monitor.
+pub fn on_connection(
+    ctx: &Arc<Context>,
     stream: TcpStream,
     remote: std::net::SocketAddr,
-    handle: &ServerHandle,
+    monitor: &Arc<str>,
 ) {
-    let ctx = table.context();
     Stats::inc(&ctx.stats.connections);
     let Ok(local) = stream.local_addr() else {
         return;
@@ -54,7 +58,7 @@ fn on_connection(
         return;
     };
     let _ = stream.set_nodelay(true);
-    let spec = super::session_spec(ctx, &cfg, Protocol::Tcp, local.port(), &handle.monitor);
+    let spec = super::session_spec(ctx, &cfg, Protocol::Tcp, local.port(), monitor);
     let ctx2 = Arc::clone(ctx);
     ctx.sessions.spawn(async move {
         let captured = normal::tcp(stream, local, remote, spec, ctx2.hard_stop.clone()).await;

@@ -4,6 +4,7 @@
 
 use super::port_table::{PortTable, ServerHandle};
 use crate::attack::Mode;
+use crate::context::Context;
 use crate::mode::normal::{self, DatagramPeer};
 use crate::proto::Protocol;
 use crate::stats::Stats;
@@ -20,7 +21,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 /// Datagrams queued for one session before further ones are dropped (and counted).
-const SESSION_QUEUE: usize = 64;
+pub const SESSION_QUEUE: usize = 64;
 
 type Sessions = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
 
@@ -85,30 +86,53 @@ fn on_datagram(
         },
         None => data,
     };
-    let cfg = ctx.config();
-    if cfg.policy.mode(Protocol::Udp, local.port()) == Mode::Ignore {
-        return;
-    }
-    Stats::inc(&ctx.stats.connections);
-    let Some(permit) = super::admit(ctx, &cfg, Protocol::Udp, local.port(), peer) else {
-        return;
-    };
-    let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-    map.insert(peer, tx);
-    drop(map);
-    let spec = super::session_spec(ctx, &cfg, Protocol::Udp, local.port(), &handle.monitor);
-    let out = Peer {
+    let out = || Peer {
         socket: Arc::clone(socket),
         sessions: Arc::clone(sessions),
         peer,
         local: local.ip(),
     };
+    // The lock is held until the new session is registered, so a datagram that
+    // follows at once joins it and the session cannot unregister itself before.
+    if let Some(tx) = start_session(ctx, data, local, peer, &handle.monitor, out) {
+        map.insert(peer, tx);
+    }
+}
+
+/// Start a UDP session for the first datagram `data` that `peer` sent to `local`,
+/// attributed to `monitor`: policy lookup by `local`'s port (ignore: nothing),
+/// admission limits, then a session in the port's mode that replies through the
+/// peer `out` makes. Returns the sender for the peer's later datagrams, or `None`
+/// if the port is ignored or the session refused. Shared by the dynamic servers and
+/// the `tproxy` monitor.
+pub fn start_session<P, F>(
+    ctx: &Arc<Context>,
+    data: Vec<u8>,
+    local: SocketAddr,
+    peer: SocketAddr,
+    monitor: &Arc<str>,
+    out: F,
+) -> Option<mpsc::Sender<Vec<u8>>>
+where
+    P: DatagramPeer + 'static,
+    F: FnOnce() -> P,
+{
+    let cfg = ctx.config();
+    if cfg.policy.mode(Protocol::Udp, local.port()) == Mode::Ignore {
+        return None;
+    }
+    Stats::inc(&ctx.stats.connections);
+    let permit = super::admit(ctx, &cfg, Protocol::Udp, local.port(), peer)?;
+    let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+    let spec = super::session_spec(ctx, &cfg, Protocol::Udp, local.port(), monitor);
+    let out = out();
     let ctx2 = Arc::clone(ctx);
     ctx.sessions.spawn(async move {
         let captured = normal::udp(data, rx, out, local, peer, spec, ctx2.hard_stop.clone()).await;
         drop(permit);
         ctx2.recorder.submit(captured);
     });
+    Some(tx)
 }
 
 /// One peer of a UDP server.

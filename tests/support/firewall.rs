@@ -1,6 +1,6 @@
 //! Firewall rules inside a test's honeypot namespace (never in the host's): the
-//! NFQUEUE rules docs/configuration.md tells the administrator to add. They go away
-//! with the namespace.
+//! NFQUEUE and TPROXY rules docs/configuration.md tells the administrator to add,
+//! and the TPROXY policy routing. They go away with the namespace.
 
 use super::netns::NetPair;
 use std::process::Command;
@@ -15,7 +15,7 @@ pub fn require_iptables() {
             .unwrap_or(false);
         assert!(
             ok,
-            "`{bin}` is needed by the nfqueue end-to-end tests and cannot be run: install the `iptables` package (apt-get install -y iptables; .ci/run does it)"
+            "`{bin}` is needed by the nfqueue and tproxy end-to-end tests and cannot be run: install the `iptables` package (apt-get install -y iptables; .ci/run does it)"
         );
     }
 }
@@ -49,5 +49,54 @@ pub fn nfqueue_rules(net: &NetPair, queue: u16) {
         ] {
             honeypot_rule(net, v6, &rule);
         }
+    }
+}
+
+/// Run `ip` with `args` in the honeypot namespace (`-6` first when `v6`).
+pub fn honeypot_ip(net: &NetPair, v6: bool, args: &str) {
+    let mut c = Command::new("ip");
+    c.args(["-n", &net.honeypot]);
+    if v6 {
+        c.arg("-6");
+    }
+    let out = c
+        .args(args.split_whitespace())
+        .output()
+        .expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {args} (in {}): {}",
+        net.honeypot,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The documented TPROXY rules and policy routing, IPv4 and IPv6: loopback, SSH
+/// and the tproxy port itself are never diverted; packets of existing sockets go
+/// their way (transparent ones marked); every other TCP and UDP packet is diverted
+/// to `port`, and marked packets are delivered locally (table 100).
+pub fn tproxy_rules(net: &NetPair, port: u16) {
+    require_iptables();
+    for v6 in [false, true] {
+        for rule in [
+            "-t mangle -A PREROUTING -i lo -j RETURN".to_string(),
+            "-t mangle -A PREROUTING -p tcp --dport 22 -j RETURN".to_string(),
+            format!("-t mangle -A PREROUTING -p tcp --dport {port} -j RETURN"),
+            format!("-t mangle -A PREROUTING -p udp --dport {port} -j RETURN"),
+            "-t mangle -A PREROUTING -p tcp -m socket --transparent -j MARK --set-mark 0x1/0x1"
+                .to_string(),
+            "-t mangle -A PREROUTING -p tcp -m socket -j RETURN".to_string(),
+            format!(
+                "-t mangle -A PREROUTING -p tcp -j TPROXY --on-port {port} --tproxy-mark 0x1/0x1"
+            ),
+            format!(
+                "-t mangle -A PREROUTING -p udp -j TPROXY --on-port {port} --tproxy-mark 0x1/0x1"
+            ),
+        ] {
+            honeypot_rule(net, v6, &rule);
+        }
+        let any = if v6 { "::/0" } else { "0.0.0.0/0" };
+        honeypot_ip(net, v6, "rule add fwmark 0x1 lookup 100");
+        honeypot_ip(net, v6, &format!("route add local {any} dev lo table 100"));
     }
 }
