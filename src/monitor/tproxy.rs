@@ -164,22 +164,7 @@ fn recv(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Op
         MsgFlags::empty(),
     )
     .map_err(io::Error::from)?;
-    let peer = msg
-        .address
-        .and_then(|a| {
-            a.as_sockaddr_in()
-                .map(|v4| SocketAddr::from(SocketAddrV4::from(*v4)))
-                .or_else(|| {
-                    a.as_sockaddr_in6()
-                        .map(|v6| SocketAddr::from(SocketAddrV6::from(*v6)))
-                })
-        })
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "datagram without source address",
-            )
-        })?;
+    let peer = crate::server::udp::source_of(msg.address)?;
     let mut dst = None;
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {

@@ -168,22 +168,7 @@ fn recv(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Op
         MsgFlags::empty(),
     )
     .map_err(io::Error::from)?;
-    let peer = msg
-        .address
-        .and_then(|a| {
-            a.as_sockaddr_in()
-                .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
-                .or_else(|| {
-                    a.as_sockaddr_in6()
-                        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
-                })
-        })
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "datagram without source address",
-            )
-        })?;
+    let peer = source_of(msg.address)?;
     let mut dst = None;
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
@@ -246,4 +231,22 @@ fn send(socket: &UdpSocket, data: &[u8], peer: SocketAddr, local: IpAddr) -> io:
         ),
     };
     result.map(|_| ()).map_err(io::Error::from)
+}
+
+/// The source address of a received datagram as a std address.
+pub fn source_of(addr: Option<SockaddrStorage>) -> io::Result<SocketAddr> {
+    addr.and_then(|a| {
+        a.as_sockaddr_in()
+            .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+            .or_else(|| {
+                a.as_sockaddr_in6()
+                    .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+            })
+    })
+    .ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "datagram without source address",
+        )
+    })
 }
