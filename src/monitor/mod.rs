@@ -4,6 +4,7 @@
 
 pub mod listen;
 pub mod nfqueue;
+pub mod packet;
 pub mod sniff;
 pub mod tproxy;
 

@@ -21,12 +21,13 @@
 //! is needed for `rcvbuf` (SO_RCVBUFFORCE) and for waking the thread at shutdown. If
 //! it cannot be found, `rcvbuf` is not applied (logged) and the thread polls.
 
+use super::packet::{be16, ipv4, ipv6, PacketError};
 use super::Monitor;
 use crate::limit_warn;
 use crate::proto::Protocol;
 use crate::server::{Ensured, PortTable, Trigger};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -63,73 +64,13 @@ pub enum Reject {
     Unsupported,
 }
 
-fn be16(p: &[u8], at: usize) -> Result<u16, Reject> {
-    match p.get(at..at + 2) {
-        Some(b) => Ok(u16::from_be_bytes([b[0], b[1]])),
-        None => Err(Reject::Malformed),
-    }
-}
-
-/// (source, destination, transport protocol, transport header and what follows).
-type IpHeader<'a> = (IpAddr, IpAddr, u8, &'a [u8]);
-
-fn ipv4(p: &[u8]) -> Result<IpHeader<'_>, Reject> {
-    if p.len() < 20 {
-        return Err(Reject::Malformed);
-    }
-    let ihl = usize::from(p[0] & 0x0f) * 4;
-    if ihl < 20 || p.len() < ihl {
-        return Err(Reject::Malformed);
-    }
-    if be16(p, 6)? & 0x1fff != 0 {
-        // A later fragment: no transport header.
-        return Err(Reject::Unsupported);
-    }
-    let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
-    let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
-    Ok((src.into(), dst.into(), p[9], &p[ihl..]))
-}
-
-fn ipv6(p: &[u8]) -> Result<IpHeader<'_>, Reject> {
-    if p.len() < 40 {
-        return Err(Reject::Malformed);
-    }
-    let addr = |at: usize| {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&p[at..at + 16]);
-        IpAddr::from(Ipv6Addr::from(a))
-    };
-    let (mut next, mut rest) = (p[6], &p[40..]);
-    // Walk the extension headers that may precede TCP/UDP (at most a few).
-    for _ in 0..8 {
-        match next {
-            // Hop-by-hop, routing, destination options: (length + 1) * 8 bytes.
-            0 | 43 | 60 => {
-                if rest.len() < 8 {
-                    return Err(Reject::Malformed);
-                }
-                let len = (usize::from(rest[1]) + 1) * 8;
-                if rest.len() < len {
-                    return Err(Reject::Malformed);
-                }
-                next = rest[0];
-                rest = &rest[len..];
-            }
-            // Fragment: 8 bytes; only the first fragment has the transport header.
-            44 => {
-                if rest.len() < 8 {
-                    return Err(Reject::Malformed);
-                }
-                if be16(rest, 2)? & 0xfff8 != 0 {
-                    return Err(Reject::Unsupported);
-                }
-                next = rest[0];
-                rest = &rest[8..];
-            }
-            _ => return Ok((addr(8), addr(24), next, rest)),
+impl From<PacketError> for Reject {
+    fn from(e: PacketError) -> Reject {
+        match e {
+            PacketError::Malformed => Reject::Malformed,
+            PacketError::Unsupported => Reject::Unsupported,
         }
     }
-    Err(Reject::Unsupported)
 }
 
 /// Parse one queued packet (starting at its IP header). Never panics.
@@ -610,6 +551,7 @@ impl Drop for NfqueueMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv6Addr;
 
     fn v4(proto: u8, payload: &[u8]) -> Vec<u8> {
         let mut h = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0];

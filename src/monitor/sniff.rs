@@ -18,6 +18,7 @@
 //! ICMPv6 are not recognised (the kernel does not add any to a RST or an ICMPv6
 //! error); IPv4 fragments other than the first are ignored.
 
+use super::packet::{be16, be32, ipv4, ipv6, IpHeader, PacketError};
 use super::Monitor;
 use crate::proto::Protocol;
 use crate::server::{Ensured, PortTable, Trigger};
@@ -25,7 +26,7 @@ use arc_swap::ArcSwap;
 use socket2::{Domain, Socket, Type};
 use std::collections::HashSet;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -244,52 +245,13 @@ pub enum Reject {
     Other,
 }
 
-fn be16(p: &[u8], at: usize) -> Result<u16, Reject> {
-    match p.get(at..at + 2) {
-        Some(b) => Ok(u16::from_be_bytes([b[0], b[1]])),
-        None => Err(Reject::Malformed),
+impl From<PacketError> for Reject {
+    fn from(e: PacketError) -> Reject {
+        match e {
+            PacketError::Malformed => Reject::Malformed,
+            PacketError::Unsupported => Reject::Other,
+        }
     }
-}
-
-fn be32(p: &[u8], at: usize) -> Result<u32, Reject> {
-    match p.get(at..at + 4) {
-        Some(b) => Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
-        None => Err(Reject::Malformed),
-    }
-}
-
-/// An IP header: (source, destination, protocol, what follows the header).
-type IpHeader<'a> = (IpAddr, IpAddr, u8, &'a [u8]);
-
-fn ipv4(p: &[u8]) -> Result<IpHeader<'_>, Reject> {
-    if p.len() < 20 {
-        return Err(Reject::Malformed);
-    }
-    if p[0] >> 4 != 4 {
-        return Err(Reject::Malformed);
-    }
-    let ihl = usize::from(p[0] & 0x0f) * 4;
-    if ihl < 20 || p.len() < ihl {
-        return Err(Reject::Malformed);
-    }
-    if be16(p, 6)? & 0x1fff != 0 {
-        return Err(Reject::Other);
-    }
-    let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
-    let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
-    Ok((src.into(), dst.into(), p[9], &p[ihl..]))
-}
-
-fn ipv6(p: &[u8]) -> Result<IpHeader<'_>, Reject> {
-    if p.len() < 40 || p[0] >> 4 != 6 {
-        return Err(Reject::Malformed);
-    }
-    let addr = |at: usize| {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&p[at..at + 16]);
-        IpAddr::from(Ipv6Addr::from(a))
-    };
-    Ok((addr(8), addr(24), p[6], &p[40..]))
 }
 
 /// TCP segment from `src` to `dst`: a hit if it is a RST with sequence number 0.
@@ -717,6 +679,7 @@ impl Monitor for SniffMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv6Addr;
 
     fn v4_header(proto: u8, src: [u8; 4], dst: [u8; 4], payload_len: usize) -> Vec<u8> {
         let mut h = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0];
