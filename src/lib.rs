@@ -15,6 +15,7 @@ pub mod attack;
 pub mod config;
 pub mod context;
 pub mod event;
+pub mod firewall;
 pub mod mode;
 pub mod monitor;
 pub mod privileges;
@@ -47,6 +48,8 @@ pub fn run(loaded: Loaded, log: Option<LogControl>) -> anyhow::Result<()> {
     } else {
         why.to_string()
     };
+    // Before anything is bound (ports in use are excluded) and while still root.
+    let firewall = firewall::setup(cfg, monitor.name())?;
     if let Some(who) = &who {
         let keep = monitor.capabilities();
         privileges::drop_to(who, &keep)?;
@@ -65,7 +68,13 @@ pub fn run(loaded: Loaded, log: Option<LogControl>) -> anyhow::Result<()> {
         open_files = nofile,
         "monitor chosen"
     );
-    runtime.block_on(daemon(loaded, monitor, log))
+    let result = runtime.block_on(daemon(loaded, monitor, log));
+    // Explicit removal once the daemon returned (the guard also removes the rules
+    // on an early error return above, by being dropped).
+    if let Some(guard) = firewall {
+        guard.finish();
+    }
+    result
 }
 
 async fn daemon(

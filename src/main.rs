@@ -40,6 +40,30 @@ enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Show, apply or remove the firewall rules of the chosen monitor (as root).
+    Firewall {
+        #[command(subcommand)]
+        action: FirewallAction,
+        /// Configuration file (TOML); without it the embedded default is used.
+        #[arg(short = 'c', long = "config", global = true)]
+        config: Option<PathBuf>,
+        /// Monitor to run, overriding monitor.kind.
+        #[arg(long, global = true, value_parser = ["auto", "listen", "sniff", "nfqueue", "tproxy"])]
+        monitor: Option<String>,
+        /// NFQUEUE queue number, overriding monitor.nfqueue.queue.
+        #[arg(long, global = true)]
+        queue: Option<u16>,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+enum FirewallAction {
+    /// Print the rules that would be applied and those installed now.
+    Show,
+    /// Add honeytrap's chain and jump (a stale set is replaced) and exit.
+    Apply,
+    /// Remove honeytrap's chain and jump.
+    Remove,
 }
 
 /// Settings the command line overrides without editing the configuration file.
@@ -74,6 +98,21 @@ fn load(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Firewall {
+            action,
+            config,
+            monitor,
+            queue,
+        } => {
+            let overrides = Overrides { monitor, queue };
+            match load(config.as_deref(), &overrides) {
+                Ok(loaded) => firewall(action, &loaded.config),
+                Err(e) => {
+                    eprintln!("honeytrap: invalid configuration: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::CheckConfig { config, overrides } => match load(config.as_deref(), &overrides) {
             Ok(loaded) => {
                 print!("{}", loaded.config.to_toml());
@@ -125,6 +164,68 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `honeytrap firewall show|apply|remove`.
+fn firewall(action: FirewallAction, config: &honeytrap::config::Config) -> ExitCode {
+    use honeytrap::firewall as fw;
+    let monitor = honeytrap::monitor::build(config).0.name();
+    let fail = |e: anyhow::Error| {
+        eprintln!("honeytrap: {e:#}");
+        ExitCode::FAILURE
+    };
+    let ex = fw::Exclusions::detect(config);
+    match action {
+        FirewallAction::Show => {
+            let backend = fw::detect().ok();
+            let lines = fw::rules_for(monitor, config, &ex, backend.as_ref());
+            if lines.is_empty() {
+                println!("# the {monitor} monitor needs no firewall rules");
+            } else {
+                println!("# rules for the {monitor} monitor (firewall.mode = \"auto\" applies the nfqueue ones):");
+                for l in lines {
+                    println!("{l}");
+                }
+            }
+            match &backend {
+                None => println!("# installed: unknown (iptables cannot be run)"),
+                Some(b) => {
+                    for (program, listing) in fw::installed(b) {
+                        match listing {
+                            None => println!("# installed ({program}): no {} chain", fw::CHAIN),
+                            Some(l) => {
+                                println!("# installed ({program}):");
+                                print!("{l}");
+                            }
+                        }
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        FirewallAction::Apply => {
+            if monitor != "nfqueue" {
+                return fail(anyhow::anyhow!(
+                    "`firewall apply` supports the nfqueue monitor only (this config runs {monitor}); use --monitor nfqueue or add the rules by hand"
+                ));
+            }
+            let r = fw::detect().and_then(|b| fw::apply(&b, config.monitor.nfqueue.queue, &ex));
+            match r {
+                Ok(()) => {
+                    println!("firewall rules applied (chain {})", fw::CHAIN);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        FirewallAction::Remove => match fw::detect().and_then(|b| fw::remove(&b)) {
+            Ok(()) => {
+                println!("firewall rules removed (chain {})", fw::CHAIN);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
     }
 }
 

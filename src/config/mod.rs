@@ -34,6 +34,7 @@ pub struct Config {
     pub process: ProcessConfig,
     pub network: NetworkConfig,
     pub monitor: MonitorConfig,
+    pub firewall: FirewallConfig,
     pub limits: LimitsConfig,
     pub ports: PortsConfig,
     pub output: OutputConfig,
@@ -181,6 +182,28 @@ impl Default for TproxyConfig {
     fn default() -> Self {
         TproxyConfig { port: 65499 }
     }
+}
+
+/// Who writes the firewall rules the `nfqueue` (and `tproxy`) monitor needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FirewallMode {
+    /// The administrator: honeytrap changes nothing and logs the rules to add.
+    #[default]
+    Manual,
+    /// honeytrap: its own chain, added at start and removed at exit.
+    Auto,
+}
+
+/// The `[firewall]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirewallConfig {
+    pub mode: FirewallMode,
+    /// SSH ports besides 22, never diverted (TCP).
+    pub ssh_ports: Vec<u16>,
+    /// Other ports never diverted (TCP and UDP).
+    pub exclude_ports: Vec<u16>,
 }
 
 /// Options of the `sniff` monitor.
@@ -611,6 +634,21 @@ impl Config {
                 "monitor.tproxy.port",
                 "must be between 1 and 65535",
             ));
+        }
+        for (name, list) in [
+            ("ssh_ports", &self.firewall.ssh_ports),
+            ("exclude_ports", &self.firewall.exclude_ports),
+        ] {
+            let mut seen = HashSet::new();
+            for (i, p) in list.iter().enumerate() {
+                let key = format!("firewall.{name}[{i}]");
+                if *p == 0 {
+                    return Err(Invalid::new(key, "must be between 1 and 65535"));
+                }
+                if !seen.insert(p) {
+                    return Err(Invalid::new(key, format!("{p} is listed twice")));
+                }
+            }
         }
         let l = &self.limits;
         nonzero("limits.conn_timeout", l.conn_timeout)?;

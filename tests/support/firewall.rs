@@ -100,3 +100,17 @@ pub fn tproxy_rules(net: &NetPair, port: u16) {
         honeypot_ip(net, v6, &format!("route add local {any} dev lo table 100"));
     }
 }
+
+/// `iptables -S [chain]` (or ip6tables) in the honeypot namespace; None when it
+/// fails (the chain does not exist).
+pub fn honeypot_listing(net: &NetPair, v6: bool, chain: Option<&str>) -> Option<String> {
+    let bin = if v6 { "ip6tables" } else { "iptables" };
+    let out = Command::new("ip")
+        .args(["netns", "exec", &net.honeypot, bin, "-w", "-S"])
+        .args(chain)
+        .output()
+        .expect("running iptables");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
