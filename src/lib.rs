@@ -171,8 +171,9 @@ fn reload(
                 || c.process.user != o.process.user
                 || c.process.group != o.process.group
                 || c.monitor.kind != o.monitor.kind
+                || c.firewall != o.firewall
             {
-                tracing::warn!("SIGHUP: changes to [network], [output], sensor.data_dir, process.user, process.group and monitor.kind need a restart; they are kept as they were");
+                tracing::warn!("SIGHUP: changes to [network], [output], [firewall], sensor.data_dir, process.user, process.group and monitor.kind need a restart; they are kept as they were");
             }
             if c.process.log_level != o.process.log_level {
                 match log {
@@ -192,6 +193,7 @@ fn reload(
             merged.config.process.user = o.process.user.clone();
             merged.config.process.group = o.process.group.clone();
             merged.config.monitor.kind = o.monitor.kind;
+            merged.config.firewall = o.firewall.clone();
             if old.overridden {
                 // The command line wins until restart.
                 merged.config.monitor.nfqueue.queue = o.monitor.nfqueue.queue;
