@@ -51,8 +51,21 @@ pub fn run(loaded: Loaded, log: Option<LogControl>) -> anyhow::Result<()> {
     // Before anything is bound (ports in use are excluded) and while still root.
     let firewall = firewall::setup(cfg, monitor.name())?;
     if let Some(who) = &who {
-        let keep = monitor.capabilities();
-        privileges::drop_to(who, &keep)?;
+        let mut keep = monitor.capabilities();
+        // Rules honeytrap added are removed at exit by running iptables, after the
+        // drop: it needs CAP_NET_ADMIN (and CAP_NET_RAW for the legacy backend).
+        let for_iptables: &[caps::Capability] = if firewall.is_some() {
+            &[
+                caps::Capability::CAP_NET_ADMIN,
+                caps::Capability::CAP_NET_RAW,
+            ]
+        } else {
+            &[]
+        };
+        keep.extend_from_slice(for_iptables);
+        keep.sort_by_key(|c| c.index());
+        keep.dedup();
+        privileges::drop_to(who, &keep, for_iptables)?;
         tracing::info!(user = %who.name, uid = %who.uid, gid = %who.gid, capabilities = ?keep, "dropped privileges");
     } else if nix::unistd::Uid::effective().is_root() {
         tracing::warn!("running as root: set process.user to drop privileges after setup");

@@ -64,7 +64,13 @@ pub fn prepare_data_dir(dir: &Path, who: Option<&Identity>) -> anyhow::Result<()
 }
 
 /// Switch to `who`, keeping only `keep` as permitted and effective capabilities.
-pub fn drop_to(who: &Identity, keep: &[Capability]) -> anyhow::Result<()> {
+/// `for_children` (a subset of `keep`) is also made ambient, so programs honeytrap
+/// runs itself (only `iptables`, to remove its rules at exit) get them too.
+pub fn drop_to(
+    who: &Identity,
+    keep: &[Capability],
+    for_children: &[Capability],
+) -> anyhow::Result<()> {
     if !Uid::effective().is_root() {
         bail!("process.user is set but honeytrap was not started as root");
     }
@@ -73,10 +79,17 @@ pub fn drop_to(who: &Identity, keep: &[Capability]) -> anyhow::Result<()> {
     nix::unistd::setresgid(who.gid, who.gid, who.gid).context("setresgid")?;
     nix::unistd::setresuid(who.uid, who.uid, who.uid).context("setresuid")?;
     let set: CapsHashSet = keep.iter().copied().collect();
+    let inherit: CapsHashSet = for_children
+        .iter()
+        .copied()
+        .filter(|c| set.contains(c))
+        .collect();
     caps::set(None, CapSet::Permitted, &set).context("setting permitted capabilities")?;
     caps::set(None, CapSet::Effective, &set).context("setting effective capabilities")?;
-    caps::set(None, CapSet::Inheritable, &CapsHashSet::new())
-        .context("clearing inheritable capabilities")?;
+    caps::set(None, CapSet::Inheritable, &inherit).context("setting inheritable capabilities")?;
+    for c in &inherit {
+        caps::raise(None, CapSet::Ambient, *c).with_context(|| format!("raising ambient {c}"))?;
+    }
     caps::securebits::set_keepcaps(false).context("PR_SET_KEEPCAPS")?;
     if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
         bail!("could regain root after dropping privileges");

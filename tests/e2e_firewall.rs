@@ -293,3 +293,19 @@ fn tproxy_auto_is_refused_and_manual_logs_the_rules() {
     assert!(d.stop().success());
     assert_removed(&net, &d.log());
 }
+
+#[test]
+fn rules_are_removed_at_exit_also_after_dropping_root() {
+    let Some(net) = setup("fwdrop") else { return };
+    let config = config("").replace("[process]\n", "[process]\nuser = \"nobody\"\n");
+    assert!(config.contains("user = \"nobody\""), "{config}");
+    let mut d = Daemon::start(&net, &config);
+    assert!(d.log().contains("dropped privileges"), "{}", d.log());
+    assert_installed(&net, Some(&d));
+    first_try_caught(&d, &net, &net.hp_v4.clone(), 23101);
+    // The unprivileged process runs iptables itself with the ambient capabilities.
+    assert!(d.stop().success(), "{}", d.log());
+    let log = d.log();
+    assert!(log.contains("firewall rules removed"), "{log}");
+    assert_removed(&net, &log);
+}
