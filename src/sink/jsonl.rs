@@ -58,6 +58,11 @@ impl Sink for JsonlSink {
         // Serialize to a buffer first so a failure never leaves half a line.
         let mut line = serde_json::to_vec(&Event::of(attack, self.payload_max, self.encoding))?;
         line.push(b'\n');
+        // A line that does not fit what is left of the buffer would go out in two
+        // writes, and a reader tailing the file could see half of it: flush first.
+        if line.len() > self.out.capacity() - self.out.buffer().len() {
+            self.out.flush()?;
+        }
         self.out.write_all(&line)?;
         Ok(())
     }

@@ -106,7 +106,10 @@ impl Daemon {
     /// Events written so far, each checked against docs/event.schema.json.
     pub fn events(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(self.data().join("events.jsonl")).unwrap_or_default();
-        text.lines()
+        // Only complete lines: the daemon may be writing the next one right now.
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete
+            .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
                 let v: Value =
