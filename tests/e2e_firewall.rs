@@ -5,8 +5,8 @@
 
 mod support;
 
-use base64::Engine as _;
-use serde_json::Value;
+use support::clients::{nc_once, payload, real_service};
+
 use std::process::{Output, Stdio};
 use std::time::Duration;
 use support::daemon::BIN;
@@ -28,21 +28,6 @@ fn setup(tag: &str) -> Option<NetPair> {
     }
     require_iptables();
     Some(NetPair::new(tag))
-}
-
-fn payload(e: &Value) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD
-        .decode(e["honeytrap"]["payload"]["data"].as_str().unwrap_or(""))
-        .expect("base64")
-}
-
-fn nc_once(net: &NetPair, host: &str, port: u16, data: &[u8]) -> Output {
-    net.attack(
-        "nc",
-        &["-v", "-N", "-w", "3", host, &port.to_string()],
-        data,
-        8,
-    )
 }
 
 /// The first attempt on `port` succeeds and is recorded by the nfqueue monitor.
@@ -105,30 +90,6 @@ fn assert_removed(net: &NetPair, log: &str) {
         let all = honeypot_listing(net, v6, None).unwrap();
         assert!(!all.contains("NFQUEUE"), "{all}");
     }
-}
-
-/// A real service in the honeypot namespace that answers `real service`.
-fn real_service(net: &NetPair, port: u16) -> support::netns::Background {
-    let bg = net.background_honeypot(
-        "socat",
-        &[
-            &format!("TCP-LISTEN:{port},reuseaddr,fork"),
-            "SYSTEM:echo real service",
-        ],
-    );
-    let ready = support::daemon::wait_until(Duration::from_secs(5), || {
-        let out = support::daemon::run(
-            {
-                let mut c = net.in_honeypot("ss");
-                c.args(["-ltnH", &format!("sport = :{port}")]);
-                c
-            },
-            Duration::from_secs(3),
-        );
-        !out.stdout.is_empty()
-    });
-    assert!(ready, "socat did not start listening on {port}");
-    bg
 }
 
 #[test]

@@ -5,8 +5,8 @@
 
 mod support;
 
-use base64::Engine as _;
-use serde_json::Value;
+use support::clients::{event_with, nc_once, real_service};
+
 use std::process::Output;
 use std::time::{Duration, Instant};
 use support::firewall::{nfqueue_rules, require_iptables};
@@ -32,36 +32,6 @@ fn setup(tag: &str) -> Option<NetPair> {
     let net = NetPair::new(tag);
     nfqueue_rules(&net, 0);
     Some(net)
-}
-
-fn payload(e: &Value) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD
-        .decode(e["honeytrap"]["payload"]["data"].as_str().unwrap_or(""))
-        .expect("base64")
-}
-
-/// One TCP connection attempt (nc makes exactly one): sends `data`, shuts down its
-/// sending side, and reads until the server closes.
-fn nc_once(net: &NetPair, host: &str, port: u16, data: &[u8]) -> Output {
-    net.attack(
-        "nc",
-        &["-v", "-N", "-w", "3", host, &port.to_string()],
-        data,
-        8,
-    )
-}
-
-/// The event of `port` whose payload is `data`, waited for.
-fn event_with(d: &Daemon, port: u16, data: &[u8]) -> Value {
-    let mut found = None;
-    support::daemon::wait_until(Duration::from_secs(10), || {
-        found = d
-            .events()
-            .into_iter()
-            .find(|e| e["destination"]["port"] == port && payload(e) == data);
-        found.is_some()
-    });
-    found.unwrap_or_else(|| panic!("no event for {port} with {data:?}:\n{}", d.log()))
 }
 
 /// The first attempt succeeds and its data is recorded by the nfqueue monitor.
@@ -143,30 +113,6 @@ fn an_ignored_port_is_refused_as_without_honeytrap() {
     let log = d.log();
     assert!(log.contains("ignored_ports=2"), "{log}");
     assert!(log.contains("servers_started=0"), "{log}");
-}
-
-/// A real service in the honeypot namespace that answers `real service`.
-fn real_service(net: &NetPair, port: u16) -> support::netns::Background {
-    let bg = net.background_honeypot(
-        "socat",
-        &[
-            &format!("TCP-LISTEN:{port},reuseaddr,fork"),
-            "SYSTEM:echo real service",
-        ],
-    );
-    let ready = support::daemon::wait_until(Duration::from_secs(5), || {
-        let out = support::daemon::run(
-            {
-                let mut c = net.in_honeypot("ss");
-                c.args(["-ltnH", &format!("sport = :{port}")]);
-                c
-            },
-            Duration::from_secs(3),
-        );
-        !out.stdout.is_empty()
-    });
-    assert!(ready, "socat did not start listening on {port}");
-    bg
 }
 
 #[test]

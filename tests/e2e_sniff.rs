@@ -5,8 +5,8 @@
 
 mod support;
 
-use base64::Engine as _;
-use serde_json::Value;
+use support::clients::payload;
+
 use std::os::unix::process::CommandExt as _;
 use std::time::Duration;
 use support::{base_config, require_root, Daemon, NetPair};
@@ -20,12 +20,6 @@ fn config(kind: &str, extra: &str) -> String {
         "{}[limits]\nread_timeout = \"300ms\"\n{extra}",
         base.replace("kind = \"listen\"", &format!("kind = \"{kind}\""))
     )
-}
-
-fn payload(e: &Value) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD
-        .decode(e["honeytrap"]["payload"]["data"].as_str().unwrap_or(""))
-        .expect("base64")
 }
 
 /// nc -z: true when the connection was accepted.

@@ -7,9 +7,8 @@
 
 mod support;
 
-use base64::Engine as _;
-use serde_json::Value;
-use std::process::Output;
+use support::clients::{event_with, nc_once};
+
 use std::time::{Duration, Instant};
 use support::firewall::{require_iptables, tproxy_rules};
 use support::{base_config, require_root, Daemon, NetPair};
@@ -37,36 +36,6 @@ fn setup(tag: &str) -> Option<NetPair> {
     let net = NetPair::new(tag);
     tproxy_rules(&net, PORT);
     Some(net)
-}
-
-fn payload(e: &Value) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD
-        .decode(e["honeytrap"]["payload"]["data"].as_str().unwrap_or(""))
-        .expect("base64")
-}
-
-/// One TCP connection attempt (nc makes exactly one): sends `data`, shuts down its
-/// sending side, and reads until the server closes.
-fn nc_once(net: &NetPair, host: &str, port: u16, data: &[u8]) -> Output {
-    net.attack(
-        "nc",
-        &["-v", "-N", "-w", "3", host, &port.to_string()],
-        data,
-        8,
-    )
-}
-
-/// The event of `port` whose payload is `data`, waited for.
-fn event_with(d: &Daemon, port: u16, data: &[u8]) -> Value {
-    let mut found = None;
-    support::daemon::wait_until(Duration::from_secs(10), || {
-        found = d
-            .events()
-            .into_iter()
-            .find(|e| e["destination"]["port"] == port && payload(e) == data);
-        found.is_some()
-    });
-    found.unwrap_or_else(|| panic!("no event for {port} with {data:?}:\n{}", d.log()))
 }
 
 /// Three distinct pseudo-random high ports (never the monitor's own).

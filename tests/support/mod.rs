@@ -2,6 +2,7 @@
 //! test, and the event schema check.
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod daemon;
 pub mod firewall;
 pub mod netns;
