@@ -946,7 +946,15 @@ fn rate_row(target: &'static str, r: &RateResult) -> Row {
     x
 }
 
-fn rate_config(args: &Args) -> String {
+/// The honeytrap config both scenarios use; they differ only in the timeouts, the
+/// session cap and the greeting.
+fn bench_config(
+    args: &Args,
+    read_timeout: &str,
+    session_timeout: &str,
+    max_sessions: usize,
+    greeting: &str,
+) -> String {
     format!(
         r#"[sensor]
 data_dir = "@DATA@"
@@ -963,16 +971,16 @@ tcp = [{port}]
 udp = []
 
 [limits]
-read_timeout = "1s"
-session_timeout = "5m"
-max_sessions = 10000
-max_sessions_per_source = 10000
+read_timeout = "{read_timeout}"
+session_timeout = "{session_timeout}"
+max_sessions = {max_sessions}
+max_sessions_per_source = {max_sessions}
 source_rate = 10000000.0
 source_burst = 10000000
 
 [ports]
 responses = 10
-
+{greeting}
 [output]
 queue_size = 65536
 
@@ -980,6 +988,10 @@ queue_size = 65536
         port = args.port,
         outputs = args.outputs.toml(args.transcript_layout)
     )
+}
+
+fn rate_config(args: &Args) -> String {
+    bench_config(args, "1s", "5m", 10_000, "")
 }
 
 fn scenario_rate(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
@@ -1077,40 +1089,7 @@ struct MemoryResult {
 
 fn memory_config(args: &Args) -> String {
     let cap = args.idle_sessions + MEMORY_WARM + 1024;
-    format!(
-        r#"[sensor]
-data_dir = "@DATA@"
-
-[network]
-bind_addresses = ["127.0.0.1"]
-backlog = 4096
-
-[monitor]
-kind = "listen"
-
-[monitor.listen]
-tcp = [{port}]
-udp = []
-
-[limits]
-read_timeout = "1h"
-session_timeout = "2h"
-max_sessions = {cap}
-max_sessions_per_source = {cap}
-source_rate = 10000000.0
-source_burst = 10000000
-
-[ports]
-responses = 10
-greeting = "never"
-
-[output]
-queue_size = 65536
-
-{outputs}"#,
-        port = args.port,
-        outputs = args.outputs.toml(args.transcript_layout)
-    )
+    bench_config(args, "1h", "2h", cap, "greeting = \"never\"\n")
 }
 
 /// Open `n` silent connections (blocking connects, bounded by `deadline`).

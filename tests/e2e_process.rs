@@ -247,7 +247,7 @@ fn drops_root_and_keeps_only_net_bind_service() {
     let config = "[sensor]\ndata_dir = \"@DATA@\"\n[process]\nuser = \"nobody\"\nshutdown_grace = \"1s\"\n[monitor]\nkind = \"listen\"\n[monitor.listen]\ntcp = [21, 7300]\nudp = []\n";
     let d = Daemon::spawn(&net, config);
     assert!(d.wait_log("ready", Duration::from_secs(15)), "{}", d.log());
-    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let status = support::daemon::proc_status(d.pid());
     let field = |name: &str| {
         status
             .lines()
@@ -258,8 +258,8 @@ fn drops_root_and_keeps_only_net_bind_service() {
             .collect::<Vec<_>>()
     };
     assert!(field("Uid:").iter().all(|u| *u == "65534"), "{status}");
-    let cap_eff = u64::from_str_radix(field("CapEff:")[0], 16).unwrap();
-    let cap_prm = u64::from_str_radix(field("CapPrm:")[0], 16).unwrap();
+    let cap_eff = support::daemon::capability_set(&status, "CapEff:");
+    let cap_prm = support::daemon::capability_set(&status, "CapPrm:");
     assert_eq!(cap_eff, 1 << 10, "only CAP_NET_BIND_SERVICE: {status}");
     assert_eq!(cap_prm, 1 << 10);
     // Port 21 was bound with the capability, and the session is recorded by the

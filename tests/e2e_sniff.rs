@@ -239,18 +239,8 @@ fn after_dropping_root_the_sniffer_keeps_net_raw_and_works() {
     let net = NetPair::new("sniffpriv");
     let cfg = config("sniff", "").replace("[process]\n", "[process]\nuser = \"nobody\"\n");
     let mut d = Daemon::start(&net, &cfg);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
-    let cap = |name: &str| {
-        let v = status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .to_string();
-        u64::from_str_radix(&v, 16).unwrap()
-    };
+    let status = support::daemon::proc_status(d.pid());
+    let cap = |field: &str| support::daemon::capability_set(&status, field);
     // CAP_NET_BIND_SERVICE (10) and CAP_NET_RAW (13), nothing else.
     assert_eq!(cap("CapEff:"), (1 << 10) | (1 << 13), "{status}");
     assert_eq!(cap("CapPrm:"), (1 << 10) | (1 << 13), "{status}");

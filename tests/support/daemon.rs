@@ -240,3 +240,18 @@ pub fn transcript_of(event: &Value) -> Value {
     assert_eq!(doc["attack_id"], event["event"]["id"]);
     doc
 }
+
+/// `/proc/PID/status` of a process.
+pub fn proc_status(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status")
+}
+
+/// A capability set (`CapEff:`, `CapPrm:`, ...) from a `/proc/PID/status` text.
+pub fn capability_set(status: &str, field: &str) -> u64 {
+    let v = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("{field} not in {status}"));
+    u64::from_str_radix(v, 16).expect("hex capability set")
+}
