@@ -1,21 +1,41 @@
-//! The firewall manager (`[firewall]`): the iptables rules the `nfqueue` monitor
-//! needs. In `manual` mode nothing is changed and the rules are logged for the
-//! administrator; in `auto` mode honeytrap owns a chain, `HONEYTRAP`, in the filter
-//! table (IPv4 and IPv6) with one jump to it from `INPUT` (comment `honeytrap`),
-//! added at start and removed at exit ([`Guard`]).
+//! The firewall manager (`[firewall]`): the iptables rules (and, for TPROXY, the
+//! policy routing) the `nfqueue` and `tproxy` monitors need. In `manual` mode nothing
+//! is changed and the rules are logged for the administrator; in `auto` mode
+//! honeytrap owns a chain, `HONEYTRAP` (IPv4 and IPv6), with one jump to it marked
+//! with the comment `honeytrap`, added at start and removed at exit ([`Guard`]):
 //!
-//! Only validated values reach the command lines: port numbers, the queue number and
-//! fixed words. Nothing an attacker sends is ever passed to a program.
+//! - `nfqueue`: the chain is in the `filter` table, jumped to from `INPUT`;
+//! - `tproxy`: the chain is in the `mangle` table, jumped to from `PREROUTING`, plus
+//!   one `ip rule` (preference [`RULE_PREF`]) and one local route per family, both
+//!   tagged with the routing protocol number [`RT_PROTO`].
+//!
+//! The chain name, the comment, the rule preference and the protocol tag are how a
+//! stale set is found: removal (at start, at exit, `honeytrap firewall remove`)
+//! deletes everything either monitor could have installed and nothing else; no
+//! chain but ours is flushed, no routing table is flushed.
+//!
+//! Only validated values reach the command lines: port numbers, the queue number,
+//! the mark, the table and fixed words. Nothing an attacker sends is ever passed to
+//! a program.
 
 use crate::config::{Config, FirewallMode};
 use anyhow::{bail, Context as _};
 use std::collections::BTreeSet;
-use std::process::Command;
+use std::fmt;
+use std::process::{Command, Output};
 
-/// honeytrap's own chain.
+/// honeytrap's own chain (in `filter` for nfqueue, in `mangle` for tproxy).
 pub const CHAIN: &str = "HONEYTRAP";
-/// Comment of the jump from `INPUT`, by which a stale one is found.
+/// Comment of the jump to [`CHAIN`], by which a stale one is found.
 pub const COMMENT: &str = "honeytrap";
+/// Preference of honeytrap's `ip rule`: before `main` (32766), away from 32765 and
+/// below, which `ip rule add` picks when no preference is given.
+pub const RULE_PREF: u32 = 31000;
+/// Routing protocol number tagging honeytrap's `ip rule` and routes (`proto 104`):
+/// none of iproute2's reserved numbers. Removal deletes only entries carrying it.
+pub const RT_PROTO: u8 = 104;
+/// Most `ip rule` entries of ours removed in one go (a bound, not an expectation).
+const MAX_RULES: usize = 64;
 
 /// The iptables programs of one backend (nf_tables or legacy), never mixed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,7 +154,102 @@ pub fn listening(table: &str, state: &str) -> Vec<u16> {
         .collect()
 }
 
-/// The rules of the chain (arguments after the program name), in order.
+/// The table honeytrap's chain lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// nfqueue: jumped to from `INPUT`.
+    Filter,
+    /// tproxy: jumped to from `PREROUTING`.
+    Mangle,
+}
+
+impl Table {
+    pub const ALL: [Table; 2] = [Table::Filter, Table::Mangle];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Filter => "filter",
+            Table::Mangle => "mangle",
+        }
+    }
+
+    /// The built-in chain holding the jump to ours.
+    pub fn hook(self) -> &'static str {
+        match self {
+            Table::Filter => "INPUT",
+            Table::Mangle => "PREROUTING",
+        }
+    }
+
+    /// The `-t` option, empty for `filter` (the default table).
+    fn opt(self) -> &'static str {
+        match self {
+            Table::Filter => "",
+            Table::Mangle => "-t mangle ",
+        }
+    }
+}
+
+/// The TPROXY settings the rules and the policy routing use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tproxy {
+    /// `--on-port`: the monitor's transparent listener.
+    pub port: u16,
+    /// Mark bit(s), set and matched as `M/M`.
+    pub mark: u32,
+    /// Routing table of the local route.
+    pub table: u32,
+}
+
+/// What a monitor needs from the firewall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    Nfqueue { queue: u16 },
+    Tproxy(Tproxy),
+}
+
+impl Plan {
+    /// The plan of `monitor` (None: it needs no rules).
+    pub fn for_monitor(monitor: &str, config: &Config) -> Option<Plan> {
+        match monitor {
+            "nfqueue" => Some(Plan::Nfqueue {
+                queue: config.monitor.nfqueue.queue,
+            }),
+            "tproxy" => Some(Plan::Tproxy(Tproxy {
+                port: config.monitor.tproxy.port,
+                mark: config.firewall.tproxy_mark,
+                table: config.firewall.route_table,
+            })),
+            _ => None,
+        }
+    }
+
+    pub fn table(&self) -> Table {
+        match self {
+            Plan::Nfqueue { .. } => Table::Filter,
+            Plan::Tproxy(_) => Table::Mangle,
+        }
+    }
+
+    /// The rules of the chain (arguments after the program name), in order.
+    pub fn chain_rules(&self, ex: &Exclusions) -> Vec<String> {
+        match self {
+            Plan::Nfqueue { queue } => chain_rules(*queue, ex),
+            Plan::Tproxy(t) => tproxy_chain_rules(t, ex),
+        }
+    }
+
+    /// The `ip` commands (arguments after `ip`); none for nfqueue.
+    pub fn routing(&self) -> Vec<String> {
+        match self {
+            Plan::Nfqueue { .. } => Vec::new(),
+            Plan::Tproxy(t) => routing_rules(t),
+        }
+    }
+}
+
+/// The nfqueue chain (filter table): exclusions, then new TCP SYNs and new UDP
+/// datagrams to `queue`, bypassed while nobody reads it.
 pub fn chain_rules(queue: u16, ex: &Exclusions) -> Vec<String> {
     let mut r = vec![format!("-A {CHAIN} -i lo -j RETURN")];
     r.extend(
@@ -154,54 +269,95 @@ pub fn chain_rules(queue: u16, ex: &Exclusions) -> Vec<String> {
     r
 }
 
-/// The jump from INPUT, inserted first.
-pub fn jump_rule() -> String {
-    format!("-I INPUT 1 -m comment --comment {COMMENT} -j {CHAIN}")
+/// The tproxy chain (mangle table): exclusions (and the tproxy port itself);
+/// packets of existing TCP sockets go their way (transparent ones marked, so they
+/// are routed locally); every other TCP and UDP packet goes to the listener, marked.
+/// No `-m socket` line for UDP: it would match honeytrap's reply sockets too.
+pub fn tproxy_chain_rules(t: &Tproxy, ex: &Exclusions) -> Vec<String> {
+    let a = format!("-t mangle -A {CHAIN}");
+    let m = format!("{:#x}/{:#x}", t.mark, t.mark);
+    let mut tcp = ex.tcp.clone();
+    let mut udp = ex.udp.clone();
+    tcp.insert(t.port);
+    udp.insert(t.port);
+    let mut r = vec![format!("{a} -i lo -j RETURN")];
+    r.extend(
+        tcp.iter()
+            .map(|p| format!("{a} -p tcp --dport {p} -j RETURN")),
+    );
+    r.extend(
+        udp.iter()
+            .map(|p| format!("{a} -p udp --dport {p} -j RETURN")),
+    );
+    r.push(format!(
+        "{a} -p tcp -m socket --transparent -j MARK --set-mark {m}"
+    ));
+    r.push(format!("{a} -p tcp -m socket -j RETURN"));
+    for proto in ["tcp", "udp"] {
+        r.push(format!(
+            "{a} -p {proto} -j TPROXY --on-port {} --tproxy-mark {m}",
+            t.port
+        ));
+    }
+    r
 }
 
-/// The whole command sequence for `programs` (one script line each).
-pub fn script(programs: &[&str], queue: u16, ex: &Exclusions) -> Vec<String> {
-    let mut lines = Vec::new();
+/// The policy routing: marked packets are delivered locally (IPv4 and IPv6), each
+/// entry tagged with [`RULE_PREF`] / [`RT_PROTO`].
+pub fn routing_rules(t: &Tproxy) -> Vec<String> {
+    let mut r = Vec::new();
+    for (fam, any) in [("", "0.0.0.0/0"), ("-6 ", "::/0")] {
+        r.push(format!(
+            "{fam}rule add fwmark {m:#x}/{m:#x} lookup {table} pref {RULE_PREF} protocol {RT_PROTO}",
+            m = t.mark,
+            table = t.table
+        ));
+        r.push(format!(
+            "{fam}route add local {any} dev lo table {} proto {RT_PROTO}",
+            t.table
+        ));
+    }
+    r
+}
+
+/// The jump to our chain, inserted first in the table's hook chain.
+pub fn jump_rule(table: Table) -> String {
+    format!(
+        "{}-I {} 1 -m comment --comment {COMMENT} -j {CHAIN}",
+        table.opt(),
+        table.hook()
+    )
+}
+
+/// One command: a program and its (validated, space-separated) arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub program: String,
+    pub args: String,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.program, self.args)
+    }
+}
+
+/// Everything [`apply`] runs, in order: the chains, the policy routing, then the
+/// jumps (so nothing is diverted before the rest is in place).
+pub fn steps(programs: &[&str], plan: &Plan, ex: &Exclusions) -> Vec<Step> {
+    let step = |program: &str, args: String| Step {
+        program: program.to_string(),
+        args,
+    };
+    let t = plan.table();
+    let mut s = Vec::new();
     for p in programs {
-        lines.push(format!("{p} -N {CHAIN}"));
-        for r in chain_rules(queue, ex) {
-            lines.push(format!("{p} {r}"));
-        }
-        lines.push(format!("{p} {}", jump_rule()));
+        s.push(step(p, format!("{}-N {CHAIN}", t.opt())));
+        s.extend(plan.chain_rules(ex).into_iter().map(|r| step(p, r)));
     }
-    lines
-}
-
-/// The documented TPROXY rules (manual mode only in this version).
-pub fn tproxy_script(port: u16, ex: &Exclusions) -> Vec<String> {
-    let mut lines = Vec::new();
-    for p in ["iptables", "ip6tables"] {
-        let m = format!("{p} -t mangle -A PREROUTING");
-        lines.push(format!("{m} -i lo -j RETURN"));
-        for t in &ex.tcp {
-            lines.push(format!("{m} -p tcp --dport {t} -j RETURN"));
-        }
-        for u in &ex.udp {
-            lines.push(format!("{m} -p udp --dport {u} -j RETURN"));
-        }
-        lines.push(format!("{m} -p tcp --dport {port} -j RETURN"));
-        lines.push(format!("{m} -p udp --dport {port} -j RETURN"));
-        lines.push(format!(
-            "{m} -p tcp -m socket --transparent -j MARK --set-mark 0x1/0x1"
-        ));
-        lines.push(format!("{m} -p tcp -m socket -j RETURN"));
-        lines.push(format!(
-            "{m} -p tcp -j TPROXY --on-port {port} --tproxy-mark 0x1/0x1"
-        ));
-        lines.push(format!(
-            "{m} -p udp -j TPROXY --on-port {port} --tproxy-mark 0x1/0x1"
-        ));
-    }
-    lines.push("ip rule add fwmark 0x1 lookup 100".into());
-    lines.push("ip route add local 0.0.0.0/0 dev lo table 100".into());
-    lines.push("ip -6 rule add fwmark 0x1 lookup 100".into());
-    lines.push("ip -6 route add local ::/0 dev lo table 100".into());
-    lines
+    s.extend(plan.routing().into_iter().map(|r| step("ip", r)));
+    s.extend(programs.iter().map(|p| step(p, jump_rule(t))));
+    s
 }
 
 /// The rules `monitor` needs, as script lines (empty: none needed).
@@ -211,18 +367,80 @@ pub fn rules_for(
     ex: &Exclusions,
     b: Option<&Backend>,
 ) -> Vec<String> {
-    match monitor {
-        "nfqueue" => {
-            let programs = b.map_or(["iptables", "ip6tables"], |b| b.programs());
-            script(&programs, config.monitor.nfqueue.queue, ex)
-        }
-        "tproxy" => tproxy_script(config.monitor.tproxy.port, ex),
-        _ => Vec::new(),
+    let Some(plan) = Plan::for_monitor(monitor, config) else {
+        return Vec::new();
+    };
+    let programs = b.map_or(["iptables", "ip6tables"], |b| b.programs());
+    steps(&programs, &plan, ex)
+        .iter()
+        .map(Step::to_string)
+        .collect()
+}
+
+/// Kernel support behind an iptables extension, for error hints.
+const MODULES: &[(&str, &str)] = &[
+    ("TPROXY", "xt_TPROXY, nf_tproxy_ipv4 and nf_tproxy_ipv6"),
+    ("socket", "xt_socket"),
+    ("NFQUEUE", "xt_NFQUEUE and nfnetlink_queue"),
+    ("conntrack", "xt_conntrack and nf_conntrack"),
+    ("comment", "xt_comment"),
+    ("MARK", "xt_mark"),
+];
+
+/// A hint naming the kernel module(s) to load when iptables' `stderr` says an
+/// extension of the rule `args` is missing; None when it says something else.
+pub fn module_hint(args: &str, stderr: &str) -> Option<String> {
+    let missing = [
+        "kernel module",
+        "Couldn't load",
+        "not supported",
+        "No such file or directory",
+        "No chain/target/match",
+        "insmod",
+    ]
+    .iter()
+    .any(|m| stderr.contains(m));
+    if !missing {
+        return None;
     }
+    if stderr.contains("Table does not exist") {
+        let t = if args.contains("-t mangle") {
+            "mangle"
+        } else {
+            "filter"
+        };
+        return Some(format!(
+            "the kernel lacks the {t} table: load iptable_{t} and ip6table_{t} (or nf_tables for the nf_tables backend)"
+        ));
+    }
+    let named: Vec<_> = MODULES
+        .iter()
+        .filter(|(ext, _)| {
+            stderr.contains(&format!("`{ext}'")) || stderr.contains(&format!("Extension {ext} "))
+        })
+        .collect();
+    let used: Vec<_> = MODULES
+        .iter()
+        .filter(|(ext, _)| {
+            args.contains(&format!("-j {ext} ")) || args.contains(&format!("-m {ext} "))
+        })
+        .collect();
+    let found = if named.is_empty() { used } else { named };
+    if found.is_empty() {
+        return None;
+    }
+    let what: Vec<String> = found
+        .iter()
+        .map(|(ext, modules)| format!("{ext} needs the kernel module(s) {modules}"))
+        .collect();
+    Some(format!(
+        "missing kernel support? {} (modprobe them, or use a kernel that has them)",
+        what.join("; ")
+    ))
 }
 
 /// Run `program args` (split on spaces: only validated words), with `-w`.
-fn ipt(program: &str, args: &str) -> anyhow::Result<std::process::Output> {
+fn ipt(program: &str, args: &str) -> anyhow::Result<Output> {
     Command::new(program)
         .arg("-w")
         .args(args.split_whitespace())
@@ -230,37 +448,115 @@ fn ipt(program: &str, args: &str) -> anyhow::Result<std::process::Output> {
         .with_context(|| format!("running `{program}`"))
 }
 
-/// Run and require success.
+/// Run and require success; a missing kernel module is named.
 fn ipt_ok(program: &str, args: &str) -> anyhow::Result<()> {
     let out = ipt(program, args)?;
     if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let hint = module_hint(args, &err).map(|h| format!(" ({h})"));
         bail!(
-            "`{program} {args}` failed: {}",
+            "`{program} {args}` failed: {}{}",
+            err.trim(),
+            hint.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+const NO_IP: &str = "firewall.mode = \"auto\" with the tproxy monitor needs the `ip` command, which is not installed: install the Debian package `iproute2` (apt-get install iproute2)";
+
+/// Run `ip args` (split on spaces: only validated words). None: `ip` is missing.
+fn ip(args: &str) -> anyhow::Result<Option<Output>> {
+    match Command::new("ip").args(args.split_whitespace()).output() {
+        Ok(o) => Ok(Some(o)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("running `ip {args}`")),
+    }
+}
+
+/// Run `ip args` and require success.
+fn ip_ok(args: &str) -> anyhow::Result<()> {
+    let Some(out) = ip(args)? else { bail!(NO_IP) };
+    if !out.status.success() {
+        bail!(
+            "`ip {args}` failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
     Ok(())
 }
 
-/// `iptables -S HONEYTRAP` per program; None where the chain does not exist.
-pub fn installed(b: &Backend) -> Vec<(String, Option<String>)> {
-    b.programs()
-        .iter()
-        .map(|p| {
-            let listing = ipt(p, &format!("-S {CHAIN}"))
+/// Fail with the package to install unless `ip` can be run.
+pub fn require_ip() -> anyhow::Result<()> {
+    ip("-V")?.map(|_| ()).context(NO_IP)
+}
+
+/// Run one step.
+fn run(s: &Step) -> anyhow::Result<()> {
+    if s.program == "ip" {
+        ip_ok(&s.args)
+    } else {
+        ipt_ok(&s.program, &s.args)
+    }
+}
+
+/// What `honeytrap firewall show` reports as installed: a command an admin can run
+/// again, and its output (None: nothing of honeytrap's).
+pub struct Installed {
+    pub what: String,
+    pub listing: Option<String>,
+}
+
+/// honeytrap's chains (both tables, both programs) and policy routing, as installed.
+pub fn installed(b: &Backend) -> Vec<Installed> {
+    let mut r = Vec::new();
+    for t in Table::ALL {
+        for p in b.programs() {
+            let args = format!("{}-S {CHAIN}", t.opt());
+            let listing = ipt(p, &args)
                 .ok()
                 .filter(|o| o.status.success())
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-            (p.to_string(), listing)
-        })
-        .collect()
+            r.push(Installed {
+                what: format!("{p} {args}"),
+                listing,
+            });
+        }
+    }
+    // `-4` explicitly: `ip route show table all` would list both families.
+    for fam in ["-4 ", "-6 "] {
+        for args in [
+            format!("{fam}rule show pref {RULE_PREF}"),
+            format!("{fam}route show table all proto {RT_PROTO}"),
+        ] {
+            let listing = ip(&args)
+                .ok()
+                .flatten()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .filter(|l| !l.trim().is_empty());
+            r.push(Installed {
+                what: format!("ip {args}"),
+                listing,
+            });
+        }
+    }
+    r
 }
 
-/// Remove honeytrap's jumps (found by their comment) and chain, if present.
+/// Remove everything either monitor could have installed: the jumps (found by their
+/// comment) and chains in both tables, and the tagged policy routing.
 pub fn remove(b: &Backend) -> anyhow::Result<()> {
     let mut errors = Vec::new();
-    for p in b.programs() {
-        if let Err(e) = remove_one(p) {
+    for t in Table::ALL {
+        for p in b.programs() {
+            if let Err(e) = remove_chain(p, t) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+    }
+    for v6 in [false, true] {
+        if let Err(e) = remove_routing(v6) {
             errors.push(format!("{e:#}"));
         }
     }
@@ -270,45 +566,100 @@ pub fn remove(b: &Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn remove_one(p: &str) -> anyhow::Result<()> {
-    let out = ipt(p, "-S INPUT")?;
+fn remove_chain(p: &str, t: Table) -> anyhow::Result<()> {
+    let (opt, hook) = (t.opt(), t.hook());
+    let out = ipt(p, &format!("{opt}-S {hook}"))?;
     if !out.status.success() {
-        bail!(
-            "`{p} -S INPUT` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("Table does not exist") {
+            // No such table in this kernel: nothing of ours can be in it.
+            return Ok(());
+        }
+        bail!("`{p} {opt}-S {hook}` failed: {}", err.trim());
     }
     let listing = String::from_utf8_lossy(&out.stdout).into_owned();
     let marker = format!("--comment {COMMENT} ");
     for line in listing.lines() {
-        let ours = line.starts_with("-A INPUT ")
+        let ours = line.starts_with(&format!("-A {hook} "))
             && line.contains(&marker)
             && line.ends_with(&format!("-j {CHAIN}"));
         if ours {
-            ipt_ok(p, &format!("-D{}", &line[2..]))?;
+            ipt_ok(p, &format!("{opt}-D{}", &line[2..]))?;
         }
     }
-    if ipt(p, &format!("-S {CHAIN}"))?.status.success() {
-        ipt_ok(p, &format!("-F {CHAIN}"))?;
-        ipt_ok(p, &format!("-X {CHAIN}"))?;
+    if ipt(p, &format!("{opt}-S {CHAIN}"))?.status.success() {
+        ipt_ok(p, &format!("{opt}-F {CHAIN}"))?;
+        ipt_ok(p, &format!("{opt}-X {CHAIN}"))?;
     }
     Ok(())
 }
 
-/// Remove a stale set, then add the chain and the jump (IPv4 and IPv6). On failure
-/// whatever was added is removed again.
-pub fn apply(b: &Backend, queue: u16, ex: &Exclusions) -> anyhow::Result<()> {
-    remove(b).context("removing a stale set of rules")?;
-    let r = (|| {
-        for p in b.programs() {
-            ipt_ok(p, &format!("-N {CHAIN}"))?;
-            for rule in chain_rules(queue, ex) {
-                ipt_ok(p, &rule)?;
+/// Whether `ip` failed because there was nothing to delete.
+fn nothing_there(out: &Output) -> bool {
+    String::from_utf8_lossy(&out.stderr).contains("No such file or directory")
+}
+
+/// Delete our `ip rule` entries (preference and tag both ours: the kernel matches
+/// the tag, so an admin's rule at the same preference stays) and our local routes.
+/// Without `ip` nothing of ours can be there.
+fn remove_routing(v6: bool) -> anyhow::Result<()> {
+    // `-4` explicitly: `ip route show table all` would list both families.
+    let fam = if v6 { "-6 " } else { "-4 " };
+    let del = format!("{fam}rule del pref {RULE_PREF} protocol {RT_PROTO}");
+    for _ in 0..MAX_RULES {
+        let Some(out) = ip(&del)? else { return Ok(()) };
+        if !out.status.success() {
+            if nothing_there(&out) {
+                break;
             }
-            ipt_ok(p, &jump_rule())?;
+            bail!(
+                "`ip {del}` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
-        Ok(())
-    })();
+    }
+    let show = format!("{fam}route show table all proto {RT_PROTO}");
+    let Some(out) = ip(&show)? else { return Ok(()) };
+    if !out.status.success() {
+        bail!(
+            "`ip {show}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    for table in our_routes(&String::from_utf8_lossy(&out.stdout)) {
+        ip_ok(&format!(
+            "{fam}route del local default dev lo table {table} proto {RT_PROTO}"
+        ))?;
+    }
+    Ok(())
+}
+
+/// The tables of the routes honeytrap adds (`local default dev lo table T`) in
+/// `ip route show table all proto RT_PROTO` output; any other route is left alone.
+pub fn our_routes(listing: &str) -> Vec<u32> {
+    listing
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let default = matches!(w.get(1), Some(&"default" | &"0.0.0.0/0" | &"::/0"));
+            let lo = w.windows(2).any(|p| p == ["dev", "lo"]);
+            if w.first() != Some(&"local") || !default || !lo {
+                return None;
+            }
+            let i = w.iter().position(|x| *x == "table")?;
+            w.get(i + 1)?.parse().ok()
+        })
+        .collect()
+}
+
+/// Remove any set (stale or not), then run every step of `plan`. On failure
+/// whatever was added is removed again.
+pub fn apply(b: &Backend, plan: &Plan, ex: &Exclusions) -> anyhow::Result<()> {
+    if !plan.routing().is_empty() {
+        require_ip()?;
+    }
+    remove(b).context("removing a stale set of rules")?;
+    let r = steps(&b.programs(), plan, ex).iter().try_for_each(run);
     if r.is_err() {
         let _ = remove(b);
     }
@@ -346,41 +697,39 @@ impl Drop for Guard {
 /// rules `monitor` needs; in auto mode apply them and return the guard that removes
 /// them.
 pub fn setup(config: &Config, monitor: &str) -> anyhow::Result<Option<Guard>> {
+    let Some(plan) = Plan::for_monitor(monitor, config) else {
+        if config.firewall.mode == FirewallMode::Auto {
+            tracing::info!(
+                monitor,
+                "firewall.mode = \"auto\": this monitor needs no firewall rules"
+            );
+        }
+        return Ok(None);
+    };
     match config.firewall.mode {
         FirewallMode::Manual => {
             let lines = rules_for(monitor, config, &Exclusions::configured(config), None);
-            if !lines.is_empty() {
-                tracing::info!(
-                    "firewall.mode = \"manual\": the {monitor} monitor needs these rules (add them yourself, see docs/configuration.md):\n{}",
-                    lines.join("\n")
-                );
-            }
+            tracing::info!(
+                "firewall.mode = \"manual\": the {monitor} monitor needs these rules (add them yourself, see docs/configuration.md):\n{}",
+                lines.join("\n")
+            );
             Ok(None)
         }
-        FirewallMode::Auto => match monitor {
-            "nfqueue" => {
-                let b = detect()?;
-                let ex = Exclusions::detect(config);
-                let queue = config.monitor.nfqueue.queue;
-                apply(&b, queue, &ex).context("applying the firewall rules")?;
-                tracing::info!(
-                    chain = CHAIN,
-                    backend = b.kind,
-                    queue,
-                    excluded_tcp = ?ex.tcp,
-                    excluded_udp = ?ex.udp,
-                    "firewall rules applied"
-                );
-                Ok(Some(Guard { backend: Some(b) }))
-            }
-            "tproxy" => bail!(
-                "firewall.mode = \"auto\" is not yet supported with the tproxy monitor: use firewall.mode = \"manual\" and add the rules of docs/configuration.md"
-            ),
-            _ => {
-                tracing::info!(monitor, "firewall.mode = \"auto\": this monitor needs no firewall rules");
-                Ok(None)
-            }
-        },
+        FirewallMode::Auto => {
+            let b = detect()?;
+            let ex = Exclusions::detect(config);
+            apply(&b, &plan, &ex).context("applying the firewall rules")?;
+            tracing::info!(
+                chain = CHAIN,
+                table = plan.table().name(),
+                backend = b.kind,
+                plan = ?plan,
+                excluded_tcp = ?ex.tcp,
+                excluded_udp = ?ex.udp,
+                "firewall rules applied"
+            );
+            Ok(Some(Guard { backend: Some(b) }))
+        }
     }
 }
 
@@ -409,5 +758,141 @@ mod tests {
         assert!(r[4].contains("--syn") && r[4].ends_with("--queue-num 3 --queue-bypass"));
         assert!(r[5].starts_with("-A HONEYTRAP -p udp -m conntrack"));
         assert_eq!(r.len(), 6);
+    }
+
+    fn tp() -> Tproxy {
+        Tproxy {
+            port: 65499,
+            mark: 0x1,
+            table: 100,
+        }
+    }
+
+    #[test]
+    fn tproxy_chain_excludes_then_marks_then_diverts() {
+        let mut ex = Exclusions::default();
+        ex.tcp.extend([22, 8080]);
+        ex.udp.insert(53);
+        let r = tproxy_chain_rules(&tp(), &ex);
+        let want = [
+            "-t mangle -A HONEYTRAP -i lo -j RETURN",
+            "-t mangle -A HONEYTRAP -p tcp --dport 22 -j RETURN",
+            "-t mangle -A HONEYTRAP -p tcp --dport 8080 -j RETURN",
+            "-t mangle -A HONEYTRAP -p tcp --dport 65499 -j RETURN",
+            "-t mangle -A HONEYTRAP -p udp --dport 53 -j RETURN",
+            "-t mangle -A HONEYTRAP -p udp --dport 65499 -j RETURN",
+            "-t mangle -A HONEYTRAP -p tcp -m socket --transparent -j MARK --set-mark 0x1/0x1",
+            "-t mangle -A HONEYTRAP -p tcp -m socket -j RETURN",
+            "-t mangle -A HONEYTRAP -p tcp -j TPROXY --on-port 65499 --tproxy-mark 0x1/0x1",
+            "-t mangle -A HONEYTRAP -p udp -j TPROXY --on-port 65499 --tproxy-mark 0x1/0x1",
+        ];
+        assert_eq!(r, want);
+        // The port already excluded is not listed twice.
+        ex.tcp.insert(65499);
+        assert_eq!(tproxy_chain_rules(&tp(), &ex).len(), want.len());
+    }
+
+    #[test]
+    fn tproxy_routing_is_tagged_and_configurable() {
+        let t = Tproxy {
+            port: 1000,
+            mark: 0x40,
+            table: 4242,
+        };
+        assert_eq!(
+            routing_rules(&t),
+            [
+                "rule add fwmark 0x40/0x40 lookup 4242 pref 31000 protocol 104",
+                "route add local 0.0.0.0/0 dev lo table 4242 proto 104",
+                "-6 rule add fwmark 0x40/0x40 lookup 4242 pref 31000 protocol 104",
+                "-6 route add local ::/0 dev lo table 4242 proto 104",
+            ]
+        );
+        let r = tproxy_chain_rules(&t, &Exclusions::default());
+        assert!(r.iter().any(|l| l.ends_with("--set-mark 0x40/0x40")));
+        assert!(r
+            .iter()
+            .any(|l| l.ends_with("--on-port 1000 --tproxy-mark 0x40/0x40")));
+    }
+
+    #[test]
+    fn steps_add_chains_then_routing_then_jumps() {
+        let plan = Plan::Tproxy(tp());
+        let s: Vec<String> = steps(&["iptables", "ip6tables"], &plan, &Exclusions::default())
+            .iter()
+            .map(Step::to_string)
+            .collect();
+        assert_eq!(s[0], "iptables -t mangle -N HONEYTRAP");
+        let v6 = s
+            .iter()
+            .position(|l| l == "ip6tables -t mangle -N HONEYTRAP");
+        let first_ip = s.iter().position(|l| l.starts_with("ip ")).unwrap();
+        assert!(v6.unwrap() < first_ip);
+        assert_eq!(
+            &s[s.len() - 2..],
+            [
+                "iptables -t mangle -I PREROUTING 1 -m comment --comment honeytrap -j HONEYTRAP",
+                "ip6tables -t mangle -I PREROUTING 1 -m comment --comment honeytrap -j HONEYTRAP",
+            ]
+        );
+        assert_eq!(s.iter().filter(|l| l.starts_with("ip ")).count(), 4);
+        // nfqueue: filter table, jump from INPUT, no routing.
+        let s = steps(
+            &["iptables"],
+            &Plan::Nfqueue { queue: 2 },
+            &Exclusions::default(),
+        );
+        assert_eq!(s[0].to_string(), "iptables -N HONEYTRAP");
+        assert!(s.iter().all(|x| x.program == "iptables"));
+        assert_eq!(
+            s.last().unwrap().args,
+            "-I INPUT 1 -m comment --comment honeytrap -j HONEYTRAP"
+        );
+    }
+
+    #[test]
+    fn missing_kernel_modules_are_named() {
+        let tproxy = "-t mangle -A HONEYTRAP -p tcp -j TPROXY --on-port 1 --tproxy-mark 0x1/0x1";
+        let h = module_hint(
+            tproxy,
+            "iptables v1.8.9 (legacy): Couldn't load target `TPROXY':No such file or directory",
+        )
+        .unwrap();
+        assert!(
+            h.contains("xt_TPROXY") && h.contains("nf_tproxy_ipv6"),
+            "{h}"
+        );
+        let socket = "-t mangle -A HONEYTRAP -p tcp -m socket -j RETURN";
+        let h = module_hint(
+            socket,
+            "Extension socket revision 0 not supported, missing kernel module?",
+        )
+        .unwrap();
+        assert!(h.contains("xt_socket") && !h.contains("TPROXY"), "{h}");
+        // nf_tables: the message names no extension; the rule tells which.
+        let h = module_hint(
+            socket,
+            "iptables v1.8.9 (nf_tables): RULE_APPEND failed (No such file or directory): rule in chain HONEYTRAP",
+        )
+        .unwrap();
+        assert!(h.contains("xt_socket"), "{h}");
+        let queue = "-A HONEYTRAP -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 0 --queue-bypass";
+        let h = module_hint(
+            queue,
+            "Couldn't load target `NFQUEUE':No such file or directory",
+        )
+        .unwrap();
+        assert!(h.contains("nfnetlink_queue"), "{h}");
+        assert!(module_hint(queue, "Permission denied (you must be root)").is_none());
+        assert!(module_hint("-t mangle -N HONEYTRAP", "iptables: can't initialize iptables table `mangle': Table does not exist (do you need to insmod?)").unwrap().contains("iptable_mangle"));
+    }
+
+    #[test]
+    fn only_our_exact_routes_are_removed() {
+        let listing = "local default dev lo table 100 scope host \n\
+                       local default dev lo table 4242 metric 1024 pref medium\n\
+                       unicast 10.0.0.0/8 dev eth0 table 100 scope link \n\
+                       local 10.1.2.3 dev lo table 100 scope host \n";
+        assert_eq!(our_routes(listing), vec![100, 4242]);
     }
 }

@@ -60,9 +60,11 @@ enum Command {
 enum FirewallAction {
     /// Print the rules that would be applied and those installed now.
     Show,
-    /// Add honeytrap's chain and jump (a stale set is replaced) and exit.
+    /// Add honeytrap's chain and jump, and for tproxy the policy routing (a stale
+    /// set is replaced), and exit.
     Apply,
-    /// Remove honeytrap's chain and jump.
+    /// Remove everything honeytrap may have added (both monitors' chains, jumps and
+    /// policy routing).
     Remove,
 }
 
@@ -183,7 +185,7 @@ fn firewall(action: FirewallAction, config: &honeytrap::config::Config) -> ExitC
             if lines.is_empty() {
                 println!("# the {monitor} monitor needs no firewall rules");
             } else {
-                println!("# rules for the {monitor} monitor (firewall.mode = \"auto\" applies the nfqueue ones):");
+                println!("# rules for the {monitor} monitor (what `firewall apply` and firewall.mode = \"auto\" add):");
                 for l in lines {
                     println!("{l}");
                 }
@@ -191,11 +193,11 @@ fn firewall(action: FirewallAction, config: &honeytrap::config::Config) -> ExitC
             match &backend {
                 None => println!("# installed: unknown (iptables cannot be run)"),
                 Some(b) => {
-                    for (program, listing) in fw::installed(b) {
-                        match listing {
-                            None => println!("# installed ({program}): no {} chain", fw::CHAIN),
+                    for i in fw::installed(b) {
+                        match i.listing {
+                            None => println!("# installed, {}: none", i.what),
                             Some(l) => {
-                                println!("# installed ({program}):");
+                                println!("# installed, {}:", i.what);
                                 print!("{l}");
                             }
                         }
@@ -205,15 +207,18 @@ fn firewall(action: FirewallAction, config: &honeytrap::config::Config) -> ExitC
             ExitCode::SUCCESS
         }
         FirewallAction::Apply => {
-            if monitor != "nfqueue" {
+            let Some(plan) = fw::Plan::for_monitor(monitor, config) else {
                 return fail(anyhow::anyhow!(
-                    "`firewall apply` supports the nfqueue monitor only (this config runs {monitor}); use --monitor nfqueue or add the rules by hand"
+                    "the {monitor} monitor needs no firewall rules; use --monitor nfqueue or --monitor tproxy"
                 ));
-            }
-            let r = fw::detect().and_then(|b| fw::apply(&b, config.monitor.nfqueue.queue, &ex));
-            match r {
+            };
+            match fw::detect().and_then(|b| fw::apply(&b, &plan, &ex)) {
                 Ok(()) => {
-                    println!("firewall rules applied (chain {})", fw::CHAIN);
+                    println!(
+                        "firewall rules applied for the {monitor} monitor (chain {} in {})",
+                        fw::CHAIN,
+                        plan.table().name()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
@@ -221,7 +226,10 @@ fn firewall(action: FirewallAction, config: &honeytrap::config::Config) -> ExitC
         }
         FirewallAction::Remove => match fw::detect().and_then(|b| fw::remove(&b)) {
             Ok(()) => {
-                println!("firewall rules removed (chain {})", fw::CHAIN);
+                println!(
+                    "firewall rules removed (chain {} in filter and mangle, policy routing)",
+                    fw::CHAIN
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e),

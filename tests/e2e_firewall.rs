@@ -1,16 +1,20 @@
 //! End-to-end: the firewall manager (`[firewall] mode = "auto"`) with the `nfqueue`
-//! monitor. The honeypot namespace gets no hand-written rule: honeytrap adds its
-//! `HONEYTRAP` chain and the jump from `INPUT` (iptables and ip6tables) at start and
-//! removes them at exit. Every iptables command runs in the test's namespace.
+//! and `tproxy` monitors. The honeypot namespace gets no hand-written rule: honeytrap
+//! adds its `HONEYTRAP` chain (nfqueue: `filter`, jumped to from `INPUT`; tproxy:
+//! `mangle`, jumped to from `PREROUTING`, plus the `ip rule` / local route of the
+//! policy routing), IPv4 and IPv6, at start and removes them at exit. Every iptables
+//! and ip command runs in the test's namespace.
 
 mod support;
 
-use support::clients::{nc_once, payload, real_service};
+use support::clients::{event_with, nc_once, payload, real_service};
 
 use std::process::{Output, Stdio};
 use std::time::Duration;
 use support::daemon::BIN;
-use support::firewall::{honeypot_listing, require_iptables};
+use support::firewall::{
+    honeypot_ip_show, honeypot_listing, honeypot_listing_in, require_iptables,
+};
 use support::{base_config, require_root, Daemon, NetPair};
 
 /// nfqueue monitor, firewall auto; `extra` is appended to `[firewall]`.
@@ -217,7 +221,7 @@ fn firewall_show_apply_remove() {
         "{text}"
     );
     assert!(text.contains("ip6tables"), "{text}");
-    assert!(text.contains("no HONEYTRAP chain"), "{text}");
+    assert!(text.contains("-S HONEYTRAP: none"), "{text}");
     firewall_cmd(&net, &path, &["apply"]);
     assert_installed(&net, None);
     // Applying again replaces the set.
@@ -237,25 +241,6 @@ fn firewall_show_apply_remove() {
 }
 
 #[test]
-fn tproxy_auto_is_refused_and_manual_logs_the_rules() {
-    let Some(net) = setup("fwtpx") else { return };
-    let cfg = config("").replace("kind = \"nfqueue\"", "kind = \"tproxy\"");
-    let mut d = Daemon::spawn(&net, &cfg);
-    assert!(!d.wait_exit(Duration::from_secs(15)).success());
-    assert!(d.log().contains("not yet supported"), "{}", d.log());
-    let manual = config("").replace("mode = \"auto\"", "mode = \"manual\"");
-    let mut d = Daemon::start(&net, &manual);
-    assert!(
-        d.log()
-            .contains("ip6tables -A HONEYTRAP -p tcp --syn -m conntrack --ctstate NEW -j NFQUEUE"),
-        "{}",
-        d.log()
-    );
-    assert!(d.stop().success());
-    assert_removed(&net, &d.log());
-}
-
-#[test]
 fn rules_are_removed_at_exit_also_after_dropping_root() {
     let Some(net) = setup("fwdrop") else { return };
     let config = config("").replace("[process]\n", "[process]\nuser = \"nobody\"\n");
@@ -269,4 +254,171 @@ fn rules_are_removed_at_exit_also_after_dropping_root() {
     let log = d.log();
     assert!(log.contains("firewall rules removed"), "{log}");
     assert_removed(&net, &log);
+}
+
+// ---- tproxy ----
+
+/// The tproxy monitor's port (the default).
+const TPROXY_PORT: u16 = 65499;
+
+/// tproxy monitor, firewall auto; `extra` is appended to `[firewall]`.
+fn tproxy_config(firewall: &str) -> String {
+    config(firewall).replace("kind = \"nfqueue\"", "kind = \"tproxy\"")
+}
+
+/// Distinct pseudo-random high ports (never the monitor's own).
+fn random_ports(n: usize) -> Vec<u16> {
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let p = 20000 + (x >> 8) as u16 % 40000;
+        if p != TPROXY_PORT && !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    ports
+}
+
+/// What honeytrap's tproxy set looks like in one family.
+#[derive(Debug, PartialEq)]
+struct TpState {
+    /// Jumps to HONEYTRAP in mangle PREROUTING.
+    jumps: usize,
+    /// `-S HONEYTRAP` in mangle (None: no chain).
+    chain: Option<String>,
+    /// `ip rule` entries at honeytrap's preference.
+    rules: usize,
+    /// Routes with honeytrap's protocol tag.
+    routes: usize,
+}
+
+fn tp_state(net: &NetPair, v6: bool) -> TpState {
+    let pre = honeypot_listing_in(net, v6, "mangle", Some("PREROUTING")).expect("-S PREROUTING");
+    let lines = |t: String| t.lines().filter(|l| !l.trim().is_empty()).count();
+    TpState {
+        jumps: pre
+            .lines()
+            .filter(|l| l.contains("HONEYTRAP") || l.contains("honeytrap"))
+            .count(),
+        chain: honeypot_listing_in(net, v6, "mangle", Some("HONEYTRAP")),
+        rules: lines(honeypot_ip_show(net, v6, "rule show pref 31000")),
+        routes: lines(honeypot_ip_show(net, v6, "route show table all proto 104")),
+    }
+}
+
+/// Exactly one jump, the chain, one ip rule and one route, IPv4 and IPv6; returns
+/// the chains (v4, v6).
+fn assert_tp_installed(net: &NetPair, log: &str) -> (String, String) {
+    let mut chains = Vec::new();
+    for v6 in [false, true] {
+        let st = tp_state(net, v6);
+        assert_eq!(st.jumps, 1, "v6={v6}: exactly one jump {st:?}\n{log}");
+        assert_eq!(st.rules, 1, "v6={v6}: exactly one ip rule {st:?}\n{log}");
+        assert_eq!(st.routes, 1, "v6={v6}: exactly one route {st:?}\n{log}");
+        let chain = st
+            .chain
+            .unwrap_or_else(|| panic!("v6={v6}: no chain\n{log}"));
+        assert!(chain.contains("-j TPROXY --on-port 65499"), "{chain}");
+        let rule = honeypot_ip_show(net, v6, "rule show pref 31000");
+        assert!(rule.contains("fwmark 0x1/0x1 lookup 100"), "{rule}");
+        chains.push(chain);
+    }
+    (chains.remove(0), chains.remove(0))
+}
+
+/// Nothing of the tproxy set left, IPv4 and IPv6 (and no TPROXY rule anywhere).
+fn assert_tp_removed(net: &NetPair, log: &str) {
+    for v6 in [false, true] {
+        let st = tp_state(net, v6);
+        let none = TpState {
+            jumps: 0,
+            chain: None,
+            rules: 0,
+            routes: 0,
+        };
+        assert_eq!(st, none, "v6={v6}: left behind\n{log}");
+        let all = honeypot_listing_in(net, v6, "mangle", None).unwrap();
+        assert!(!all.contains("TPROXY"), "{all}");
+        let rules = honeypot_ip_show(net, v6, "rule show");
+        assert!(!rules.contains("fwmark"), "{rules}");
+    }
+}
+
+/// The first TCP attempt on `port` is caught by the tproxy monitor with its
+/// original destination.
+fn tp_first_try_caught(d: &Daemon, net: &NetPair, host: &str, port: u16) {
+    let word = format!("hello tproxy auto {host} {port}\n");
+    let out = nc_once(net, host, port, word.as_bytes());
+    assert!(
+        out.status.success(),
+        "first attempt on {host} {port} must succeed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let e = event_with(d, port, word.as_bytes());
+    assert_eq!(e["honeytrap"]["monitor"], "tproxy");
+    assert_eq!(e["destination"]["ip"], host);
+}
+
+/// A SIP OPTIONS request (larger than the built-in SIP reply, so it earns it).
+fn sip_options(to: &str, from: &str) -> String {
+    format!(
+        "OPTIONS sip:100@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {from}:5061;branch=z9hG4bK-524287-1---a1b2c3d4e5f60708\r\nMax-Forwards: 70\r\nTo: <sip:100@{to}>\r\nFrom: \"sipvicious\" <sip:100@1.1.1.1>;tag=6130396534383264313363340131383032393231303035\r\nCall-ID: 1029384756473829@{from}\r\nCSeq: 1 OPTIONS\r\nContact: <sip:100@{from}:5061>\r\nAccept: application/sdp\r\nUser-Agent: friendly-scanner\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// A SIP OPTIONS to 5060 on `host` from `sport` is answered from the original
+/// address: socat's UDP client only takes replies from the address and port it
+/// wrote to.
+fn tp_udp_answered(d: &Daemon, net: &NetPair, host: &str, sport: u16) {
+    let (target, from) = if host.contains(':') {
+        (format!("[{host}]"), net.at_v6.clone())
+    } else {
+        (host.to_string(), net.at_v4.clone())
+    };
+    let options = sip_options(host, &from);
+    let out = net.attack(
+        "socat",
+        &[
+            "-t",
+            "3",
+            "-",
+            &format!("UDP:{target}:5060,sourceport={sport}"),
+        ],
+        options.as_bytes(),
+        8,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("SIP/2.0 200 OK"),
+        "no reply from {host}:5060: {out:?}\n{}",
+        d.log()
+    );
+    let e = event_with(d, 5060, options.as_bytes());
+    assert_eq!(e["honeytrap"]["monitor"], "tproxy");
+    assert_eq!(e["network"]["transport"], "udp");
+    assert_eq!(e["destination"]["ip"], host);
+    assert_eq!(e["source"]["port"], sport);
+}
+
+#[test]
+fn tproxy_auto_catches_any_port_and_goes_away_on_sigterm() {
+    let Some(net) = setup("tpauto") else { return };
+    assert_tp_removed(&net, "before start");
+    let mut d = Daemon::start(&net, &tproxy_config(""));
+    assert!(d.log().contains("firewall rules applied"), "{}", d.log());
+    assert_tp_installed(&net, &d.log());
+    let ports = random_ports(2);
+    tp_first_try_caught(&d, &net, &net.hp_v4.clone(), ports[0]);
+    tp_first_try_caught(&d, &net, &net.hp_v6.clone(), ports[1]);
+    tp_udp_answered(&d, &net, &net.hp_v4.clone(), 41100);
+    tp_udp_answered(&d, &net, &net.hp_v6.clone(), 41101);
+    assert!(d.stop().success(), "{}", d.log());
+    let log = d.log();
+    assert!(log.contains("firewall rules removed"), "{log}");
+    assert_tp_removed(&net, &log);
 }

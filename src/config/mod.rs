@@ -196,7 +196,7 @@ pub enum FirewallMode {
 }
 
 /// The `[firewall]` section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FirewallConfig {
     pub mode: FirewallMode,
@@ -204,6 +204,22 @@ pub struct FirewallConfig {
     pub ssh_ports: Vec<u16>,
     /// Other ports never diverted (TCP and UDP).
     pub exclude_ports: Vec<u16>,
+    /// Packet mark bit(s) of the TPROXY rules (`--tproxy-mark M/M`, `fwmark M/M`).
+    pub tproxy_mark: u32,
+    /// Routing table of the TPROXY policy routing (`lookup T`, `table T`).
+    pub route_table: u32,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        FirewallConfig {
+            mode: FirewallMode::default(),
+            ssh_ports: Vec::new(),
+            exclude_ports: Vec::new(),
+            tproxy_mark: 0x1,
+            route_table: 100,
+        }
+    }
 }
 
 /// Options of the `sniff` monitor.
@@ -633,6 +649,19 @@ impl Config {
             return Err(Invalid::new(
                 "monitor.tproxy.port",
                 "must be between 1 and 65535",
+            ));
+        }
+        if self.firewall.tproxy_mark == 0 {
+            return Err(Invalid::new(
+                "firewall.tproxy_mark",
+                "must not be 0 (a mark bit, e.g. 0x1)",
+            ));
+        }
+        // 0 is no table; 253-255 are the kernel's default, main and local tables.
+        if matches!(self.firewall.route_table, 0 | 253..=255) {
+            return Err(Invalid::new(
+                "firewall.route_table",
+                "must be 1 to 4294967295 except 253, 254 and 255 (the default, main and local tables)",
             ));
         }
         for (name, list) in [

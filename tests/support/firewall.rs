@@ -1,6 +1,7 @@
 //! Firewall rules inside a test's honeypot namespace (never in the host's): the
-//! NFQUEUE and TPROXY rules docs/configuration.md tells the administrator to add,
-//! and the TPROXY policy routing. They go away with the namespace.
+//! NFQUEUE and TPROXY rules an administrator adds by hand (`firewall.mode =
+//! "manual"`), the TPROXY policy routing, and listings to check what honeytrap's
+//! `mode = "auto"` installed. They go away with the namespace.
 
 use super::netns::NetPair;
 use std::process::Command;
@@ -104,13 +105,40 @@ pub fn tproxy_rules(net: &NetPair, port: u16) {
 /// `iptables -S [chain]` (or ip6tables) in the honeypot namespace; None when it
 /// fails (the chain does not exist).
 pub fn honeypot_listing(net: &NetPair, v6: bool, chain: Option<&str>) -> Option<String> {
+    honeypot_listing_in(net, v6, "filter", chain)
+}
+
+/// `iptables -t table -S [chain]` (or ip6tables) in the honeypot namespace; None
+/// when it fails (the chain does not exist).
+pub fn honeypot_listing_in(
+    net: &NetPair,
+    v6: bool,
+    table: &str,
+    chain: Option<&str>,
+) -> Option<String> {
     let bin = if v6 { "ip6tables" } else { "iptables" };
     let out = Command::new("ip")
-        .args(["netns", "exec", &net.honeypot, bin, "-w", "-S"])
+        .args(["netns", "exec", &net.honeypot, bin, "-w", "-t", table, "-S"])
         .args(chain)
         .output()
         .expect("running iptables");
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The output of `ip -4|-6 args` (a `show` command) in the honeypot namespace.
+pub fn honeypot_ip_show(net: &NetPair, v6: bool, args: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", &net.honeypot, if v6 { "-6" } else { "-4" }])
+        .args(args.split_whitespace())
+        .output()
+        .expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {args} (in {}): {}",
+        net.honeypot,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
