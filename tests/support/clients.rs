@@ -60,3 +60,86 @@ pub fn real_service(net: &NetPair, port: u16) -> Background {
     assert!(ready, "socat did not start listening on {port}");
     bg
 }
+
+/// `host:port` as socat and curl want it: an IPv6 address in brackets.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Start a background shell command in namespace `ns`, killed (with its process
+/// group) on drop.
+pub fn background_in(ns: &str, shell: &str) -> Background {
+    use std::os::unix::process::CommandExt as _;
+    use std::process::{Command, Stdio};
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", shell])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("spawn");
+    Background(child)
+}
+
+/// Wait until at least `sockets` sockets of `proto` ("tcp": listening, "udp": bound)
+/// exist on `port` in namespace `ns`.
+pub fn wait_listening(ns: &str, proto: &str, port: u16, sockets: usize) {
+    let flags = if proto == "udp" { "-lunH" } else { "-ltnH" };
+    let ready = wait_until(Duration::from_secs(5), || {
+        let mut c = std::process::Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            ns,
+            "ss",
+            flags,
+            &format!("sport = :{port}"),
+        ]);
+        let out = run(c, Duration::from_secs(3));
+        String::from_utf8_lossy(&out.stdout).lines().count() >= sockets
+    });
+    assert!(ready, "nothing listens on {proto} {port} in {ns}");
+}
+
+/// A socat server on `proto` `port` in namespace `ns`, on IPv4 and IPv6 (two
+/// sockets), that runs `sh script` for each connection (TCP) or datagram (UDP, one
+/// reply datagram) with the peer on stdin/stdout and `SOCAT_PEERADDR` set. Waits
+/// until both sockets are up.
+pub fn socat_service(ns: &str, proto: &str, port: u16, script: &std::path::Path) -> Background {
+    let (v4, v6) = if proto == "udp" {
+        ("UDP4-RECVFROM", "UDP6-RECVFROM")
+    } else {
+        ("TCP4-LISTEN", "TCP6-LISTEN")
+    };
+    let script = script.display();
+    let bg = background_in(
+        ns,
+        &format!(
+            "socat {v4}:{port},reuseaddr,fork SYSTEM:'sh {script}' & \
+             socat {v6}:{port},ipv6only=1,reuseaddr,fork SYSTEM:'sh {script}' & wait"
+        ),
+    );
+    wait_listening(ns, proto, port, 2);
+    bg
+}
+
+/// One UDP exchange from `sourceport`: sends `data` as one datagram (socat) and
+/// returns what came back within 2 s of the end of input.
+pub fn udp_once(net: &NetPair, host: &str, port: u16, sourceport: u16, data: &[u8]) -> Output {
+    net.attack(
+        "socat",
+        &[
+            "-t",
+            "2",
+            "-",
+            &format!("UDP:{},sourceport={sourceport}", host_port(host, port)),
+        ],
+        data,
+        8,
+    )
+}

@@ -1,7 +1,9 @@
 //! Network namespaces for end-to-end tests: a honeypot namespace and an attacker
 //! namespace joined by a veth pair, with IPv4 (10.77.N.0/24) and IPv6 (fd77:N::/64)
-//! addresses and no default route, so no traffic can leave them. Everything is
-//! removed on drop, also when the test fails.
+//! addresses and no default route, so no traffic can leave them. `NetTriple` adds a
+//! third, "target" namespace (for proxy mode) joined to the honeypot only, on
+//! 10.78.N.0/24 and fd78:N::/64. Everything is removed on drop, also when the test
+//! fails.
 
 use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Output, Stdio};
@@ -33,6 +35,10 @@ pub struct NetPair {
     /// Attacker's addresses.
     pub at_v4: String,
     pub at_v6: String,
+    /// The subnet byte N of this pair's networks.
+    pub net: u32,
+    /// The id that makes this pair's namespace and interface names unique.
+    id: String,
 }
 
 fn ip(args: &[&str]) {
@@ -68,6 +74,8 @@ impl NetPair {
             hp_v6: format!("fd77:{net:x}::1"),
             at_v4: format!("10.77.{net}.2"),
             at_v6: format!("fd77:{net:x}::2"),
+            net,
+            id: id.clone(),
         };
         ip(&["netns", "add", &honeypot]);
         ip(&["netns", "add", &attacker]);
@@ -170,6 +178,107 @@ impl Drop for NetPair {
         for ns in [&self.honeypot, &self.attacker] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
+    }
+}
+
+/// A honeypot/attacker pair plus a "target" namespace behind the honeypot: a second
+/// veth joins honeypot and target only, so the attacker cannot reach the target
+/// except through honeytrap (the honeypot namespace does not forward). Derefs to the
+/// pair.
+pub struct NetTriple {
+    pub pair: NetPair,
+    /// Namespace the proxy targets run in.
+    pub target: String,
+    /// Honeypot's addresses on the target link.
+    pub hp_tg_v4: String,
+    pub hp_tg_v6: String,
+    /// Target's addresses.
+    pub tg_v4: String,
+    pub tg_v6: String,
+}
+
+impl NetPair {
+    /// A pair plus a target namespace (see `NetTriple`).
+    pub fn with_target(tag: &str) -> NetTriple {
+        let pair = NetPair::new(tag);
+        let (net, id) = (pair.net, pair.id.clone());
+        let target = pair.honeypot.replace("-hp", "-tg");
+        let (vh, vt) = (format!("htx{id}"), format!("htt{id}"));
+        let triple = NetTriple {
+            target: target.clone(),
+            hp_tg_v4: format!("10.78.{net}.1"),
+            hp_tg_v6: format!("fd78:{net:x}::1"),
+            tg_v4: format!("10.78.{net}.2"),
+            tg_v6: format!("fd78:{net:x}::2"),
+            pair,
+        };
+        ip(&["netns", "add", &target]);
+        ip(&["link", "add", &vh, "type", "veth", "peer", "name", &vt]);
+        ip(&["link", "set", &vh, "netns", &triple.pair.honeypot]);
+        ip(&["link", "set", &vt, "netns", &target]);
+        for (ns, dev, v4, v6) in [
+            (
+                &triple.pair.honeypot,
+                &vh,
+                &triple.hp_tg_v4,
+                &triple.hp_tg_v6,
+            ),
+            (&target, &vt, &triple.tg_v4, &triple.tg_v6),
+        ] {
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        ip(&["-n", &target, "link", "set", "lo", "up"]);
+        triple
+    }
+}
+
+impl NetTriple {
+    /// A command that runs inside the target namespace (streams null, as above).
+    pub fn in_target(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.target, program]);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    }
+
+    /// Start a background shell command in the target namespace, killed on drop.
+    pub fn background_target(&self, shell: &str) -> Background {
+        Background(
+            self.in_target("sh")
+                .args(["-c", shell])
+                .process_group(0)
+                .spawn()
+                .expect("spawn"),
+        )
+    }
+}
+
+impl std::ops::Deref for NetTriple {
+    type Target = NetPair;
+    fn deref(&self) -> &NetPair {
+        &self.pair
+    }
+}
+
+impl Drop for NetTriple {
+    fn drop(&mut self) {
+        // The pair's namespaces go when `pair` is dropped right after this.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.target])
+            .status();
     }
 }
 
