@@ -24,6 +24,16 @@ pub enum Direction {
     Out,
 }
 
+impl Direction {
+    /// The other way.
+    pub fn flip(self) -> Direction {
+        match self {
+            Direction::In => Direction::Out,
+            Direction::Out => Direction::In,
+        }
+    }
+}
+
 /// One read or write of a session, in order.
 #[derive(Debug, Clone)]
 pub struct Chunk {
@@ -105,6 +115,15 @@ impl Transcript {
         out
     }
 
+    /// Everything sent to the attacker, concatenated.
+    pub fn outgoing(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes_out as usize);
+        for c in self.chunks.iter().filter(|c| c.direction == Direction::Out) {
+            out.extend_from_slice(&c.data);
+        }
+        out
+    }
+
     /// Everything received from the attacker, concatenated (the "attack string").
     pub fn payload(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.bytes_in as usize);
@@ -123,9 +142,9 @@ pub enum Mode {
     Ignore,
     /// Canned per-port responses.
     Normal,
-    /// Connect back to the attacker and relay (later issue).
+    /// Connect back to the attacker on the same port and relay both ways.
     Mirror,
-    /// Relay to another host (later issue).
+    /// Relay to a configured target (a proxy map).
     Proxy,
 }
 
@@ -227,6 +246,64 @@ pub struct Captured {
     pub responses_sent: u32,
     /// Why the session ended.
     pub end_reason: EndReason,
+    /// The second connection of a mirror or proxy session (None in other modes).
+    pub relay: Option<RelayRecord>,
+}
+
+/// Why a mirror or proxy session was served in normal mode instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// The target refused the connection.
+    Refused,
+    /// The connection attempt timed out (`relay.connect_timeout`).
+    Timeout,
+    /// No route to the target, or another connect error.
+    Unreachable,
+    /// Mirroring to this address is not allowed (loopback, own, private, ...).
+    ForbiddenAddress,
+    /// The source opened relays faster than `relay.source_rate`.
+    RateLimited,
+    /// `relay.max_relays` relays are open.
+    RelayCap,
+    /// The proxy target's host name could not be resolved.
+    ResolveFailed,
+    /// UDP mirroring is off (`relay.mirror_udp`).
+    MirrorUdpDisabled,
+    /// Any other failure to set up the relay.
+    Error,
+}
+
+/// The second connection of a mirror or proxy session.
+#[derive(Debug, Clone)]
+pub struct RelayRecord {
+    /// Mirror or Proxy.
+    pub kind: Mode,
+    /// The proxy map's name (None for mirror).
+    pub map: Option<String>,
+    /// The target as configured (host name or address).
+    pub target_host: String,
+    /// The address connected to, once known.
+    pub target_ip: Option<std::net::IpAddr>,
+    pub target_port: u16,
+    pub target_protocol: Protocol,
+    /// Honeytrap's side of the second connection, once established.
+    pub local: Option<SocketAddr>,
+    /// Bytes relayed to the target.
+    pub bytes_sent: u64,
+    /// Bytes received from the target.
+    pub bytes_received: u64,
+    /// Hashes of what the target sent (filled when the attack is sealed).
+    pub received: Option<Hashes>,
+    /// Why the session fell back to normal mode, if it did.
+    pub fallback: Option<Fallback>,
+}
+
+impl RelayRecord {
+    /// True if the second connection was established.
+    pub fn connected(&self) -> bool {
+        self.local.is_some()
+    }
 }
 
 impl Captured {
@@ -239,6 +316,14 @@ impl Captured {
     pub fn seal(mut self) -> Attack {
         self.local = normalize(self.local);
         self.remote = normalize(self.remote);
+        if let Some(r) = &mut self.relay {
+            r.local = r.local.map(normalize);
+            r.target_ip = r.target_ip.map(|ip| normalize(SocketAddr::new(ip, 0)).ip());
+            if r.connected() {
+                // What the target sent is what was relayed to the attacker.
+                r.received = Some(Hashes::of(&self.transcript.outgoing()));
+            }
+        }
         Attack {
             id: new_attack_id(self.start),
             payload_hashes: Hashes::of(&self.transcript.payload()),

@@ -18,6 +18,8 @@ pub struct Context {
     /// Rate limit for warnings.
     pub throttle: Arc<Throttle>,
     pub limiter: Arc<Limiter>,
+    /// Admission of mirror and proxy relays.
+    pub relays: Arc<crate::mode::guard::RelayGuard>,
     /// Memory all open sessions may hold together.
     pub buffers: Arc<BufferBudget>,
     pub recorder: Recorder,
@@ -47,6 +49,7 @@ impl Context {
             stats,
             throttle,
             limiter: Limiter::new(),
+            relays: crate::mode::guard::RelayGuard::new(),
             buffers,
             recorder,
             stop_accepting: CancellationToken::new(),

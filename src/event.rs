@@ -90,6 +90,62 @@ struct Honeytrap<'a> {
     responses_sent: u32,
     payload: Payload,
     transcript: TranscriptInfo,
+    /// The second connection of mirror and proxy mode (absent in other modes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay: Option<Relay<'a>>,
+}
+
+#[derive(Serialize)]
+struct Relay<'a> {
+    kind: &'static str,
+    map: Option<&'a str>,
+    target: RelayTarget<'a>,
+    connected: bool,
+    local: Option<Address>,
+    bytes_sent: u64,
+    bytes_received: u64,
+    received: Option<&'a crate::attack::Hashes>,
+    fallback: bool,
+    fallback_reason: Option<crate::attack::Fallback>,
+}
+
+#[derive(Serialize)]
+struct RelayTarget<'a> {
+    host: &'a str,
+    ip: Option<String>,
+    port: u16,
+    transport: &'static str,
+}
+
+#[derive(Serialize)]
+struct Address {
+    ip: String,
+    port: u16,
+}
+
+impl<'a> Relay<'a> {
+    fn of(r: &'a crate::attack::RelayRecord) -> Relay<'a> {
+        Relay {
+            kind: r.kind.as_str(),
+            map: r.map.as_deref(),
+            target: RelayTarget {
+                host: &r.target_host,
+                ip: r.target_ip.map(|ip| ip.to_string()),
+                port: r.target_port,
+                transport: r.target_protocol.as_str(),
+            },
+            connected: r.connected(),
+            local: r.local.map(|a| Address {
+                ip: a.ip().to_string(),
+                port: a.port(),
+            }),
+            bytes_sent: r.bytes_sent,
+            bytes_received: r.bytes_received,
+            received: r.received.as_ref(),
+            fallback: r.fallback.is_some(),
+            fallback_reason: r.fallback,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -210,6 +266,7 @@ impl<'a> Event<'a> {
                     chunks_in,
                     chunks_out: t.chunks.len() - chunks_in,
                 },
+                relay: a.relay.as_ref().map(Relay::of),
             },
         }
     }

@@ -40,6 +40,16 @@ pub struct Stats {
     pub udp_datagrams_dropped: AtomicU64,
     /// UDP replies withheld because they would exceed the bytes received.
     pub udp_replies_suppressed: AtomicU64,
+    /// Mirror and proxy relays established.
+    pub relays: AtomicU64,
+    /// Mirror and proxy sessions served in normal mode instead (any reason).
+    pub relay_fallbacks: AtomicU64,
+    /// Of those: the per-source relay rate was exceeded.
+    pub limit_relay_rate: AtomicU64,
+    /// Of those: `relay.max_relays` relays were open.
+    pub limit_max_relays: AtomicU64,
+    /// Of those: mirroring to a forbidden address was refused.
+    pub mirror_forbidden: AtomicU64,
     /// Attacks not queued for the outputs (queue full).
     pub records_dropped: AtomicU64,
     /// Output write failures (per attack and output).
@@ -73,6 +83,11 @@ impl Stats {
             c("limit_session_timeout", &self.limit_session_timeout),
             c("udp_datagrams_dropped", &self.udp_datagrams_dropped),
             c("udp_replies_suppressed", &self.udp_replies_suppressed),
+            c("relays", &self.relays),
+            c("relay_fallbacks", &self.relay_fallbacks),
+            c("limit_relay_rate", &self.limit_relay_rate),
+            c("limit_max_relays", &self.limit_max_relays),
+            c("mirror_forbidden", &self.mirror_forbidden),
             c("records_dropped", &self.records_dropped),
             c("output_errors", &self.output_errors),
             c("quota_removed", &self.quota_removed),

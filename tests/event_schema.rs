@@ -8,7 +8,7 @@ mod schema;
 
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
-use honeytrap::attack::{Attack, Captured, EndReason, Mode, Transcript};
+use honeytrap::attack::{Attack, Captured, EndReason, Fallback, Mode, RelayRecord, Transcript};
 use honeytrap::config::{Config, PayloadEncoding, TranscriptLayout};
 use honeytrap::event::{attack_event, ECS_VERSION, SCHEMA_VERSION};
 use honeytrap::proto::Protocol;
@@ -57,6 +57,7 @@ fn captured(protocol: Protocol, local: &str, remote: &str, transcript: Transcrip
         transcript,
         responses_sent: 0,
         end_reason: EndReason::Closed,
+        relay: None,
     }
 }
 
@@ -836,4 +837,79 @@ fn documented_examples_are_valid() {
     let tr = block("## Example transcript");
     validate_transcript(&tr).unwrap_or_else(|e| panic!("docs example transcript:\n{e}"));
     assert_eq!(tr["attack_id"], ev["event"]["id"]);
+}
+
+/// A proxy session that relayed (IPv6 target, UDP target of a TCP session) and a
+/// mirror session that fell back: both match the schema, with the values the
+/// record holds.
+#[test]
+fn relay_connected_and_fallback() {
+    let mut t = Transcript::default();
+    assert!(t.push_in(REQUEST, 1 << 20));
+    t.push_out(RESPONSE);
+    let mut c = captured(Protocol::Tcp, "192.0.2.10:80", "198.51.100.2:40000", t);
+    c.mode = Mode::Proxy;
+    c.relay = Some(RelayRecord {
+        kind: Mode::Proxy,
+        map: Some("web".into()),
+        target_host: "web.example".into(),
+        target_ip: Some("2001:db8::80".parse().unwrap()),
+        target_port: 8080,
+        target_protocol: Protocol::Udp,
+        local: Some(addr("[2001:db8::1]:41000")),
+        bytes_sent: REQUEST.len() as u64,
+        bytes_received: RESPONSE.len() as u64,
+        received: None,
+        fallback: None,
+    });
+    let a = c.seal();
+    let v = event(&a, 4096, PayloadEncoding::Base64);
+    let r = &v["honeytrap"]["relay"];
+    assert_eq!(v["honeytrap"]["mode"], "proxy");
+    assert_eq!(r["kind"], "proxy");
+    assert_eq!(r["map"], "web");
+    assert_eq!(r["target"], json!({"host": "web.example", "ip": "2001:db8::80", "port": 8080, "transport": "udp"}));
+    assert_eq!(r["connected"], true);
+    assert_eq!(r["local"], json!({"ip": "2001:db8::1", "port": 41000}));
+    assert_eq!(r["bytes_sent"], REQUEST.len());
+    assert_eq!(r["bytes_received"], RESPONSE.len());
+    // Sealing hashes what the target sent (the outgoing side of the transcript).
+    let sha = r["received"]["sha256"].as_str().unwrap();
+    assert_eq!(sha, honeytrap::attack::Hashes::of(RESPONSE).sha256);
+    assert_eq!(r["fallback"], false);
+    assert_eq!(r["fallback_reason"], Value::Null);
+
+    let mut m = captured(Protocol::Tcp, "192.0.2.10:445", "10.1.2.3:40000", Transcript::default());
+    m.mode = Mode::Mirror;
+    m.responses_sent = 1;
+    m.relay = Some(RelayRecord {
+        kind: Mode::Mirror,
+        map: None,
+        target_host: "10.1.2.3".into(),
+        target_ip: None,
+        target_port: 445,
+        target_protocol: Protocol::Tcp,
+        local: None,
+        bytes_sent: 0,
+        bytes_received: 0,
+        received: None,
+        fallback: Some(Fallback::ForbiddenAddress),
+    });
+    let v = event(&m.seal(), 4096, PayloadEncoding::Base64);
+    let r = &v["honeytrap"]["relay"];
+    assert_eq!(v["honeytrap"]["mode"], "mirror");
+    assert_eq!(r["map"], Value::Null);
+    assert_eq!(r["connected"], false);
+    assert_eq!(r["local"], Value::Null);
+    assert_eq!(r["received"], Value::Null);
+    assert_eq!(r["fallback"], true);
+    assert_eq!(r["fallback_reason"], "forbidden_address");
+    // A normal-mode event has no relay object.
+    assert!(event(&tcp_http(), 4096, PayloadEncoding::Base64)["honeytrap"]
+        .get("relay")
+        .is_none());
+    // The schema refuses an unknown fallback reason.
+    let mut bad = v.clone();
+    bad["honeytrap"]["relay"]["fallback_reason"] = json!("because");
+    assert!(validate_event(&bad).is_err());
 }

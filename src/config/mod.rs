@@ -37,6 +37,9 @@ pub struct Config {
     pub firewall: FirewallConfig,
     pub limits: LimitsConfig,
     pub ports: PortsConfig,
+    pub relay: RelayConfig,
+    /// Named proxy maps (`[proxy.<name>]`).
+    pub proxy: std::collections::BTreeMap<String, ProxyMap>,
     pub output: OutputConfig,
 }
 
@@ -372,6 +375,72 @@ pub struct PortRule {
     /// Override of `ports.responses`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub responses: Option<u32>,
+}
+
+/// A named proxy map: these (protocol, port)s are relayed to one target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyMap {
+    /// What is accepted: "tcp", "udp" or a list of both.
+    pub protocol: Protocols,
+    /// Ports and ranges relayed.
+    pub ports: Vec<PortRange>,
+    /// IP address or host name of the target (resolved per connection).
+    pub target_host: String,
+    /// Target port; absent: the port the attacker connected to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
+    /// Target protocol; absent: the protocol the attacker used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_protocol: Option<crate::proto::Protocol>,
+    /// Response file of the normal-mode fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<PathBuf>,
+    /// Greeting of the normal-mode fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub greeting: Option<Greeting>,
+    /// Responses of the normal-mode fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub responses: Option<u32>,
+}
+
+/// Settings and safety limits of mirror and proxy mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Longest wait for the TCP connection to the target; then normal mode.
+    #[serde(with = "units::duration")]
+    pub connect_timeout: Duration,
+    /// A relay ends after this long without data in either direction.
+    #[serde(with = "units::duration")]
+    pub idle_timeout: Duration,
+    /// Most relays open at once; more are served in normal mode.
+    pub max_relays: usize,
+    /// New relays per second allowed per source address (sustained).
+    pub source_rate: f64,
+    /// New relays one source may open in a burst above `source_rate`.
+    pub source_burst: u32,
+    /// Mirror UDP (off: a spoofed source would make honeytrap a reflector).
+    pub mirror_udp: bool,
+    /// Allow mirroring to private address ranges.
+    pub mirror_private: bool,
+    /// Proxy over UDP: bytes sent back to the peer at most this times what it sent.
+    pub udp_reply_ratio: f64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            connect_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(60),
+            max_relays: 256,
+            source_rate: 1.0,
+            source_burst: 10,
+            mirror_udp: false,
+            mirror_private: false,
+            udp_reply_ratio: 1.0,
+        }
+    }
 }
 
 /// Where finished attacks go.
@@ -714,6 +783,51 @@ impl Config {
                 "limits.session_timeout",
                 "must not be shorter than limits.read_timeout",
             ));
+        }
+        let r = &self.relay;
+        nonzero("relay.connect_timeout", r.connect_timeout)?;
+        nonzero("relay.idle_timeout", r.idle_timeout)?;
+        positive("relay.max_relays", r.max_relays as u64)?;
+        positive("relay.source_burst", r.source_burst as u64)?;
+        if !(r.source_rate.is_finite() && r.source_rate > 0.0) {
+            return Err(Invalid::new("relay.source_rate", "must be a number above 0"));
+        }
+        if !(r.udp_reply_ratio.is_finite() && (0.0..=100.0).contains(&r.udp_reply_ratio)) {
+            return Err(Invalid::new(
+                "relay.udp_reply_ratio",
+                "must be a number from 0 to 100",
+            ));
+        }
+        for (name, m) in &self.proxy {
+            let key = format!("proxy.{name}");
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(Invalid::new(
+                    key,
+                    "a map name is letters, digits, `-` and `_` only",
+                ));
+            }
+            let host = m.target_host.trim();
+            if host.is_empty()
+                || host.len() > 253
+                || !host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-_:".contains(c))
+            {
+                return Err(Invalid::new(
+                    format!("{key}.target_host"),
+                    "must be an IP address or a host name",
+                ));
+            }
+            if m.target_port == Some(0) {
+                return Err(Invalid::new(
+                    format!("{key}.target_port"),
+                    "must be between 1 and 65535",
+                ));
+            }
         }
         let o = &self.output;
         positive("output.queue_size", o.queue_size as u64)?;

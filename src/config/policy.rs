@@ -9,11 +9,27 @@ use crate::proto::Protocol;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+
+/// Where a proxy map relays to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyTarget {
+    /// The map's name (`[proxy.<name>]`).
+    pub name: String,
+    /// IP address or host name.
+    pub host: String,
+    /// None: the port the attacker connected to.
+    pub port: Option<u16>,
+    /// None: the attacker's protocol.
+    pub protocol: Option<Protocol>,
+}
 
 /// Everything a server needs to know about one (protocol, port).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortHandling {
     pub mode: Mode,
+    /// The target of a proxy port.
+    pub proxy: Option<Arc<ProxyTarget>>,
     /// The canned response of normal mode.
     pub response: Bytes,
     /// Send the response right after connect instead of after silence.
@@ -26,6 +42,7 @@ pub struct PortHandling {
 #[derive(Debug, Clone)]
 struct Rule {
     mode: Mode,
+    proxy: Option<Arc<ProxyTarget>>,
     response: Option<Bytes>,
     greeting: Option<Greeting>,
     responses: Option<u32>,
@@ -49,27 +66,50 @@ impl PortPolicy {
     /// Compile the `[ports]` section, reading response files.
     pub fn build(config: &Config) -> Result<PortPolicy, Invalid> {
         let p = &config.ports;
-        if !super::ports::mode_is_available(p.default_mode) {
-            return Err(Invalid::new(
-                "ports.default_mode",
-                format!(
-                    "mode `{}` is not available in this version",
-                    p.default_mode.as_str()
-                ),
-            ));
+        if let Some(why) = super::ports::mode_refused(p.default_mode) {
+            return Err(Invalid::new("ports.default_mode", why));
+        }
+        // Rules first, then the proxy maps, all in one index so overlaps are found.
+        let mut sources: Vec<RuleSource> = p
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| RuleSource {
+                key: format!("ports.rule[{i}]"),
+                protocol: &r.protocol,
+                ports: &r.ports,
+                mode: r.mode,
+                proxy: None,
+                response: r.response.as_deref(),
+                greeting: r.greeting,
+                responses: r.responses,
+            })
+            .collect();
+        for (name, m) in &config.proxy {
+            sources.push(RuleSource {
+                key: format!("proxy.{name}"),
+                protocol: &m.protocol,
+                ports: &m.ports,
+                mode: Mode::Proxy,
+                proxy: Some(Arc::new(ProxyTarget {
+                    name: name.clone(),
+                    host: m.target_host.trim().to_string(),
+                    port: m.target_port,
+                    protocol: m.target_protocol,
+                })),
+                response: m.response.as_deref(),
+                greeting: m.greeting,
+                responses: m.responses,
+            });
         }
         let mut index = PolicyIndex::default();
-        let mut rules = Vec::with_capacity(p.rules.len());
-        for (i, r) in p.rules.iter().enumerate() {
-            let key = format!("ports.rule[{i}]");
-            if !super::ports::mode_is_available(r.mode) {
-                return Err(Invalid::new(
-                    format!("{key}.mode"),
-                    format!(
-                        "mode `{}` is not available in this version",
-                        r.mode.as_str()
-                    ),
-                ));
+        let mut rules = Vec::with_capacity(sources.len());
+        for (i, r) in sources.iter().enumerate() {
+            let key = &r.key;
+            if r.proxy.is_none() {
+                if let Some(why) = super::ports::mode_refused(r.mode) {
+                    return Err(Invalid::new(format!("{key}.mode"), why));
+                }
             }
             let protocols = r.protocol.list();
             if protocols.is_empty() {
@@ -90,7 +130,7 @@ impl PortPolicy {
                         let other = if owner == i {
                             "another entry of the same rule".to_string()
                         } else {
-                            format!("ports.rule[{owner}]")
+                            sources[owner].key.clone()
                         };
                         return Err(Invalid::new(
                             format!("{key}.ports[{j}]"),
@@ -99,7 +139,7 @@ impl PortPolicy {
                     }
                 }
             }
-            let response = match &r.response {
+            let response = match r.response {
                 Some(path) => Some(
                     read_response(path).map_err(|m| Invalid::new(format!("{key}.response"), m))?,
                 ),
@@ -107,6 +147,7 @@ impl PortPolicy {
             };
             rules.push(Rule {
                 mode: r.mode,
+                proxy: r.proxy.clone(),
                 response,
                 greeting: r.greeting,
                 responses: r.responses,
@@ -156,11 +197,25 @@ impl PortPolicy {
         };
         PortHandling {
             mode: rule.map(|r| r.mode).unwrap_or(self.default_mode),
+            proxy: rule.and_then(|r| r.proxy.clone()),
             response,
             greeting,
             max_responses: rule.and_then(|r| r.responses).unwrap_or(self.responses),
         }
     }
+}
+
+/// A rule or a proxy map, before compiling.
+struct RuleSource<'a> {
+    /// Config key for errors (`ports.rule[3]`, `proxy.web`).
+    key: String,
+    protocol: &'a super::Protocols,
+    ports: &'a [super::PortRange],
+    mode: Mode,
+    proxy: Option<Arc<ProxyTarget>>,
+    response: Option<&'a Path>,
+    greeting: Option<Greeting>,
+    responses: Option<u32>,
 }
 
 fn read_response(path: &Path) -> Result<Bytes, String> {
@@ -261,9 +316,41 @@ mod tests {
     }
 
     #[test]
-    fn unavailable_modes_refused() {
-        let c = parse(Path::new("t"), "[ports]\ndefault_mode = \"mirror\"\n").unwrap();
+    fn proxy_needs_a_map() {
+        let c = parse(Path::new("t"), "[ports]\ndefault_mode = \"proxy\"\n").unwrap();
         assert_eq!(PortPolicy::build(&c).unwrap_err().key, "ports.default_mode");
+        let c = parse(
+            Path::new("t"),
+            "[[ports.rule]]\nprotocol = \"tcp\"\nports = [80]\nmode = \"proxy\"\n",
+        )
+        .unwrap();
+        assert_eq!(PortPolicy::build(&c).unwrap_err().key, "ports.rule[0].mode");
+        let p = policy("[ports]\ndefault_mode = \"mirror\"\n");
+        assert_eq!(p.mode(Protocol::Tcp, 1), Mode::Mirror);
+    }
+
+    #[test]
+    fn proxy_maps_join_the_index() {
+        let p = policy(
+            "[[ports.rule]]\nprotocol = \"tcp\"\nports = [22]\nmode = \"ignore\"\n[proxy.web]\nprotocol = \"tcp\"\nports = [80, \"8000-8100\"]\ntarget_host = \"10.0.0.5\"\ntarget_port = 8080\n[proxy.dns]\nprotocol = [\"udp\", \"tcp\"]\nports = [53]\ntarget_host = \"ns.example\"\ntarget_protocol = \"udp\"\n",
+        );
+        let h = p.lookup(Protocol::Tcp, 8050);
+        assert_eq!(h.mode, Mode::Proxy);
+        let t = h.proxy.unwrap();
+        assert_eq!((t.name.as_str(), t.host.as_str(), t.port), ("web", "10.0.0.5", Some(8080)));
+        let d = p.lookup(Protocol::Tcp, 53).proxy.unwrap();
+        assert_eq!((d.name.as_str(), d.protocol), ("dns", Some(Protocol::Udp)));
+        assert_eq!(p.mode(Protocol::Udp, 53), Mode::Proxy);
+        assert_eq!(p.mode(Protocol::Tcp, 22), Mode::Ignore);
+        assert!(p.lookup(Protocol::Tcp, 81).proxy.is_none());
+        let bad = parse(
+            Path::new("t"),
+            "[[ports.rule]]\nprotocol = \"tcp\"\nports = [\"70-90\"]\nmode = \"normal\"\n[proxy.web]\nprotocol = \"tcp\"\nports = [80]\ntarget_host = \"h\"\n",
+        )
+        .unwrap();
+        let e = PortPolicy::build(&bad).unwrap_err();
+        assert_eq!(e.key, "proxy.web.ports[0]");
+        assert!(e.message.contains("ports.rule[0]"), "{}", e.message);
     }
 
     #[test]

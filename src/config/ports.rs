@@ -185,9 +185,12 @@ impl PolicyIndex {
     }
 }
 
-/// Modes that a rule or the default may name.
-pub fn mode_is_available(mode: Mode) -> bool {
-    matches!(mode, Mode::Normal | Mode::Ignore)
+/// Why a rule or the default cannot name `mode` (proxy needs a target, which only a
+/// `[proxy.<name>]` map gives).
+pub fn mode_refused(mode: Mode) -> Option<&'static str> {
+    (mode == Mode::Proxy).then_some(
+        "mode `proxy` needs a target: put these ports in a [proxy.<name>] map instead",
+    )
 }
 
 #[cfg(test)]

@@ -33,6 +33,8 @@ pub struct SessionSpec {
     pub read_timeout: Duration,
     pub session_timeout: Duration,
     pub read_limit: u64,
+    /// `[relay]` (mirror and proxy mode).
+    pub relay: crate::config::RelayConfig,
     pub sensor: Arc<str>,
     pub monitor: Arc<str>,
     /// Memory shared by all sessions (`limits.max_buffered`).
@@ -43,7 +45,7 @@ pub struct SessionSpec {
 
 /// Takes incoming bytes into a transcript within `read_limit` and the shared
 /// buffer budget.
-struct Intake {
+pub struct Intake {
     lease: BufferLease,
     limit: u64,
     stats: Arc<Stats>,
@@ -51,7 +53,7 @@ struct Intake {
 }
 
 impl Intake {
-    fn new(spec: &SessionSpec) -> Intake {
+    pub fn new(spec: &SessionSpec) -> Intake {
         Intake {
             lease: BufferLease::new(&spec.buffers),
             limit: spec.read_limit,
@@ -60,8 +62,31 @@ impl Intake {
         }
     }
 
-    /// Record `data`; Err says why the session must end.
-    fn take(&mut self, t: &mut Transcript, data: &[u8]) -> Result<(), EndReason> {
+    /// Record `data` relayed to the attacker (mirror and proxy mode): it counts
+    /// against `read_limit` and the buffer budget like incoming data. Err says why
+    /// the session must end; nothing is recorded then.
+    pub fn take_out(&mut self, t: &mut Transcript, data: &[u8]) -> Result<(), EndReason> {
+        if t.bytes_out + data.len() as u64 > self.limit {
+            Stats::inc(&self.stats.limit_read);
+            limit_warn!(
+                self.throttle,
+                "read_limit",
+                limit = self.limit,
+                "session ended: limits.read_limit reached"
+            );
+            return Err(EndReason::ReadLimit);
+        }
+        if !self.lease.grow(data.len() as u64) {
+            Stats::inc(&self.stats.limit_buffered);
+            limit_warn!(self.throttle, "max_buffered", "session ended: limits.max_buffered reached (all sessions together hold too much data)");
+            return Err(EndReason::BufferLimit);
+        }
+        t.push_out(data);
+        Ok(())
+    }
+
+    /// Record `data` from the attacker; Err says why the session must end.
+    pub fn take(&mut self, t: &mut Transcript, data: &[u8]) -> Result<(), EndReason> {
         let room = self.limit.saturating_sub(t.bytes_in).min(data.len() as u64);
         if !self.lease.grow(room) {
             Stats::inc(&self.stats.limit_buffered);
@@ -83,9 +108,28 @@ impl Intake {
     }
 }
 
+/// A session's state so far, handed to normal mode when a mirror or proxy session
+/// falls back after it began.
+pub struct Resume {
+    pub start: chrono::DateTime<Utc>,
+    pub transcript: Transcript,
+    pub intake: Intake,
+}
+
+impl Resume {
+    /// A session that starts now.
+    pub fn new(spec: &SessionSpec) -> Resume {
+        Resume {
+            start: Utc::now(),
+            transcript: Transcript::default(),
+            intake: Intake::new(spec),
+        }
+    }
+}
+
 impl SessionSpec {
     #[allow(clippy::too_many_arguments)]
-    fn captured(
+    pub fn captured(
         &self,
         proto: crate::proto::Protocol,
         local: SocketAddr,
@@ -107,8 +151,15 @@ impl SessionSpec {
             transcript,
             responses_sent: sent,
             end_reason: reason,
+            relay: None,
         }
     }
+}
+
+/// When a session that started at `start` must end (`limits.session_timeout`).
+pub fn session_deadline(spec: &SessionSpec, start: chrono::DateTime<Utc>) -> Instant {
+    let elapsed = (Utc::now() - start).to_std().unwrap_or_default();
+    Instant::now() + spec.session_timeout.saturating_sub(elapsed)
 }
 
 /// What waiting for the peer produced.
@@ -145,16 +196,31 @@ async fn wait_for<T>(
 
 /// Run one TCP session to its end.
 pub async fn tcp(
-    mut stream: TcpStream,
+    stream: TcpStream,
     local: SocketAddr,
     remote: SocketAddr,
     spec: SessionSpec,
     hard_stop: CancellationToken,
 ) -> Captured {
-    let start = Utc::now();
-    let deadline = Instant::now() + spec.session_timeout;
-    let mut t = Transcript::default();
-    let mut intake = Intake::new(&spec);
+    let resume = Resume::new(&spec);
+    tcp_resume(stream, local, remote, spec, hard_stop, resume).await
+}
+
+/// Run a TCP session in normal mode from the state `resume` holds.
+pub async fn tcp_resume(
+    mut stream: TcpStream,
+    local: SocketAddr,
+    remote: SocketAddr,
+    spec: SessionSpec,
+    hard_stop: CancellationToken,
+    resume: Resume,
+) -> Captured {
+    let Resume {
+        start,
+        transcript: mut t,
+        mut intake,
+    } = resume;
+    let deadline = session_deadline(&spec, start);
     let stats = &spec.stats;
     let mut sent = 0u32;
     let h = &spec.handling;
@@ -264,19 +330,38 @@ pub trait DatagramPeer: Send + Sync {
 #[allow(clippy::too_many_arguments)]
 pub async fn udp<P: DatagramPeer>(
     first: Vec<u8>,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<Vec<u8>>,
     peer: P,
     local: SocketAddr,
     remote: SocketAddr,
     spec: SessionSpec,
     hard_stop: CancellationToken,
 ) -> Captured {
-    let start = Utc::now();
-    let deadline = Instant::now() + spec.session_timeout;
+    let resume = Resume::new(&spec);
+    udp_resume(Some(first), rx, peer, local, remote, spec, hard_stop, resume).await
+}
+
+/// Run a UDP session in normal mode from the state `resume` holds; `pending` is a
+/// datagram received but not yet recorded.
+#[allow(clippy::too_many_arguments)]
+pub async fn udp_resume<P: DatagramPeer>(
+    pending: Option<Vec<u8>>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    peer: P,
+    local: SocketAddr,
+    remote: SocketAddr,
+    spec: SessionSpec,
+    hard_stop: CancellationToken,
+    resume: Resume,
+) -> Captured {
+    let Resume {
+        start,
+        transcript: mut t,
+        mut intake,
+    } = resume;
+    let deadline = session_deadline(&spec, start);
     let h = &spec.handling;
     let stats = &spec.stats;
-    let mut t = Transcript::default();
-    let mut intake = Intake::new(&spec);
     let mut sent = 0u32;
     let mut slots = 0u32;
     let reply = |t: &mut Transcript, sent: &mut u32| {
@@ -294,8 +379,10 @@ pub async fn udp<P: DatagramPeer>(
         true
     };
     let reason = 'session: {
-        if let Err(r) = intake.take(&mut t, &first) {
-            break 'session r;
+        if let Some(first) = pending {
+            if let Err(r) = intake.take(&mut t, &first) {
+                break 'session r;
+            }
         }
         if h.greeting && h.max_responses > 0 {
             slots += 1;

@@ -22,8 +22,45 @@ const SWEEP_ABOVE: usize = 65_536;
 #[derive(Debug)]
 struct Source {
     active: usize,
+    bucket: Bucket,
+}
+
+/// A token bucket: `rate` tokens per second, holding at most `burst`.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
     tokens: f64,
     refilled: Instant,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub fn full(burst: u32, now: Instant) -> Bucket {
+        Bucket {
+            tokens: burst as f64,
+            refilled: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant, rate: f64, burst: u32) {
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate)
+            .min(burst as f64);
+        self.refilled = now;
+    }
+
+    /// Refill, then take one token if there is one.
+    pub fn take(&mut self, now: Instant, rate: f64, burst: u32) -> bool {
+        self.refill(now, rate, burst);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+
+    /// True once the bucket has refilled (the entry can be forgotten).
+    pub fn is_full(&self, now: Instant, rate: f64, burst: u32) -> bool {
+        self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate >= burst as f64
+    }
 }
 
 #[derive(Debug, Default)]
@@ -66,23 +103,19 @@ impl Limiter {
         if st.sources.len() >= SWEEP_ABOVE {
             sweep(&mut st.sources, now, limits);
         }
-        let burst = limits.source_burst as f64;
         let src = st.sources.entry(source).or_insert(Source {
             active: 0,
-            tokens: burst,
-            refilled: now,
+            bucket: Bucket::full(limits.source_burst, now),
         });
-        src.tokens = (src.tokens
-            + now.duration_since(src.refilled).as_secs_f64() * limits.source_rate)
-            .min(burst);
-        src.refilled = now;
         if src.active >= limits.max_sessions_per_source {
             return Err(LimitHit::PerSource);
         }
-        if src.tokens < 1.0 {
+        if !src
+            .bucket
+            .take(now, limits.source_rate, limits.source_burst)
+        {
             return Err(LimitHit::SourceRate);
         }
-        src.tokens -= 1.0;
         src.active += 1;
         st.active += 1;
         Ok(SessionPermit {
@@ -104,10 +137,11 @@ impl Limiter {
 }
 
 fn sweep(sources: &mut HashMap<IpAddr, Source>, now: Instant, limits: &LimitsConfig) {
-    let burst = limits.source_burst as f64;
     sources.retain(|_, s| {
-        let tokens = s.tokens + now.duration_since(s.refilled).as_secs_f64() * limits.source_rate;
-        s.active > 0 || tokens < burst
+        s.active > 0
+            || !s
+                .bucket
+                .is_full(now, limits.source_rate, limits.source_burst)
     });
 }
 

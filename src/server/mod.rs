@@ -28,6 +28,7 @@ pub fn session_spec(
         read_timeout: l.read_timeout,
         session_timeout: l.session_timeout,
         read_limit: l.read_limit,
+        relay: cfg.config.relay.clone(),
         sensor: Arc::clone(&cfg.sensor),
         monitor: Arc::clone(monitor),
         buffers: Arc::clone(&ctx.buffers),

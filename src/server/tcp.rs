@@ -5,7 +5,6 @@ use super::port_table::{PortTable, ServerHandle};
 use crate::attack::Mode;
 use crate::context::Context;
 use crate::limit_warn;
-use crate::mode::normal;
 use crate::proto::Protocol;
 use crate::stats::Stats;
 use std::sync::Arc;
@@ -61,7 +60,7 @@ pub fn on_connection(
     let spec = super::session_spec(ctx, &cfg, Protocol::Tcp, local.port(), monitor);
     let ctx2 = Arc::clone(ctx);
     ctx.sessions.spawn(async move {
-        let captured = normal::tcp(stream, local, remote, spec, ctx2.hard_stop.clone()).await;
+        let captured = crate::mode::tcp(Arc::clone(&ctx2), stream, local, remote, spec).await;
         drop(permit);
         ctx2.recorder.submit(captured);
     });

@@ -5,7 +5,7 @@
 use super::port_table::{PortTable, ServerHandle};
 use crate::attack::Mode;
 use crate::context::Context;
-use crate::mode::normal::{self, DatagramPeer};
+use crate::mode::normal::DatagramPeer;
 use crate::proto::Protocol;
 use crate::stats::Stats;
 use nix::sys::socket::{
@@ -128,7 +128,7 @@ where
     let out = out();
     let ctx2 = Arc::clone(ctx);
     ctx.sessions.spawn(async move {
-        let captured = normal::udp(data, rx, out, local, peer, spec, ctx2.hard_stop.clone()).await;
+        let captured = crate::mode::udp(Arc::clone(&ctx2), data, rx, out, local, peer, spec).await;
         drop(permit);
         ctx2.recorder.submit(captured);
     });

@@ -322,6 +322,7 @@ mod tests {
             remote: "127.0.0.1:2".parse().unwrap(),
             transcript: t,
             responses_sent: 0,
+            relay: None,
             end_reason: EndReason::Closed,
         }
     }
