@@ -129,6 +129,7 @@ struct Counters {
     malformed: AtomicU64,
     unsupported: AtomicU64,
     overflows: AtomicU64,
+    overflow_packets: AtomicU64,
     errors: AtomicU64,
     verdict_errors: AtomicU64,
 }
@@ -330,6 +331,21 @@ fn open(cfg: &crate::config::NfqueueConfig) -> anyhow::Result<(nfq::Queue, Optio
     Ok((q, fd))
 }
 
+/// How many packets went by unseen between the packet ids `last` and `id`. The
+/// kernel numbers every packet it tries to deliver (1, 2, ... per queue, in order),
+/// and a packet that does not fit into the socket keeps its number and is accepted
+/// (fail-open): a gap in the numbers is exactly what was lost. ENOBUFS itself only
+/// says that some were lost (once per overflow, not per packet). Numbers wrap at
+/// 2^32; a backward step (never seen from the kernel) counts nothing.
+fn unseen_between(last: u32, id: u32) -> u32 {
+    let gap = id.wrapping_sub(last).wrapping_sub(1);
+    if gap < 1 << 31 {
+        gap
+    } else {
+        0
+    }
+}
+
 /// What the thread needs.
 struct Loop {
     queue: nfq::Queue,
@@ -338,6 +354,8 @@ struct Loop {
     counters: Arc<Counters>,
     stop: Arc<Stop>,
     number: u16,
+    /// Packet id of the last message received (the kernel numbers them 1, 2, ...).
+    last_id: u32,
 }
 
 impl Loop {
@@ -383,6 +401,7 @@ impl Loop {
     /// panics).
     fn verdict(&mut self, mut msg: nfq::Message) {
         self.counters.packets.fetch_add(1, Relaxed);
+        self.count_unseen(msg.get_packet_id());
         let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.handle(msg.get_payload())
         }));
@@ -395,6 +414,17 @@ impl Loop {
             self.counters.verdict_errors.fetch_add(1, Relaxed);
             let ctx = Arc::clone(self.table.context());
             limit_warn!(ctx.throttle, "nfqueue_verdict", error = %e, "nfqueue: cannot send a verdict (the kernel accepts the packet when the queue is torn down)");
+        }
+    }
+
+    /// Count the packets lost to a socket overflow before the one numbered `id`.
+    fn count_unseen(&mut self, id: u32) {
+        let gap = unseen_between(self.last_id, id);
+        self.last_id = id;
+        if gap > 0 {
+            self.counters
+                .overflow_packets
+                .fetch_add(u64::from(gap), Relaxed);
         }
     }
 
@@ -468,6 +498,7 @@ impl Loop {
             malformed = g(&c.malformed),
             unsupported = g(&c.unsupported),
             overflows = g(&c.overflows),
+            overflow_packets = g(&c.overflow_packets),
             errors = g(&c.errors),
             verdict_errors = g(&c.verdict_errors),
             "nfqueue monitor stopped"
@@ -501,6 +532,7 @@ impl Monitor for NfqueueMonitor {
             counters: Arc::clone(&self.counters),
             stop: Arc::clone(&stop),
             number: cfg.queue,
+            last_id: 0,
         };
         let thread = std::thread::Builder::new()
             .name("nfqueue".into())
@@ -592,6 +624,17 @@ mod tests {
     }
 
     const SYN: u8 = 0x02;
+
+    #[test]
+    fn gaps_in_packet_ids_are_the_packets_lost_to_an_overflow() {
+        assert_eq!(unseen_between(0, 1), 0);
+        assert_eq!(unseen_between(0, 5), 4);
+        assert_eq!(unseen_between(41, 42), 0);
+        assert_eq!(unseen_between(42, 142), 99);
+        assert_eq!(unseen_between(u32::MAX - 1, 2), 3);
+        assert_eq!(unseen_between(100, 100), 0);
+        assert_eq!(unseen_between(100, 90), 0);
+    }
 
     #[test]
     fn tcp_syn_over_ipv4_and_ipv6() {
