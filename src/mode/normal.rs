@@ -63,10 +63,19 @@ impl Intake {
     }
 
     /// Record `data` relayed to the attacker (mirror and proxy mode): it counts
-    /// against `read_limit` and the buffer budget like incoming data. Err says why
-    /// the session must end; nothing is recorded then.
+    /// against `read_limit` and the buffer budget like incoming data. What fits
+    /// under `read_limit` is recorded; Err says why the session must end.
     pub fn take_out(&mut self, t: &mut Transcript, data: &[u8]) -> Result<(), EndReason> {
-        if t.bytes_out + data.len() as u64 > self.limit {
+        let room = self.limit.saturating_sub(t.bytes_out).min(data.len() as u64);
+        if !self.lease.grow(room) {
+            Stats::inc(&self.stats.limit_buffered);
+            limit_warn!(self.throttle, "max_buffered", "session ended: limits.max_buffered reached (all sessions together hold too much data)");
+            return Err(EndReason::BufferLimit);
+        }
+        if room > 0 {
+            t.push_out(&data[..room as usize]);
+        }
+        if t.bytes_out >= self.limit {
             Stats::inc(&self.stats.limit_read);
             limit_warn!(
                 self.throttle,
@@ -76,12 +85,6 @@ impl Intake {
             );
             return Err(EndReason::ReadLimit);
         }
-        if !self.lease.grow(data.len() as u64) {
-            Stats::inc(&self.stats.limit_buffered);
-            limit_warn!(self.throttle, "max_buffered", "session ended: limits.max_buffered reached (all sessions together hold too much data)");
-            return Err(EndReason::BufferLimit);
-        }
-        t.push_out(data);
         Ok(())
     }
 

@@ -75,7 +75,7 @@ pub struct RelayEnd {
     pub target_refused: bool,
     /// Bytes relayed to the target.
     pub bytes_sent: u64,
-    /// Bytes received from the target.
+    /// Bytes received from the target and kept (within `read_limit`).
     pub bytes_received: u64,
 }
 
@@ -109,15 +109,19 @@ impl Shared<'_> {
         self.base + Duration::from_millis(self.last.load(Relaxed))
     }
 
-    /// Record a chunk read from one side. Ok(false): do not pass it on (a UDP reply
-    /// over the budget).
-    fn record(&self, dir: Direction, data: &[u8]) -> Result<bool, EndReason> {
+    /// Record a chunk read from one side. Returns how many of its bytes to pass on
+    /// (what fits under `read_limit`; 0 for a UDP reply over the budget) and why
+    /// the relay must end after that, if it must.
+    fn record(&self, dir: Direction, data: &[u8]) -> (usize, Option<EndReason>) {
         let mut g = self.record.lock().unwrap();
         let (t, intake) = &mut *g;
         match dir {
-            Direction::In => intake.take(t, data).map(|()| true),
+            Direction::In => {
+                let before = t.bytes_in;
+                let r = intake.take(t, data);
+                ((t.bytes_in - before) as usize, r.err())
+            }
             Direction::Out => {
-                self.received.fetch_add(data.len() as u64, Relaxed);
                 if let Some(ratio) = self.reply_ratio {
                     let budget = (t.bytes_in as f64 * ratio) as u64;
                     if t.bytes_out + data.len() as u64 > budget {
@@ -127,10 +131,14 @@ impl Shared<'_> {
                             "udp_reply_suppressed",
                             "relayed UDP reply withheld: it would exceed the bytes the peer sent (anti-amplification)"
                         );
-                        return Ok(false);
+                        return (0, None);
                     }
                 }
-                intake.take_out(t, data).map(|()| true)
+                let before = t.bytes_out;
+                let r = intake.take_out(t, data);
+                let kept = t.bytes_out - before;
+                self.received.fetch_add(kept, Relaxed);
+                (kept as usize, r.err())
             }
         }
     }
@@ -208,17 +216,19 @@ async fn pump<P: DatagramPeer>(
             }
         };
         sh.touch();
-        let data = &buf[..n];
-        if !sh.record(dir, data).map_err(Stop::End)? {
-            continue;
+        let (kept, end) = sh.record(dir, &buf[..n]);
+        if kept > 0 {
+            if let Err(e) = to.send(&buf[..kept]).await {
+                return Err(failure(e, dir.flip(), sh));
+            }
+            if dir == Direction::In {
+                sh.sent.fetch_add(kept as u64, Relaxed);
+            }
+            sh.touch();
         }
-        if let Err(e) = to.send(data).await {
-            return Err(failure(e, dir.flip(), sh));
+        if let Some(reason) = end {
+            return Err(Stop::End(reason));
         }
-        if dir == Direction::In {
-            sh.sent.fetch_add(n as u64, Relaxed);
-        }
-        sh.touch();
     }
 }
 
