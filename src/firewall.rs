@@ -463,7 +463,7 @@ fn ipt_ok(program: &str, args: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-const NO_IP: &str = "firewall.mode = \"auto\" with the tproxy monitor needs the `ip` command, which is not installed: install the Debian package `iproute2` (apt-get install iproute2)";
+const NO_IP: &str = "the policy routing of the tproxy monitor needs the `ip` command, which is not installed: install the Debian package `iproute2` (apt-get install iproute2)";
 
 /// Run `ip args` (split on spaces: only validated words). None: `ip` is missing.
 fn ip(args: &str) -> anyhow::Result<Option<Output>> {
@@ -790,6 +790,34 @@ mod tests {
         // The port already excluded is not listed twice.
         ex.tcp.insert(65499);
         assert_eq!(tproxy_chain_rules(&tp(), &ex).len(), want.len());
+    }
+
+    #[test]
+    fn mark_and_table_come_from_the_config_and_are_checked() {
+        let parse = |t: &str| crate::config::parse(std::path::Path::new("x"), t);
+        let c = parse(
+            "[monitor.tproxy]\nport = 7000\n[firewall]\ntproxy_mark = 0x10\nroute_table = 200\n",
+        )
+        .unwrap();
+        let want = Plan::Tproxy(Tproxy {
+            port: 7000,
+            mark: 0x10,
+            table: 200,
+        });
+        assert_eq!(Plan::for_monitor("tproxy", &c), Some(want));
+        let d = parse("").unwrap();
+        assert_eq!(Plan::for_monitor("tproxy", &d), Some(Plan::Tproxy(tp())));
+        assert_eq!(Plan::for_monitor("sniff", &d), None);
+        for bad in [
+            "tproxy_mark = 0",
+            "route_table = 0",
+            "route_table = 254",
+            "route_table = 255",
+        ] {
+            let e = parse(&format!("[firewall]\n{bad}\n")).unwrap_err();
+            let key = bad.split(' ').next().unwrap();
+            assert_eq!(e.key, format!("firewall.{key}"), "{e}");
+        }
     }
 
     #[test]

@@ -52,8 +52,9 @@ pub fn run(loaded: Loaded, log: Option<LogControl>) -> anyhow::Result<()> {
     let firewall = firewall::setup(cfg, monitor.name())?;
     if let Some(who) = &who {
         let mut keep = monitor.capabilities();
-        // Rules honeytrap added are removed at exit by running iptables, after the
-        // drop: it needs CAP_NET_ADMIN (and CAP_NET_RAW for the legacy backend).
+        // Rules honeytrap added are removed at exit by running iptables (and `ip`
+        // for the tproxy policy routing), after the drop: they need CAP_NET_ADMIN
+        // (and CAP_NET_RAW for the legacy backend).
         let for_iptables: &[caps::Capability] = if firewall.is_some() {
             &[
                 caps::Capability::CAP_NET_ADMIN,

@@ -422,3 +422,264 @@ fn tproxy_auto_catches_any_port_and_goes_away_on_sigterm() {
     assert!(log.contains("firewall rules removed"), "{log}");
     assert_tp_removed(&net, &log);
 }
+
+/// A real UDP service in the honeypot namespace that answers `real udp`.
+fn real_udp_service(net: &NetPair, port: u16) -> support::netns::Background {
+    let bg = net.background_honeypot(
+        "socat",
+        &[
+            &format!("UDP4-RECVFROM:{port},fork"),
+            "SYSTEM:echo real udp",
+        ],
+    );
+    let ready = support::daemon::wait_until(Duration::from_secs(5), || {
+        let out = support::daemon::run(
+            {
+                let mut c = net.in_honeypot("ss");
+                c.args(["-lunH", &format!("sport = :{port}")]);
+                c
+            },
+            Duration::from_secs(3),
+        );
+        !out.stdout.is_empty()
+    });
+    assert!(ready, "socat did not bind UDP {port}");
+    bg
+}
+
+/// One UDP datagram to `host:port`; what came back.
+fn udp_once(net: &NetPair, host: &str, port: u16, data: &[u8]) -> String {
+    let out = net.attack(
+        "socat",
+        &["-t", "2", "-", &format!("UDP:{host}:{port}")],
+        data,
+        6,
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn tproxy_real_services_and_ssh_ports_are_excluded() {
+    let Some(net) = setup("tpexcl") else { return };
+    let _tcp = real_service(&net, 23030);
+    let _udp = real_udp_service(&net, 23031);
+    let mut d = Daemon::start(&net, &tproxy_config("ssh_ports = [2222]\n"));
+    let (v4, v6) = assert_tp_installed(&net, &d.log());
+    for rule in [
+        "-A HONEYTRAP -i lo -j RETURN",
+        "-A HONEYTRAP -p tcp -m tcp --dport 22 -j RETURN",
+        "-A HONEYTRAP -p tcp -m tcp --dport 2222 -j RETURN",
+        "-A HONEYTRAP -p tcp -m tcp --dport 23030 -j RETURN",
+        "-A HONEYTRAP -p udp -m udp --dport 23031 -j RETURN",
+        "-A HONEYTRAP -p tcp -m tcp --dport 65499 -j RETURN",
+        "-A HONEYTRAP -p udp -m udp --dport 65499 -j RETURN",
+    ] {
+        assert!(v4.contains(rule), "missing `{rule}`:\n{v4}");
+        assert!(v6.contains(rule), "missing `{rule}` (v6):\n{v6}");
+    }
+    // The real services answer, twice (not only the first flow).
+    for _ in 0..2 {
+        let out = nc_once(&net, &net.hp_v4, 23030, b"");
+        assert!(out.status.success(), "{out:?}\n{}", d.log());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "real service\n");
+        assert_eq!(udp_once(&net, &net.hp_v4, 23031, b"hi\n"), "real udp\n");
+    }
+    // SSH ports with nothing listening are refused, not caught.
+    for port in [22, 2222] {
+        let out = nc_once(&net, &net.hp_v4, port, b"");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("refused"),
+            "{port}: {out:?}"
+        );
+    }
+    // Beside them, any other port is caught.
+    tp_first_try_caught(&d, &net, &net.hp_v4.clone(), 23032);
+    assert!(
+        d.events().iter().all(|e| e["destination"]["port"] == 23032),
+        "{:?}",
+        d.events()
+    );
+    assert!(d.stop().success());
+    assert_tp_removed(&net, &d.log());
+}
+
+#[test]
+fn tproxy_after_sigkill_real_service_works_and_restart_replaces_the_stale_set() {
+    let Some(net) = setup("tpkill") else { return };
+    let _svc = real_service(&net, 23040);
+    let mut d = Daemon::start(&net, &tproxy_config(""));
+    let (first_v4, first_v6) = assert_tp_installed(&net, &d.log());
+    tp_first_try_caught(&d, &net, &net.hp_v4.clone(), 23041);
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(!d.wait_exit(Duration::from_secs(10)).success());
+    // The stale set is still there; the real service (excluded) still answers.
+    assert_tp_installed(&net, "after SIGKILL");
+    let out = nc_once(&net, &net.hp_v4, 23040, b"");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "real service\n");
+    // A restart replaces it: one jump, one rule, one route, the same chain.
+    let mut d = Daemon::start(&net, &tproxy_config(""));
+    let (v4, v6) = assert_tp_installed(&net, &d.log());
+    assert_eq!(v4, first_v4);
+    assert_eq!(v6, first_v6);
+    tp_first_try_caught(&d, &net, &net.hp_v6.clone(), 23042);
+    let out = nc_once(&net, &net.hp_v4, 23040, b"");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "real service\n");
+    assert!(d.stop().success(), "{}", d.log());
+    assert_tp_removed(&net, &d.log());
+}
+
+#[test]
+fn tproxy_firewall_show_apply_remove_and_manual_mode() {
+    let Some(net) = setup("tpcli") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("honeytrap.toml");
+    let data = dir.path().join("data");
+    let cfg = tproxy_config("ssh_ports = [2200]\ntproxy_mark = 0x4\nroute_table = 4242\n")
+        .replace("@DATA@", &data.display().to_string());
+    std::fs::write(&path, &cfg).unwrap();
+    let show = firewall_cmd(&net, &path, &["show"]);
+    let text = String::from_utf8_lossy(&show.stdout).into_owned();
+    for want in [
+        "-t mangle -N HONEYTRAP",
+        "-t mangle -A HONEYTRAP -p tcp --dport 2200 -j RETURN",
+        "-t mangle -A HONEYTRAP -p tcp -j TPROXY --on-port 65499 --tproxy-mark 0x4/0x4",
+        "-t mangle -I PREROUTING 1 -m comment --comment honeytrap -j HONEYTRAP",
+        "ip rule add fwmark 0x4/0x4 lookup 4242 pref 31000 protocol 104",
+        "ip -6 route add local ::/0 dev lo table 4242 proto 104",
+        "-t mangle -S HONEYTRAP: none",
+        "ip -4 rule show pref 31000: none",
+    ] {
+        assert!(text.contains(want), "missing `{want}`:\n{text}");
+    }
+    // Applying replaces the set of either monitor: nfqueue's goes, tproxy's comes.
+    firewall_cmd(&net, &path, &["apply", "--monitor", "nfqueue"]);
+    assert_installed(&net, None);
+    firewall_cmd(&net, &path, &["apply"]);
+    assert_removed(&net, "after applying tproxy over nfqueue");
+    for v6 in [false, true] {
+        let st = tp_state(&net, v6);
+        assert_eq!((st.jumps, st.rules, st.routes), (1, 1, 1), "{st:?}");
+        let rule = honeypot_ip_show(&net, v6, "rule show pref 31000");
+        assert!(rule.contains("fwmark 0x4/0x4 lookup 4242"), "{rule}");
+    }
+    let text = String::from_utf8_lossy(&firewall_cmd(&net, &path, &["show"]).stdout).into_owned();
+    assert!(text.contains("-j TPROXY --on-port 65499"), "{text}");
+    assert!(text.contains("local default dev lo table 4242"), "{text}");
+    // An admin's own rule and route in the same table are left alone.
+    for v6 in [false, true] {
+        support::firewall::honeypot_ip(&net, v6, "rule add fwmark 0x8 lookup 4242 pref 31000");
+    }
+    support::firewall::honeypot_ip(&net, false, "route add unreachable 10.99.0.0/16 table 4242");
+    firewall_cmd(&net, &path, &["remove"]);
+    assert_removed(&net, "after remove");
+    for v6 in [false, true] {
+        let st = tp_state(&net, v6);
+        assert_eq!(
+            (st.jumps, st.chain.is_none(), st.routes),
+            (0, true, 0),
+            "{st:?}"
+        );
+        let rules = honeypot_ip_show(&net, v6, "rule show pref 31000");
+        assert!(rules.contains("fwmark 0x8 lookup 4242"), "{rules}");
+        assert!(!rules.contains("0x4"), "{rules}");
+    }
+    let routes = honeypot_ip_show(&net, false, "route show table 4242");
+    assert!(routes.contains("unreachable 10.99.0.0/16"), "{routes}");
+    firewall_cmd(&net, &path, &["remove"]);
+    // Manual mode logs the same rules and installs nothing.
+    let manual = tproxy_config("").replace("mode = \"auto\"", "mode = \"manual\"");
+    let mut d = Daemon::start(&net, &manual);
+    assert!(
+        d.log()
+            .contains("ip6tables -t mangle -A HONEYTRAP -p udp -j TPROXY --on-port 65499"),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.log()
+            .contains("ip rule add fwmark 0x1/0x1 lookup 100 pref 31000 protocol 104"),
+        "{}",
+        d.log()
+    );
+    let st = tp_state(&net, false);
+    assert_eq!((st.jumps, st.chain.is_none()), (0, true), "{st:?}");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn tproxy_rules_are_removed_at_exit_also_after_dropping_root() {
+    let Some(net) = setup("tpdrop") else { return };
+    let config = tproxy_config("").replace("[process]\n", "[process]\nuser = \"nobody\"\n");
+    let mut d = Daemon::start(&net, &config);
+    assert!(d.log().contains("dropped privileges"), "{}", d.log());
+    assert_tp_installed(&net, &d.log());
+    tp_first_try_caught(&d, &net, &net.hp_v4.clone(), 23051);
+    // The unprivileged process runs iptables and ip with the ambient capabilities.
+    assert!(d.stop().success(), "{}", d.log());
+    let log = d.log();
+    assert!(log.contains("firewall rules removed"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+    assert_tp_removed(&net, &log);
+}
+
+/// A directory for PATH holding `iptables` and `ip6tables` wrappers that run the
+/// real programs, except that a rule with `fail_on` fails the way iptables does
+/// when the kernel lacks the module; and no `ip` at all.
+fn fake_path(fail_on: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for bin in ["iptables", "ip6tables"] {
+        let script = format!(
+            "#!/bin/sh\ncase \"$*\" in *{fail_on}*) echo \"{bin} v1.8.9 (legacy): Couldn't load target \\`{fail_on}':No such file or directory\" >&2; exit 2;; esac\nexec /usr/sbin/{bin} \"$@\"\n"
+        );
+        let path = dir.path().join(bin);
+        std::fs::write(&path, script).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+/// `honeytrap run` with `PATH` set to `path`, expected to fail at start.
+fn run_fails(net: &NetPair, config: &str, path: &std::path::Path) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("honeytrap.toml");
+    let data = dir.path().join("data");
+    std::fs::write(&file, config.replace("@DATA@", &data.display().to_string())).unwrap();
+    let out = support::daemon::run(
+        {
+            // `env` sets PATH for honeytrap only (`ip netns exec` needs the real one).
+            let mut c = net.in_honeypot("env");
+            c.arg(format!("PATH={}", path.display()))
+                .arg(BIN)
+                .arg("run")
+                .arg("-c")
+                .arg(&file);
+            c
+        },
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn tproxy_missing_ip_or_kernel_module_is_named_and_nothing_is_left() {
+    let Some(net) = setup("tpmiss") else { return };
+    // No `ip`: the package is named, nothing is installed.
+    let fake = fake_path("NOSUCHTARGET");
+    let err = run_fails(&net, &tproxy_config(""), fake.path());
+    assert!(err.contains("iproute2"), "{err}");
+    assert_tp_removed(&net, &err);
+    // `ip` present, TPROXY missing in the kernel: the modules are named, and what
+    // was added before the failure is removed again.
+    let fake = fake_path("TPROXY");
+    std::os::unix::fs::symlink("/usr/sbin/ip", fake.path().join("ip")).unwrap();
+    let err = run_fails(&net, &tproxy_config(""), fake.path());
+    assert!(
+        err.contains("xt_TPROXY") && err.contains("nf_tproxy_ipv4"),
+        "{err}"
+    );
+    assert_tp_removed(&net, &err);
+    assert_removed(&net, &err);
+}
