@@ -1,9 +1,9 @@
-//! The `tproxy` monitor: iptables TPROXY rules (which the administrator adds, see
-//! docs/configuration.md) divert every new TCP connection and every UDP datagram to
-//! one transparent TCP listener and one transparent UDP socket on
-//! `monitor.tproxy.port`, bound on `0.0.0.0` and `::`. Nothing is bound per port and
-//! the port table starts no server: the kernel hands over the flow itself, so the
-//! attacker's first try is caught on any port.
+//! The `tproxy` monitor: iptables TPROXY rules (which the administrator adds, or
+//! honeytrap itself with `firewall.mode = "auto"`, see `crate::firewall`) divert
+//! every new TCP connection and every UDP datagram to one transparent TCP listener
+//! and one transparent UDP socket on `monitor.tproxy.port`, bound on `0.0.0.0` and
+//! `::`. Nothing is bound per port and the port table starts no server: the kernel
+//! hands over the flow itself, so the attacker's first try is caught on any port.
 //!
 //! The original destination comes from the socket: `local_addr()` of the accepted
 //! TCP stream, and for UDP the `IP_ORIGDSTADDR` / `IPV6_ORIGDSTADDR` ancillary data
