@@ -72,7 +72,9 @@ pub fn honeypot_ip(net: &NetPair, v6: bool, args: &str) {
     );
 }
 
-/// The documented TPROXY rules and policy routing, IPv4 and IPv6: loopback, SSH
+/// Hand-written TPROXY rules (straight in mangle `PREROUTING`, as an administrator
+/// may add them with `firewall.mode = "manual"`) and policy routing, IPv4 and IPv6;
+/// honeytrap's own set (`mode = "auto"`) is tested in e2e_firewall. Loopback, SSH
 /// and the tproxy port itself are never diverted; packets of existing sockets go
 /// their way (transparent ones marked); every other TCP and UDP packet is diverted
 /// to `port`, and marked packets are delivered locally (table 100).
