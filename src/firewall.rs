@@ -270,7 +270,8 @@ pub fn chain_rules(queue: u16, ex: &Exclusions) -> Vec<String> {
 }
 
 /// The tproxy chain (mangle table): exclusions (and the tproxy port itself);
-/// packets of existing TCP sockets go their way (transparent ones marked, so they
+/// replies to connections opened from this host go their way, as do packets of
+/// existing TCP sockets (transparent ones marked, so they
 /// are routed locally); every other TCP and UDP packet goes to the listener, marked.
 /// No `-m socket` line for UDP: it would match honeytrap's reply sockets too.
 pub fn tproxy_chain_rules(t: &Tproxy, ex: &Exclusions) -> Vec<String> {
@@ -289,6 +290,9 @@ pub fn tproxy_chain_rules(t: &Tproxy, ex: &Exclusions) -> Vec<String> {
         udp.iter()
             .map(|p| format!("{a} -p udp --dport {p} -j RETURN")),
     );
+    // Replies to connections honeytrap (or the host) opened, such as a proxy
+    // target's UDP datagrams, go to the socket that opened them.
+    r.push(format!("{a} -m conntrack --ctdir REPLY -j RETURN"));
     r.push(format!(
         "{a} -p tcp -m socket --transparent -j MARK --set-mark {m}"
     ));
@@ -781,6 +785,7 @@ mod tests {
             "-t mangle -A HONEYTRAP -p tcp --dport 65499 -j RETURN",
             "-t mangle -A HONEYTRAP -p udp --dport 53 -j RETURN",
             "-t mangle -A HONEYTRAP -p udp --dport 65499 -j RETURN",
+            "-t mangle -A HONEYTRAP -m conntrack --ctdir REPLY -j RETURN",
             "-t mangle -A HONEYTRAP -p tcp -m socket --transparent -j MARK --set-mark 0x1/0x1",
             "-t mangle -A HONEYTRAP -p tcp -m socket -j RETURN",
             "-t mangle -A HONEYTRAP -p tcp -j TPROXY --on-port 65499 --tproxy-mark 0x1/0x1",

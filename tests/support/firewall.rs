@@ -86,6 +86,7 @@ pub fn tproxy_rules(net: &NetPair, port: u16) {
             "-t mangle -A PREROUTING -p tcp --dport 22 -j RETURN".to_string(),
             format!("-t mangle -A PREROUTING -p tcp --dport {port} -j RETURN"),
             format!("-t mangle -A PREROUTING -p udp --dport {port} -j RETURN"),
+            "-t mangle -A PREROUTING -m conntrack --ctdir REPLY -j RETURN".to_string(),
             "-t mangle -A PREROUTING -p tcp -m socket --transparent -j MARK --set-mark 0x1/0x1"
                 .to_string(),
             "-t mangle -A PREROUTING -p tcp -m socket -j RETURN".to_string(),
