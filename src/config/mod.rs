@@ -166,7 +166,7 @@ impl Default for NfqueueConfig {
     fn default() -> Self {
         NfqueueConfig {
             queue: 0,
-            queue_maxlen: 4096,
+            queue_maxlen: 65536,
             rcvbuf: 8 << 20,
         }
     }

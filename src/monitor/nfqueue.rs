@@ -12,9 +12,24 @@
 //!
 //! The `nfq` crate (pure Rust netlink) is blocking, so the queue is read on a
 //! dedicated OS thread that enters the tokio runtime (the port table spawns tasks).
-//! The queue is configured fail-open (`NFQA_CFG_F_FAIL_OPEN`: packets that do not
-//! fit into the queue or the socket are accepted by the kernel, not dropped) and
-//! reports socket overflows (ENOBUFS), which are counted and logged; the loop goes on.
+//!
+//! Overload. The queue is configured fail-open (`NFQA_CFG_F_FAIL_OPEN`): a packet
+//! that does not fit is not dropped but accepted by the kernel
+//! (`__nfqnl_enqueue_packet` in net/netfilter/nfnetlink_queue.c reinjects it with
+//! NF_ACCEPT), exactly as if we had accepted it without binding its port: the host
+//! answers as without honeytrap (RST, ICMP port unreachable) and the attacker's next
+//! attempt is queued again. Two limits, told apart by the kernel:
+//! - the netlink socket is full (`rcvbuf`): the packet has already been given the
+//!   next packet id, and the socket reports ENOBUFS (once per overflow, until we
+//!   have read it empty; NETLINK_NO_ENOBUFS is cleared for this). Both are counted:
+//!   `overflows` (warned, throttled) and `overflow_packets`, the gaps in the ids;
+//! - the queue holds `queue_maxlen` packets: the packet gets no id and the kernel
+//!   counts nothing (`queue_dropped` only counts without fail-open). Userspace cannot
+//!   see it, so `queue_maxlen` must exceed what `rcvbuf` holds (warned at start):
+//!   then the socket always overflows first, and every loss is counted.
+//!
+//! The loop goes on after an overflow: nothing waits for a verdict that will not
+//! come (tests/e2e_nfqueue.rs forces one and checks the kernel's counters).
 //!
 //! Gap in `nfq` 0.2: its `Queue` does not expose its socket. The descriptor is found
 //! by looking for the process's one `NETLINK_NETFILTER` socket (see [`find_fd`]); it
@@ -294,6 +309,25 @@ fn set_rcvbuf(fd: RawFd, bytes: u64) -> io::Result<usize> {
     Ok(v as usize)
 }
 
+/// Bytes of socket buffer the smallest queued packet takes (measured: a small UDP
+/// datagram or TCP SYN, IPv4 or IPv6, costs about 830 bytes on Linux 6.x).
+const SMALLEST_MESSAGE: u64 = 800;
+
+/// Warn when `queue_maxlen` may be reached before the socket buffer fills. Past
+/// `queue_maxlen` the kernel accepts packets (fail-open) without numbering or
+/// counting them anywhere, so they would go through without a trace; a socket
+/// overflow is reported (ENOBUFS) and counted. The socket must fill first.
+fn warn_if_silent_limit(queue_maxlen: u32, rcvbuf: usize) {
+    let fits = rcvbuf as u64 / SMALLEST_MESSAGE;
+    if u64::from(queue_maxlen) < fits {
+        tracing::warn!(
+            queue_maxlen,
+            rcvbuf,
+            "monitor.nfqueue.queue_maxlen is below what rcvbuf holds (about {fits} packets): a burst past queue_maxlen goes through unseen and uncounted; raise queue_maxlen above {fits} or lower rcvbuf"
+        );
+    }
+}
+
 /// Open, bind and configure the queue. Returns it with its descriptor, if found.
 fn open(cfg: &crate::config::NfqueueConfig) -> anyhow::Result<(nfq::Queue, Option<RawFd>)> {
     let n = cfg.queue;
@@ -319,7 +353,10 @@ fn open(cfg: &crate::config::NfqueueConfig) -> anyhow::Result<(nfq::Queue, Optio
     q.set_nonblocking(true);
     match fd {
         Some(fd) => match set_rcvbuf(fd, cfg.rcvbuf) {
-            Ok(got) => tracing::debug!(rcvbuf = got, "nfqueue: socket receive buffer set"),
+            Ok(got) => {
+                tracing::debug!(rcvbuf = got, "nfqueue: socket receive buffer set");
+                warn_if_silent_limit(cfg.queue_maxlen, got);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "monitor.nfqueue.rcvbuf: cannot set the socket receive buffer; the kernel default is used")
             }
