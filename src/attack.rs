@@ -247,7 +247,7 @@ pub struct Captured {
     /// Why the session ended.
     pub end_reason: EndReason,
     /// The second connection of a mirror or proxy session (None in other modes).
-    pub relay: Option<RelayRecord>,
+    pub relay: Option<Box<RelayRecord>>,
 }
 
 /// Why a mirror or proxy session was served in normal mode instead.

@@ -266,7 +266,7 @@ impl<'a> Event<'a> {
                     chunks_in,
                     chunks_out: t.chunks.len() - chunks_in,
                 },
-                relay: a.relay.as_ref().map(Relay::of),
+                relay: a.relay.as_deref().map(Relay::of),
             },
         }
     }

@@ -66,7 +66,12 @@ fn event(d: &Daemon, port: u16, word: &str) -> Value {
 fn tcp_once(net: &NetPair, host: &str, port: u16, data: &[u8]) -> Vec<u8> {
     net.attack(
         "socat",
-        &["-t", "1", "-", &format!("TCP:{},retry=0", host_port(host, port))],
+        &[
+            "-t",
+            "1",
+            "-",
+            &format!("TCP:{},retry=0", host_port(host, port)),
+        ],
         data,
         8,
     )
@@ -97,13 +102,26 @@ fn servers(net: &NetTriple) -> Servers {
 fn relays_on_first_try(d: &Daemon, net: &NetTriple, monitor: &str) {
     let got = tcp_once(net, &net.hp_v4, 7401, b"proxy-tcp-hello\n");
     let text = String::from_utf8_lossy(&got);
-    assert!(text.contains("TARGET-TCP"), "proxied TCP: {text:?}\n{}", d.log());
-    assert!(text.contains("proxy-tcp-hello"), "echo through the relay: {text:?}");
+    assert!(
+        text.contains("TARGET-TCP"),
+        "proxied TCP: {text:?}\n{}",
+        d.log()
+    );
+    assert!(
+        text.contains("proxy-tcp-hello"),
+        "echo through the relay: {text:?}"
+    );
     let e = event(d, 7401, "proxy-tcp-hello");
     assert_eq!(e["honeytrap"]["monitor"], monitor);
     assert_eq!(e["honeytrap"]["relay"]["connected"], true, "{e:#}");
 
-    let got = udp_once(net, &net.hp_v4, 7402, 41402, b"proxy-udp-hello-padding-padding");
+    let got = udp_once(
+        net,
+        &net.hp_v4,
+        7402,
+        41402,
+        b"proxy-udp-hello-padding-padding",
+    );
     let text = String::from_utf8_lossy(&got.stdout);
     assert!(
         text.contains("TARGET-UDP"),
@@ -113,11 +131,18 @@ fn relays_on_first_try(d: &Daemon, net: &NetTriple, monitor: &str) {
     let e = event(d, 7402, "proxy-udp-hello");
     assert_eq!(e["honeytrap"]["monitor"], monitor);
     assert_eq!(e["honeytrap"]["relay"]["connected"], true, "{e:#}");
-    assert!(e["honeytrap"]["relay"]["bytes_received"].as_u64().unwrap() > 0, "{e:#}");
+    assert!(
+        e["honeytrap"]["relay"]["bytes_received"].as_u64().unwrap() > 0,
+        "{e:#}"
+    );
 
     let got = tcp_once(net, &net.hp_v4, 7403, b"mirror-hello\n");
     let text = String::from_utf8_lossy(&got);
-    assert!(text.contains("ATTACKERS-OWN"), "mirrored: {text:?}\n{}", d.log());
+    assert!(
+        text.contains("ATTACKERS-OWN"),
+        "mirrored: {text:?}\n{}",
+        d.log()
+    );
     let e = event(d, 7403, "mirror-hello");
     assert_eq!(e["honeytrap"]["monitor"], monitor);
     assert_eq!(e["honeytrap"]["relay"]["kind"], "mirror");
@@ -173,7 +198,11 @@ fn relays_under_sniff_on_the_retry() {
             .into_owned();
         text.contains("TARGET-TCP")
     });
-    assert!(text.contains("TARGET-TCP"), "retry proxied: {text:?}\n{}", d.log());
+    assert!(
+        text.contains("TARGET-TCP"),
+        "retry proxied: {text:?}\n{}",
+        d.log()
+    );
     let e = event(&d, 7401, "retry-hello");
     assert_eq!(e["honeytrap"]["monitor"], "sniff");
     assert_eq!(e["honeytrap"]["relay"]["connected"], true, "{e:#}");

@@ -849,7 +849,7 @@ fn relay_connected_and_fallback() {
     t.push_out(RESPONSE);
     let mut c = captured(Protocol::Tcp, "192.0.2.10:80", "198.51.100.2:40000", t);
     c.mode = Mode::Proxy;
-    c.relay = Some(RelayRecord {
+    c.relay = Some(Box::new(RelayRecord {
         kind: Mode::Proxy,
         map: Some("web".into()),
         target_host: "web.example".into(),
@@ -861,14 +861,17 @@ fn relay_connected_and_fallback() {
         bytes_received: RESPONSE.len() as u64,
         received: None,
         fallback: None,
-    });
+    }));
     let a = c.seal();
     let v = event(&a, 4096, PayloadEncoding::Base64);
     let r = &v["honeytrap"]["relay"];
     assert_eq!(v["honeytrap"]["mode"], "proxy");
     assert_eq!(r["kind"], "proxy");
     assert_eq!(r["map"], "web");
-    assert_eq!(r["target"], json!({"host": "web.example", "ip": "2001:db8::80", "port": 8080, "transport": "udp"}));
+    assert_eq!(
+        r["target"],
+        json!({"host": "web.example", "ip": "2001:db8::80", "port": 8080, "transport": "udp"})
+    );
     assert_eq!(r["connected"], true);
     assert_eq!(r["local"], json!({"ip": "2001:db8::1", "port": 41000}));
     assert_eq!(r["bytes_sent"], REQUEST.len());
@@ -879,10 +882,15 @@ fn relay_connected_and_fallback() {
     assert_eq!(r["fallback"], false);
     assert_eq!(r["fallback_reason"], Value::Null);
 
-    let mut m = captured(Protocol::Tcp, "192.0.2.10:445", "10.1.2.3:40000", Transcript::default());
+    let mut m = captured(
+        Protocol::Tcp,
+        "192.0.2.10:445",
+        "10.1.2.3:40000",
+        Transcript::default(),
+    );
     m.mode = Mode::Mirror;
     m.responses_sent = 1;
-    m.relay = Some(RelayRecord {
+    m.relay = Some(Box::new(RelayRecord {
         kind: Mode::Mirror,
         map: None,
         target_host: "10.1.2.3".into(),
@@ -894,7 +902,7 @@ fn relay_connected_and_fallback() {
         bytes_received: 0,
         received: None,
         fallback: Some(Fallback::ForbiddenAddress),
-    });
+    }));
     let v = event(&m.seal(), 4096, PayloadEncoding::Base64);
     let r = &v["honeytrap"]["relay"];
     assert_eq!(v["honeytrap"]["mode"], "mirror");
@@ -905,9 +913,11 @@ fn relay_connected_and_fallback() {
     assert_eq!(r["fallback"], true);
     assert_eq!(r["fallback_reason"], "forbidden_address");
     // A normal-mode event has no relay object.
-    assert!(event(&tcp_http(), 4096, PayloadEncoding::Base64)["honeytrap"]
-        .get("relay")
-        .is_none());
+    assert!(
+        event(&tcp_http(), 4096, PayloadEncoding::Base64)["honeytrap"]
+            .get("relay")
+            .is_none()
+    );
     // The schema refuses an unknown fallback reason.
     let mut bad = v.clone();
     bad["honeytrap"]["relay"]["fallback_reason"] = json!("because");

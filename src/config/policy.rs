@@ -337,7 +337,10 @@ mod tests {
         let h = p.lookup(Protocol::Tcp, 8050);
         assert_eq!(h.mode, Mode::Proxy);
         let t = h.proxy.unwrap();
-        assert_eq!((t.name.as_str(), t.host.as_str(), t.port), ("web", "10.0.0.5", Some(8080)));
+        assert_eq!(
+            (t.name.as_str(), t.host.as_str(), t.port),
+            ("web", "10.0.0.5", Some(8080))
+        );
         let d = p.lookup(Protocol::Tcp, 53).proxy.unwrap();
         assert_eq!((d.name.as_str(), d.protocol), ("dns", Some(Protocol::Udp)));
         assert_eq!(p.mode(Protocol::Udp, 53), Mode::Proxy);

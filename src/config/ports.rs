@@ -188,9 +188,8 @@ impl PolicyIndex {
 /// Why a rule or the default cannot name `mode` (proxy needs a target, which only a
 /// `[proxy.<name>]` map gives).
 pub fn mode_refused(mode: Mode) -> Option<&'static str> {
-    (mode == Mode::Proxy).then_some(
-        "mode `proxy` needs a target: put these ports in a [proxy.<name>] map instead",
-    )
+    (mode == Mode::Proxy)
+        .then_some("mode `proxy` needs a target: put these ports in a [proxy.<name>] map instead")
 }
 
 #[cfg(test)]

@@ -213,7 +213,13 @@ mod tests {
         ] {
             assert!(forbidden(ip(a), true), "{a} must be forbidden");
         }
-        for a in ["10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "fd00::1"] {
+        for a in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "fd00::1",
+        ] {
             assert!(forbidden(ip(a), false), "{a} is private");
             assert!(!forbidden(ip(a), true), "{a} allowed with mirror_private");
         }

@@ -47,9 +47,7 @@ pub async fn udp<P: DatagramPeer>(
     spec: SessionSpec,
 ) -> Captured {
     match spec.handling.mode {
-        Mode::Mirror | Mode::Proxy => {
-            relayed::udp(ctx, first, rx, peer, local, remote, spec).await
-        }
+        Mode::Mirror | Mode::Proxy => relayed::udp(ctx, first, rx, peer, local, remote, spec).await,
         _ => {
             let stop = ctx.hard_stop.clone();
             normal::udp(first, rx, peer, local, remote, spec, stop).await

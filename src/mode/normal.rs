@@ -66,7 +66,10 @@ impl Intake {
     /// against `read_limit` and the buffer budget like incoming data. What fits
     /// under `read_limit` is recorded; Err says why the session must end.
     pub fn take_out(&mut self, t: &mut Transcript, data: &[u8]) -> Result<(), EndReason> {
-        let room = self.limit.saturating_sub(t.bytes_out).min(data.len() as u64);
+        let room = self
+            .limit
+            .saturating_sub(t.bytes_out)
+            .min(data.len() as u64);
         if !self.lease.grow(room) {
             Stats::inc(&self.stats.limit_buffered);
             limit_warn!(self.throttle, "max_buffered", "session ended: limits.max_buffered reached (all sessions together hold too much data)");
@@ -341,7 +344,17 @@ pub async fn udp<P: DatagramPeer>(
     hard_stop: CancellationToken,
 ) -> Captured {
     let resume = Resume::new(&spec);
-    udp_resume(Some(first), rx, peer, local, remote, spec, hard_stop, resume).await
+    udp_resume(
+        Some(first),
+        rx,
+        peer,
+        local,
+        remote,
+        spec,
+        hard_stop,
+        resume,
+    )
+    .await
 }
 
 /// Run a UDP session in normal mode from the state `resume` holds; `pending` is a

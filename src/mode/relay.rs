@@ -235,9 +235,7 @@ async fn pump<P: DatagramPeer>(
 /// A socket error on the side `dir` reads from (In: attacker, Out: target).
 fn failure(e: io::Error, dir: Direction, sh: &Shared<'_>) -> Stop {
     let from_target = dir == Direction::Out;
-    if from_target
-        && e.kind() == io::ErrorKind::ConnectionRefused
-        && sh.received.load(Relaxed) == 0
+    if from_target && e.kind() == io::ErrorKind::ConnectionRefused && sh.received.load(Relaxed) == 0
     {
         return Stop::TargetRefused;
     }

@@ -133,11 +133,17 @@ fn note_fallback(ctx: &Context, spec: &SessionSpec, remote: SocketAddr, why: Fal
             Stats::inc(&s.mirror_forbidden);
             limit_warn!(ctx.throttle, "mirror_forbidden", %remote, "not mirrored, normal mode instead: the address is one mirror mode never connects to (see relay.mirror_private)");
         }
-        other => tracing::debug!(%remote, fallback = ?other, "relay not possible, normal mode instead"),
+        other => {
+            tracing::debug!(%remote, fallback = ?other, "relay not possible, normal mode instead")
+        }
     }
 }
 
-fn limits(spec: &SessionSpec, start: chrono::DateTime<chrono::Utc>, udp_ratio: Option<f64>) -> RelayLimits {
+fn limits(
+    spec: &SessionSpec,
+    start: chrono::DateTime<chrono::Utc>,
+    udp_ratio: Option<f64>,
+) -> RelayLimits {
     RelayLimits {
         idle_timeout: spec.relay.idle_timeout,
         deadline: normal::session_deadline(spec, start),
@@ -189,12 +195,20 @@ pub async fn tcp(
                 normal::tcp_resume(stream, local, remote, spec, stop, r).await
             } else {
                 let _ = timeout(Duration::from_millis(200), stream.shutdown()).await;
-                spec.captured(Protocol::Tcp, local, remote, r.start, r.transcript, 0, end.reason)
+                spec.captured(
+                    Protocol::Tcp,
+                    local,
+                    remote,
+                    r.start,
+                    r.transcript,
+                    0,
+                    end.reason,
+                )
             }
         }
     };
     captured.mode = mode;
-    captured.relay = Some(record);
+    captured.relay = Some(Box::new(record));
     captured
 }
 
@@ -260,12 +274,20 @@ pub async fn udp<P: DatagramPeer>(
                         break;
                     }
                 }
-                spec.captured(Protocol::Udp, local, remote, r.start, r.transcript, 0, end.reason)
+                spec.captured(
+                    Protocol::Udp,
+                    local,
+                    remote,
+                    r.start,
+                    r.transcript,
+                    0,
+                    end.reason,
+                )
             }
         }
     };
     captured.mode = mode;
-    captured.relay = Some(record);
+    captured.relay = Some(Box::new(record));
     captured
 }
 

@@ -62,7 +62,8 @@ impl Drop for Record {
 }
 
 enum Msg {
-    Session(Captured, u64),
+    /// Boxed: the queue holds `output.queue_size` slots of this enum.
+    Session(Box<Captured>, u64),
     Reopen,
     Close,
 }
@@ -140,7 +141,7 @@ impl Recorder {
             self.in_flight.fetch_sub(size, Relaxed);
             return self.dropped(&captured, "byte budget of the output queue exhausted");
         }
-        match self.tx.try_send(Msg::Session(captured, size)) {
+        match self.tx.try_send(Msg::Session(Box::new(captured), size)) {
             Ok(()) => {}
             Err(
                 TrySendError::Full(Msg::Session(c, _))
@@ -198,7 +199,7 @@ fn run_recorder(
 ) {
     loop {
         let (captured, size) = match rx.recv() {
-            Ok(Msg::Session(c, size)) => (c, size),
+            Ok(Msg::Session(c, size)) => (*c, size),
             Ok(Msg::Reopen) => {
                 for lane in &lanes {
                     if lane.tx.try_send(LaneMsg::Reopen).is_err() {
