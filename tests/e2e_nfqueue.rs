@@ -1,7 +1,8 @@
 //! End-to-end: the `nfqueue` monitor. The honeypot namespace gets the documented
 //! NFQUEUE rules (iptables and ip6tables, `--queue-bypass`); honeytrap runs there with
 //! nothing bound. A client's very first attempt on a port is caught: the monitor binds
-//! the port before it accepts the queued SYN or datagram.
+//! the port before it accepts the queued SYN or datagram. Bursts that outrun the
+//! monitor are checked against the kernel's own queue counters.
 
 mod support;
 
@@ -214,8 +215,9 @@ fn after_dropping_root_it_keeps_net_admin_and_works() {
 
 /// Send one UDP datagram to each port in `ports` on `host` from the attacker
 /// namespace, as fast as the kernel takes them: a thread joins that namespace
-/// (setns affects only the calling thread) and opens its socket there. No external
-/// sender is fast enough to outrun the monitor reliably. Returns how many were sent.
+/// (setns affects only the calling thread) and opens its socket there: no external
+/// tool needed, and 4000 datagrams take well under a second. Returns how many were
+/// sent.
 fn udp_burst(net: &NetPair, host: &str, ports: std::ops::Range<u16>) -> usize {
     use std::os::fd::AsRawFd;
     let ns = std::fs::File::open(format!("/run/netns/{}", net.attacker)).expect("attacker netns");
@@ -243,7 +245,7 @@ fn udp_burst(net: &NetPair, host: &str, ports: std::ops::Range<u16>) -> usize {
 
 /// The kernel's view of queue `queue` in the honeypot namespace
 /// (/proc/net/netfilter/nfnetlink_queue): packets waiting for a verdict, dropped
-/// because the queue was full, dropped because the socket was full, and the last
+/// because the queue or the socket was full (counted only without fail-open), the last
 /// packet id (every packet that passed the queue-length check got one, whether or
 /// not it reached the socket). None while nobody is bound to the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
