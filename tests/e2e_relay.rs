@@ -456,6 +456,15 @@ fn proxy_tcp_reaches_a_target_in_a_third_namespace_over_ipv4_and_ipv6() {
         );
         assert_eq!(local["port"], peers[i].1);
     }
+    // A silent attacker: the relay ends after relay.idle_timeout (2 s) of no data
+    // either way, although both sides are still open.
+    let silent = format!("sleep 4 | socat -T 8 - TCP:{}", host_port(&net.hp_v4, 7201));
+    let out = net.attack("sh", &["-c", &silent], b"", 10);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "TARGET-BANNER\n");
+    let e = event_for(&d, 7201, "tcp", b"");
+    assert_eq!(e["honeytrap"]["end_reason"], "idle", "{e:#}");
+    let secs = e["event"]["duration"].as_u64().unwrap() as f64 / 1e9;
+    assert!((1.8..4.5).contains(&secs), "ended after {secs} s");
     assert!(d.stop().success());
 }
 
@@ -468,9 +477,12 @@ fn proxy_udp_reaches_a_udp_target_and_replies_come_back() {
     let s = Scratch::new();
     let echo = s.script("uecho", "cat");
     let _target = socat_service(&net.target, "udp", 9053, &echo);
+    let big = s.script("big", "echo A-REPLY-MUCH-LARGER-THAN-THE-QUERY-0123456789");
+    let _big = socat_service(&net.target, "udp", 9054, &big);
     let rest = proxy_map(&s, "dns4", "udp", "7301", &net.tg_v4, "target_port = 9053")
-        + &proxy_map(&s, "dns6", "udp", "7302", &net.tg_v6, "target_port = 9053");
-    let mut d = Daemon::start(&net, &config("", "7301, 7302", "", &rest));
+        + &proxy_map(&s, "dns6", "udp", "7302", &net.tg_v6, "target_port = 9053")
+        + &proxy_map(&s, "amp", "udp", "7303", &net.tg_v4, "target_port = 9054");
+    let mut d = Daemon::start(&net, &config("", "7301, 7302, 7303", "", &rest));
 
     let cases = [
         (&net.hp_v4, 7301, 41301, "dns4", &net.tg_v4, &net.hp_tg_v4),
@@ -502,6 +514,15 @@ fn proxy_udp_reaches_a_udp_target_and_replies_come_back() {
             },
         );
     }
+    // Anti-reflection (udp_reply_ratio 1.0): a 1-byte query cannot fetch the
+    // target's 47-byte answer, although the target did answer.
+    let out = udp_once(&net, &net.hp_v4, 7303, 41303, b"q");
+    assert!(out.stdout.is_empty(), "amplified: {:?}", out.stdout);
+    assert_eq!(s.peers("big").len(), 1, "the query reached the target");
+    let e = event_for(&d, 7303, "udp", b"q");
+    assert_eq!(e["destination"]["bytes"], 0, "{e:#}");
+    let (_, out) = transcript_sides(&e);
+    assert!(out.is_empty(), "nothing went back: {out:?}");
     assert!(d.stop().success());
 }
 
@@ -646,7 +667,8 @@ fn several_maps_each_relay_to_their_own_target() {
     let s = Scratch::new();
     let web = s.script(
         "web",
-        "printf 'HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: 11\\r\\n\\r\\nweb-target\\n'",
+        // Reads the request head first, as a real server does.
+        "while read -r l; do [ -z \"$l\" ] && break; [ \"$l\" = \"$(printf '\\r')\" ] && break; done\nprintf 'HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: 11\\r\\n\\r\\nweb-target\\n'",
     );
     let _web = socat_service(&net.target, "tcp", 9080, &web);
     let _ssh = socat_service(
@@ -780,7 +802,8 @@ fn the_global_relay_cap_engages_and_frees_its_slot() {
     hold.wait();
     let held = event_for(&d, 7702, "tcp", b"hold");
     assert_eq!(held["honeytrap"]["relay"]["connected"], true);
-    // The slot is free again.
+    // The slot is released as the session task ends, just after its record.
+    std::thread::sleep(Duration::from_millis(300));
     let out = nc_once(&net, &net.hp_v4, 7702, b"after\n");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
