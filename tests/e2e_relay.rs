@@ -243,6 +243,23 @@ fn assert_fallback(e: &Value, kind: &str, reason: &str) {
     );
 }
 
+/// A proxy session whose UDP target refused (ICMP port unreachable): normal mode
+/// took over. What was sent before the refusal may count as sent.
+fn assert_udp_refused(e: &Value) {
+    let r = &e["honeytrap"]["relay"];
+    let ctx = serde_json::to_string_pretty(e).unwrap();
+    assert_eq!(e["honeytrap"]["mode"], "proxy", "{ctx}");
+    assert_eq!(r["target"]["transport"], "udp", "{ctx}");
+    assert_eq!(r["fallback"], true, "{ctx}");
+    assert_eq!(r["fallback_reason"], "refused", "{ctx}");
+    assert_eq!(r["bytes_received"], 0, "{ctx}");
+    let (_, out) = transcript_sides(e);
+    assert_eq!(
+        out, CANNED,
+        "the fallback's canned response is the out side"
+    );
+}
+
 /// A TCP client (nc) run inside the honeypot namespace itself.
 fn nc_from_honeypot(net: &NetPair, host: &str, port: u16, data: &[u8]) -> Output {
     let mut c = Command::new("timeout");
@@ -588,6 +605,16 @@ fn proxy_honours_the_target_protocol_across_tcp_and_udp() {
             received: b"tcp-to-udp",
         },
     );
+    // A client that half-closes at once (nc -N) still gets the reply: a UDP target
+    // cannot close, so the relay waits for it until idle_timeout.
+    let out = nc_once(&net, &net.hp_v4, 7401, b"half-closed");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "half-closed",
+        "{out:?}"
+    );
+    let e = event_for(&d, 7401, "tcp", b"half-closed");
+    assert_eq!(e["honeytrap"]["relay"]["bytes_received"], 11, "{e:#}");
 
     // UDP in, TCP out.
     let out = udp_once(&net, &net.hp_v6, 7402, 41402, b"udp-to-tcp");
@@ -633,8 +660,19 @@ fn proxy_falls_back_to_normal_mode_when_the_target_cannot_be_reached() {
             "7503",
             "no-such-host.invalid",
             "target_port = 9999",
+        )
+        // UDP targets: nothing listens, the target host answers ICMP port
+        // unreachable after the first datagram.
+        + &proxy_map(&s, "udpdown", "udp", "7504", &net.tg_v6, "target_port = 9999")
+        + &proxy_map(
+            &s,
+            "t2udown",
+            "tcp",
+            "7505",
+            &net.tg_v4,
+            "target_port = 9999\ntarget_protocol = \"udp\"",
         );
-    let mut d = Daemon::start(&net, &config("7501, 7502, 7503", "", "", &rest));
+    let mut d = Daemon::start(&net, &config("7501, 7502, 7503, 7505", "7504", "", &rest));
     let cases: [(u16, &[&str]); 3] = [
         (7501, &["refused"]),
         (7502, &["timeout", "unreachable"]),
@@ -655,6 +693,17 @@ fn proxy_falls_back_to_normal_mode_when_the_target_cannot_be_reached() {
         );
         assert_fallback(&e, "proxy", &reason);
     }
+    // A refused UDP target is known only after the datagram went out: the session
+    // goes on in normal mode, recorded as refused.
+    let udp_probe = b"udp-to-a-dead-target-0123456789";
+    let out = udp_once(&net, &net.hp_v6, 7504, 41504, udp_probe);
+    assert_eq!(out.stdout, CANNED, "{out:?}");
+    let e = event_for(&d, 7504, "udp", udp_probe);
+    assert_udp_refused(&e);
+    let out = nc_once(&net, &net.hp_v4, 7505, b"tcp-to-a-dead-udp-target\n");
+    assert_eq!(out.stdout, CANNED, "{out:?}");
+    let e = event_for(&d, 7505, "tcp", b"tcp-to-a-dead-udp-target\n");
+    assert_udp_refused(&e);
     assert!(d.stop().success());
 }
 
