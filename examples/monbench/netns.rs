@@ -11,7 +11,19 @@ use std::sync::Mutex;
 
 /// Namespaces that exist right now (removed by the guard or by the signal thread).
 static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Temporary directories (honeytrap's config and data) to remove on a signal; on
+/// other exits their `TempDir` guard removes them.
+static DIRS: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Remove `dir` too if the harness is ended by a signal (`forget_dir` when done).
+pub fn remember_dir(dir: &std::path::Path) {
+    DIRS.lock().unwrap().push(dir.to_path_buf());
+}
+
+pub fn forget_dir(dir: &std::path::Path) {
+    DIRS.lock().unwrap().retain(|d| d != dir);
+}
 
 /// Block SIGINT, SIGTERM and SIGHUP in this (the main) thread, so every thread started
 /// later inherits the mask, and let one thread wait for them: it removes the live
@@ -54,7 +66,7 @@ pub fn child_setup(cmd: &mut Command) {
     }
 }
 
-/// Remove every registered namespace (the processes in them die with the harness,
+/// Remove every registered namespace and directory (the processes in them die with the harness,
 /// through their parent-death signal; iptables rules and routes go with the namespace).
 fn remove_all() {
     let names: Vec<String> = LIVE
@@ -66,6 +78,13 @@ fn remove_all() {
             .args(["netns", "del", &ns])
             .stderr(Stdio::null())
             .status();
+    }
+    let dirs: Vec<_> = DIRS
+        .lock()
+        .map(|mut v| v.drain(..).collect())
+        .unwrap_or_default();
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 

@@ -103,7 +103,7 @@ pub struct Target {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
     /// honeytrap's config and data (removed on drop).
-    _dir: Option<tempfile::TempDir>,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Target {
@@ -118,6 +118,7 @@ impl Target {
     /// `honeytrap run -c FILE` in the honeypot namespace with `config`.
     pub fn honeytrap(net: &NetPair, bin: &Path, config: &str) -> Result<Target> {
         let dir = tempfile::Builder::new().prefix("monbench-").tempdir()?;
+        super::netns::remember_dir(dir.path());
         let data = dir.path().join("data");
         let cfg_path = dir.path().join("honeytrap.toml");
         std::fs::File::create(&cfg_path)?.write_all(
@@ -173,7 +174,7 @@ impl Target {
             name,
             child,
             log,
-            _dir: dir,
+            dir,
         })
     }
 
@@ -210,6 +211,9 @@ impl Drop for Target {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if let Some(d) = &self.dir {
+            super::netns::forget_dir(d.path());
         }
     }
 }
