@@ -353,6 +353,78 @@ fn mirror_tcp_shows_the_attacker_its_own_service_over_ipv4_and_ipv6() {
 }
 
 #[test]
+fn default_mode_mirror_covers_every_port_no_rule_names() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("mirrordefault");
+    let s = Scratch::new();
+    let _own = own_tcp_service(&net, &s, 7110);
+    let _own2 = socat_service(&net.attacker, "tcp", 7111, &s.script("own2", "echo OWN-2"));
+    let rest = "[[ports.rule]]\nprotocol = \"tcp\"\nports = [7111]\nmode = \"normal\"\n";
+    let text = config("7110, 7111", "", "mirror_private = true", rest)
+        .replace("[ports]\n", "[ports]\ndefault_mode = \"mirror\"\n");
+    let mut d = Daemon::start(&net, &text);
+    let out = nc_once(&net, &net.hp_v4, 7110, b"by-default\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "OWN-BANNER\n",
+        "{out:?}"
+    );
+    let e = event_for(&d, 7110, "tcp", b"by-default\n");
+    assert_eq!(e["honeytrap"]["mode"], "mirror");
+    assert_eq!(e["honeytrap"]["relay"]["connected"], true);
+    // A rule still wins: 7111 is served in normal mode and never mirrored.
+    let out = nc_once(&net, &net.hp_v4, 7111, b"by-rule\n");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("OWN-2"),
+        "{out:?}"
+    );
+    let e = event_for(&d, 7111, "tcp", b"by-rule\n");
+    assert_eq!(e["honeytrap"]["mode"], "normal");
+    assert!(
+        e["honeytrap"].get("relay").is_none_or(|r| r.is_null()),
+        "{e:#}"
+    );
+    assert!(s.peers("own2").is_empty());
+    assert!(d.stop().success());
+}
+
+#[test]
+fn shutdown_ends_an_open_relay_and_records_it() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::with_target("relaystop");
+    let s = Scratch::new();
+    let script = s.script("tgt", "echo TARGET-BANNER\ncat");
+    let _t = socat_service(&net.target, "tcp", 9090, &script);
+    let rest = proxy_map(&s, "stop", "tcp", "7120", &net.tg_v4, "target_port = 9090");
+    let mut d = Daemon::start(&net, &config("7120", "", "idle_timeout = \"30s\"", &rest));
+    let _hold = net.background_attacker(&format!(
+        "(printf held; sleep 15) | socat -t 1 - TCP:{}",
+        host_port(&net.hp_v4, 7120)
+    ));
+    assert!(
+        wait_until(Duration::from_secs(5), || s.peers("tgt").len() == 1),
+        "the relay reached the target"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let start = std::time::Instant::now();
+    assert!(d.stop().success(), "{}", d.log());
+    // shutdown_grace is 3 s in these tests.
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+    let e = event_for(&d, 7120, "tcp", b"held");
+    assert_eq!(e["honeytrap"]["end_reason"], "shutdown", "{e:#}");
+    // The banner and the echo of "held".
+    assert_eq!(e["honeytrap"]["relay"]["bytes_received"], 18, "{e:#}");
+}
+
+#[test]
 fn mirror_falls_back_to_normal_mode_when_the_attackers_port_is_closed() {
     if !require_root() {
         return;
