@@ -3,8 +3,11 @@
 //! proxy targets in a third "target" namespace that only the honeypot can reach.
 //! Real clients (nc, socat, curl) and real servers (socat); asserts on what the
 //! clients and the servers saw, on the JSON events (`honeytrap.relay`) and on the
-//! transcripts. Abuse guards: forbidden mirror targets, rate limit, relay cap, UDP
-//! mirroring off by default and its reply budget, read_limit.
+//! transcripts. Covered: mirror and proxy over TCP and UDP (IPv4 and IPv6), target
+//! protocol across TCP/UDP, several maps, fallbacks with their reasons, idle timeout
+//! and shutdown of an open relay, config errors; abuse guards: forbidden mirror
+//! targets (private, loopback, own), per-source rate, relay cap, UDP mirroring off
+//! by default and the UDP reply budgets, read_limit both ways.
 
 mod support;
 
