@@ -6,6 +6,7 @@
 //! apt-get install -y nmap iptables            # once
 //! cargo build --release --examples --bin honeytrap
 //! target/release/examples/monbench [--scenario a|b|nmap|all] [--targets baseline,nfqueue,sniff,tproxy]
+//! target/release/examples/monbench --scenario proxy   # proxy mode against direct (monbench/proxy.rs)
 //! ```
 //!
 //! Run as root, by hand (not in CI). Every measurement gets a fresh pair of
@@ -31,6 +32,8 @@
 mod child;
 #[path = "monbench/netns.rs"]
 mod netns;
+#[path = "monbench/proxy.rs"]
+mod proxy;
 #[path = "monbench/target.rs"]
 mod target;
 
@@ -56,6 +59,8 @@ enum Scenario {
     B,
     Nmap,
     All,
+    /// Proxy-mode throughput and connection rate against direct (not part of `all`).
+    Proxy,
 }
 
 #[derive(Debug, Parser)]
@@ -117,6 +122,8 @@ struct Args {
     /// Internal: attempts in flight of --client.
     #[arg(long, hide = true, default_value_t = 1)]
     concurrency: usize,
+    #[command(flatten)]
+    proxy: proxy::ProxyArgs,
 }
 
 fn main() -> Result<()> {
@@ -128,6 +135,12 @@ fn main() -> Result<()> {
         let ports = parse_ports(args.ports.as_deref().unwrap_or(""))?;
         let timeout = Duration::from_millis(args.timeout_ms);
         return child::client(host, &ports, args.concurrency, timeout);
+    }
+    if let Some(spec) = &args.proxy.proxy_child {
+        return proxy::child(spec);
+    }
+    if args.scenario == Scenario::Proxy {
+        return proxy::run_scenario(&args.proxy, &args.honeytrap);
     }
     let targets = check(&args)?;
     netns::install_signal_cleanup()?;
