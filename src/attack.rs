@@ -211,6 +211,8 @@ pub struct Attack {
     pub payload_hashes: Hashes,
     /// Where the transcript was written, once the file store has run.
     pub transcript_ref: Option<crate::sink::transcripts::TranscriptRef>,
+    /// What analysis found (empty until the pipeline has run).
+    pub analysis: crate::analysis::Analysis,
 }
 
 impl std::ops::Deref for Attack {
@@ -329,12 +331,13 @@ impl Captured {
             payload_hashes: Hashes::of(&self.transcript.payload()),
             session: self,
             transcript_ref: None,
+            analysis: Default::default(),
         }
     }
 }
 
 /// A UUIDv7 for an attack that started at `start`.
-fn new_attack_id(start: DateTime<Utc>) -> Uuid {
+pub fn new_attack_id(start: DateTime<Utc>) -> Uuid {
     let ts = uuid::Timestamp::from_unix(
         uuid::NoContext,
         start.timestamp() as u64,

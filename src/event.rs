@@ -93,6 +93,20 @@ struct Honeytrap<'a> {
     /// The second connection of mirror and proxy mode (absent in other modes).
     #[serde(skip_serializing_if = "Option::is_none")]
     relay: Option<Relay<'a>>,
+    /// For a virtual attack: the real attack it was decoded from, and the decoder.
+    parent_id: Option<String>,
+    decoder: Option<&'a str>,
+    findings: &'a [crate::analysis::Finding],
+    downloads: &'a [crate::analysis::Download],
+    analysis: AnalysisInfo<'a>,
+}
+
+#[derive(Serialize)]
+struct AnalysisInfo<'a> {
+    done: bool,
+    runs: u32,
+    failures: &'a [crate::analysis::record::Failure],
+    virtual_attacks: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -242,7 +256,7 @@ impl<'a> Event<'a> {
             honeytrap: Honeytrap {
                 schema_version: SCHEMA_VERSION,
                 attack_id: id,
-                is_virtual: false,
+                is_virtual: a.analysis.is_virtual,
                 monitor: &a.monitor,
                 mode: a.mode.as_str(),
                 end_reason: a.end_reason,
@@ -267,6 +281,21 @@ impl<'a> Event<'a> {
                     chunks_out: t.chunks.len() - chunks_in,
                 },
                 relay: a.relay.as_deref().map(Relay::of),
+                parent_id: a.analysis.parent.map(|p| p.to_string()),
+                decoder: a.analysis.decoder,
+                findings: &a.analysis.findings,
+                downloads: &a.analysis.downloads,
+                analysis: AnalysisInfo {
+                    done: a.analysis.done,
+                    runs: a.analysis.runs,
+                    failures: &a.analysis.failures,
+                    virtual_attacks: a
+                        .analysis
+                        .virtual_attacks
+                        .iter()
+                        .map(|u| u.to_string())
+                        .collect(),
+                },
             },
         }
     }

@@ -11,6 +11,7 @@
 //! This file wires the stages together: [`run`] prepares the process, starts the
 //! recorder, the port table and the monitor, then handles signals until shutdown.
 
+pub mod analysis;
 pub mod attack;
 pub mod config;
 pub mod context;
@@ -212,6 +213,9 @@ fn reload(
                 // The command line wins until restart.
                 merged.config.monitor.nfqueue.queue = o.monitor.nfqueue.queue;
                 merged.overridden = true;
+            }
+            if let Err(e) = ctx.recorder.reload_analysis(&merged.config) {
+                tracing::error!("SIGHUP: analyzers not reloaded, the old ones keep running: {e:#}");
             }
             ctx.buffers.set_max(merged.config.limits.max_buffered);
             ctx.current.store(Arc::new(merged));

@@ -40,6 +40,12 @@ enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// List the analyzers: name, stage, whether the configuration enables them.
+    Analyzers {
+        /// Configuration file (TOML); without it the embedded default is used.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+    },
     /// Show, apply or remove the firewall rules of the chosen monitor (as root).
     Firewall {
         #[command(subcommand)]
@@ -69,7 +75,7 @@ enum FirewallAction {
 }
 
 /// Settings the command line overrides without editing the configuration file.
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 struct Overrides {
     /// Monitor to run, overriding monitor.kind.
     #[arg(long, value_parser = ["auto", "listen", "sniff", "nfqueue", "tproxy"])]
@@ -115,6 +121,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Analyzers { config } => match load(config.as_deref(), &Overrides::default()) {
+            Ok(loaded) => {
+                print!("{}", analyzers(&loaded.config));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("honeytrap: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::CheckConfig { config, overrides } => match load(config.as_deref(), &overrides) {
             Ok(loaded) => {
                 print!("{}", loaded.config.to_toml());
@@ -170,6 +186,28 @@ fn main() -> ExitCode {
 }
 
 /// `honeytrap firewall show|apply|remove`.
+/// The `analyzers` listing: one line per analyzer.
+fn analyzers(config: &honeytrap::config::Config) -> String {
+    let mut out = format!("{:<14} {:<13} {:<8} about\n", "name", "stage", "enabled");
+    for r in honeytrap::analysis::registry::all() {
+        let enabled = config.analysis.enabled
+            && config
+                .analyzer
+                .get(r.name)
+                .and_then(|t| t.get("enabled"))
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+        out += &format!(
+            "{:<14} {:<13} {:<8} {}\n",
+            r.name,
+            r.stage.as_str(),
+            if enabled { "yes" } else { "no" },
+            r.about
+        );
+    }
+    out
+}
+
 fn firewall(action: FirewallAction, config: &honeytrap::config::Config) -> ExitCode {
     use honeytrap::firewall as fw;
     let monitor = honeytrap::monitor::build(config).0.name();

@@ -50,6 +50,22 @@ pub struct Stats {
     pub limit_max_relays: AtomicU64,
     /// Of those: mirroring to a forbidden address was refused.
     pub mirror_forbidden: AtomicU64,
+    /// Attacks passed to the outputs without analysis (queue full, shutting down).
+    pub analysis_skipped: AtomicU64,
+    /// Analyzer runs.
+    pub analyzer_runs: AtomicU64,
+    /// Analyzer runs that failed (error or panic).
+    pub analyzer_failures: AtomicU64,
+    /// Analyzer runs that took longer than `analysis.analyzer_budget`.
+    pub analyzer_timeouts: AtomicU64,
+    /// Analyzer runs skipped because `analysis.attack_budget` was used up.
+    pub analyzer_skipped: AtomicU64,
+    /// Findings made.
+    pub findings: AtomicU64,
+    /// Virtual attacks made by decoders.
+    pub virtual_attacks: AtomicU64,
+    /// Downloads tried.
+    pub downloads: AtomicU64,
     /// Attacks not queued for the outputs (queue full).
     pub records_dropped: AtomicU64,
     /// Output write failures (per attack and output).
@@ -62,6 +78,11 @@ impl Stats {
     /// Add one to a counter.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Add `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
     }
 
     /// Name and value of every counter, in a stable order.
@@ -88,6 +109,14 @@ impl Stats {
             c("limit_relay_rate", &self.limit_relay_rate),
             c("limit_max_relays", &self.limit_max_relays),
             c("mirror_forbidden", &self.mirror_forbidden),
+            c("analysis_skipped", &self.analysis_skipped),
+            c("analyzer_runs", &self.analyzer_runs),
+            c("analyzer_failures", &self.analyzer_failures),
+            c("analyzer_timeouts", &self.analyzer_timeouts),
+            c("analyzer_skipped", &self.analyzer_skipped),
+            c("findings", &self.findings),
+            c("virtual_attacks", &self.virtual_attacks),
+            c("downloads", &self.downloads),
             c("records_dropped", &self.records_dropped),
             c("output_errors", &self.output_errors),
             c("quota_removed", &self.quota_removed),

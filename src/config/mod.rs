@@ -40,6 +40,9 @@ pub struct Config {
     pub relay: RelayConfig,
     /// Named proxy maps (`[proxy.<name>]`).
     pub proxy: std::collections::BTreeMap<String, ProxyMap>,
+    pub analysis: AnalysisConfig,
+    /// Options of each analyzer (`[analyzer.<name>]`), checked by its registration.
+    pub analyzer: std::collections::BTreeMap<String, toml::Table>,
     pub output: OutputConfig,
 }
 
@@ -226,7 +229,7 @@ impl Default for FirewallConfig {
 }
 
 /// Options of the `sniff` monitor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SniffConfig {
     /// Interfaces to watch (empty: all). Each must exist at start-up.
@@ -236,6 +239,20 @@ pub struct SniffConfig {
     /// This host's addresses; a RST or ICMP error from any other source is ignored
     /// (empty: the addresses of every interface, read again on SIGHUP).
     pub addresses: Vec<IpAddr>,
+    /// Receive buffer of each packet socket; past it the kernel drops (counted).
+    #[serde(with = "units::bytesize")]
+    pub rcvbuf: u64,
+}
+
+impl Default for SniffConfig {
+    fn default() -> Self {
+        SniffConfig {
+            interfaces: Vec::new(),
+            promiscuous: false,
+            addresses: Vec::new(),
+            rcvbuf: 8 << 20,
+        }
+    }
 }
 
 /// Options of the `listen` monitor.
@@ -443,6 +460,43 @@ impl Default for RelayConfig {
     }
 }
 
+/// The analysis pipeline (docs/analysis.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalysisConfig {
+    /// Run the analyzers at all.
+    pub enabled: bool,
+    /// Worker threads.
+    pub workers: usize,
+    /// Attacks waiting for a worker; when full, attacks go to the outputs
+    /// unanalyzed (counted).
+    pub queue_size: usize,
+    /// How many times decoded copies are decoded again (and downloads followed).
+    pub max_depth: u32,
+    /// Longest one analyzer may run on one input.
+    #[serde(with = "units::duration")]
+    pub analyzer_budget: Duration,
+    /// Longest all analyzers together may run on one attack.
+    #[serde(with = "units::duration")]
+    pub attack_budget: Duration,
+    /// Most downloads one attack may lead to.
+    pub max_downloads: usize,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        AnalysisConfig {
+            enabled: true,
+            workers: 4,
+            queue_size: 1024,
+            max_depth: 3,
+            analyzer_budget: Duration::from_secs(30),
+            attack_budget: Duration::from_secs(120),
+            max_downloads: 5,
+        }
+    }
+}
+
 /// Where finished attacks go.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -626,6 +680,8 @@ pub fn check_log_filter(filter: &str) -> Result<(), String> {
 impl Config {
     /// Fill values whose default depends on the host.
     fn fill_defaults(&mut self) {
+        // Validated before: this only fills in every analyzer's defaults.
+        let _ = crate::analysis::registry::check_and_fill(&mut self.analyzer);
         if self.sensor.name.is_empty() {
             self.sensor.name = hostname::get()
                 .ok()
@@ -705,6 +761,12 @@ impl Config {
                     format!("{a} is listed twice"),
                 ));
             }
+        }
+        if !(64 << 10..=1 << 30).contains(&s.rcvbuf) {
+            return Err(Invalid::new(
+                "monitor.sniff.rcvbuf",
+                "must be between 64KiB and 1GiB",
+            ));
         }
         let q = &self.monitor.nfqueue;
         positive("monitor.nfqueue.queue_maxlen", q.queue_maxlen.into())?;
@@ -790,7 +852,10 @@ impl Config {
         positive("relay.max_relays", r.max_relays as u64)?;
         positive("relay.source_burst", r.source_burst as u64)?;
         if !(r.source_rate.is_finite() && r.source_rate > 0.0) {
-            return Err(Invalid::new("relay.source_rate", "must be a number above 0"));
+            return Err(Invalid::new(
+                "relay.source_rate",
+                "must be a number above 0",
+            ));
         }
         if !(r.udp_reply_ratio.is_finite() && (0.0..=100.0).contains(&r.udp_reply_ratio)) {
             return Err(Invalid::new(
@@ -829,6 +894,32 @@ impl Config {
                 ));
             }
         }
+        let a = &self.analysis;
+        positive("analysis.workers", a.workers as u64)?;
+        if a.workers > 256 {
+            return Err(Invalid::new("analysis.workers", "must be at most 256"));
+        }
+        positive("analysis.queue_size", a.queue_size as u64)?;
+        if a.max_depth > 16 {
+            return Err(Invalid::new("analysis.max_depth", "must be at most 16"));
+        }
+        nonzero("analysis.analyzer_budget", a.analyzer_budget)?;
+        nonzero("analysis.attack_budget", a.attack_budget)?;
+        if a.attack_budget < a.analyzer_budget {
+            return Err(Invalid::new(
+                "analysis.attack_budget",
+                "must not be shorter than analysis.analyzer_budget",
+            ));
+        }
+        if a.max_downloads > 1000 {
+            return Err(Invalid::new(
+                "analysis.max_downloads",
+                "must be at most 1000",
+            ));
+        }
+        let mut tables = self.analyzer.clone();
+        crate::analysis::registry::check_and_fill(&mut tables)
+            .map_err(|(key, msg)| Invalid::new(key, msg))?;
         let o = &self.output;
         positive("output.queue_size", o.queue_size as u64)?;
         if o.queue_bytes < 1 << 20 {

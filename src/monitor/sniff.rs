@@ -14,6 +14,13 @@
 //! [`Trigger`] for the port table; a port already served answers `Running` there, so
 //! bursts cost one map lookup each. Nothing is bound at start-up.
 //!
+//! Overflow is counted, not silent: each socket's receive buffer is `rcvbuf`
+//! (SO_RCVBUFFORCE; SO_RCVBUF, capped by `net.core.rmem_max`, without
+//! CAP_NET_ADMIN), and what the kernel drops when it is full is read from
+//! `PACKET_STATISTICS` every second and at stop, warned about (rate-limited) and
+//! logged in the summary (`dropped`). The reader drains the socket until it is empty
+//! on each wake-up, into one reused buffer.
+//!
 //! Limits: IPv6 packets with extension headers between the IPv6 header and TCP /
 //! ICMPv6 are not recognised (the kernel does not add any to a RST or an ICMPv6
 //! error); IPv4 fragments other than the first are ignored.
@@ -30,6 +37,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -42,6 +50,12 @@ const BUF: usize = 64 * 1024;
 
 /// What the filter keeps of an accepted packet.
 const SNAP: u32 = 65_535;
+
+/// How often the kernel's drop counter is read (and a warning possibly logged).
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// Packets read per wake-up before the reader yields to other tasks.
+const BATCH: usize = 256;
 
 /// `sll_pkttype` of a packet this host sends (linux/if_packet.h).
 const PACKET_OUTGOING: u8 = 4;
@@ -346,6 +360,10 @@ struct Counters {
     ignored: AtomicU64,
     unavailable: AtomicU64,
     errors: AtomicU64,
+    /// Dropped by the kernel because a receive buffer was full (PACKET_STATISTICS).
+    dropped: AtomicU64,
+    /// Part of `dropped` no warning has named yet.
+    unwarned: AtomicU64,
 }
 
 /// State shared by the reading tasks.
@@ -416,13 +434,15 @@ fn host_addresses() -> HashSet<IpAddr> {
     }
 }
 
-/// Open a packet socket with the filter attached, bound to `ifindex` (0: every
-/// interface), promiscuous on each of `promisc`.
-fn open(ifindex: u32, promisc: &[u32]) -> io::Result<Socket> {
+/// Open a packet socket with the filter attached and a receive buffer of `rcvbuf`
+/// bytes, bound to `ifindex` (0: every interface), promiscuous on each of `promisc`.
+/// Returns it with the receive buffer in force.
+fn open(ifindex: u32, promisc: &[u32], rcvbuf: u64, what: &str) -> io::Result<(Socket, usize)> {
     // Protocol 0: the socket receives nothing until it is bound below, so no packet
-    // arrives before the filter is in place.
+    // arrives before the filter and the buffer size are in place.
     let s = Socket::new(Domain::PACKET, Type::DGRAM, None)?;
     s.attach_filter(&program()?)?;
+    let rcvbuf = set_rcvbuf(s.as_raw_fd(), rcvbuf, what)?;
     let sll = libc::sockaddr_ll {
         sll_family: libc::AF_PACKET as libc::c_ushort,
         sll_protocol: (libc::ETH_P_ALL as u16).to_be(),
@@ -465,7 +485,91 @@ fn open(ifindex: u32, promisc: &[u32]) -> io::Result<Socket> {
         }
     }
     s.set_nonblocking(true)?;
-    Ok(s)
+    Ok((s, rcvbuf))
+}
+
+/// The receive buffer actually in force (SO_RCVBUF), in bytes.
+fn rcvbuf_of(fd: libc::c_int) -> io::Result<usize> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid for writes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::addr_of_mut!(v).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v as usize)
+}
+
+/// Set the socket's receive buffer to `bytes`: SO_RCVBUFFORCE (CAP_NET_ADMIN, beyond
+/// net.core.rmem_max), else SO_RCVBUF with a warning when the kernel caps it.
+/// Returns the size in force.
+fn set_rcvbuf(fd: libc::c_int, bytes: u64, what: &str) -> io::Result<usize> {
+    // The kernel doubles the value it is given (for its bookkeeping), as socket(7)
+    // says; half is asked for so that the size in force is `bytes`. That size is
+    // compared with the truesize of the queued packets (about 1 KiB per RST).
+    let want = libc::c_int::try_from(bytes / 2).unwrap_or(libc::c_int::MAX / 2);
+    let set = |opt| {
+        // SAFETY: passes a valid int and its size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                std::ptr::addr_of!(want).cast::<libc::c_void>(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(libc::SO_RCVBUFFORCE) == 0 {
+        return rcvbuf_of(fd);
+    }
+    let forced = io::Error::last_os_error();
+    if set(libc::SO_RCVBUF) != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let got = rcvbuf_of(fd)?;
+    if (got as u64) < bytes {
+        tracing::warn!(
+            interface = %what,
+            rcvbuf = got,
+            wanted = bytes,
+            error = %forced,
+            "monitor.sniff.rcvbuf: SO_RCVBUFFORCE refused (needs CAP_NET_ADMIN, which is not kept after the privilege drop); the kernel capped the buffer at net.core.rmem_max: raise that sysctl, or expect drops (counted) under bursts"
+        );
+    }
+    Ok(got)
+}
+
+/// Packets the kernel dropped at this socket since the last call (the counter
+/// resets on read).
+fn take_drops(fd: libc::c_int) -> io::Result<u64> {
+    let mut st = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: `st` and `len` are valid for writes and `len` is the size of `st`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            std::ptr::addr_of_mut!(st).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.tp_drops.into())
 }
 
 impl Shared {
@@ -514,6 +618,45 @@ impl Shared {
         tracing::debug!(protocol = %hit.protocol, local = %hit.local, remote = %hit.remote, result = ?result, "sniff: closed port hit");
     }
 
+    /// Add the drops the kernel counted at `fd` since the last look; warn about them
+    /// (once per throttle interval, or whatever is left at `stop`).
+    fn account_drops(
+        &self,
+        fd: libc::c_int,
+        what: &str,
+        rcvbuf: usize,
+        table: &PortTable,
+        stop: bool,
+    ) {
+        let c = &self.counters;
+        match take_drops(fd) {
+            Ok(0) => {}
+            Ok(n) => {
+                c.dropped.fetch_add(n, Relaxed);
+                c.unwarned.fetch_add(n, Relaxed);
+            }
+            Err(e) => {
+                c.errors.fetch_add(1, Relaxed);
+                tracing::debug!(interface = %what, error = %e, "sniff: cannot read PACKET_STATISTICS");
+            }
+        }
+        if c.unwarned.load(Relaxed) == 0 {
+            return;
+        }
+        let held = table.context().throttle.allow("sniff_dropped");
+        if held.is_some() || stop {
+            let n = c.unwarned.swap(0, Relaxed);
+            if n > 0 {
+                tracing::warn!(
+                    interface = %what,
+                    dropped = n,
+                    rcvbuf,
+                    "sniff: {n} packets dropped by the kernel: raise monitor.sniff.rcvbuf"
+                );
+            }
+        }
+    }
+
     fn log_summary(&self) {
         let c = &self.counters;
         let g = |a: &AtomicU64| a.load(Relaxed);
@@ -529,44 +672,68 @@ impl Shared {
             malformed = g(&c.malformed),
             other = g(&c.other),
             errors = g(&c.errors),
+            dropped = g(&c.dropped),
             "sniff monitor stopped"
         );
     }
 }
 
-/// Read one socket until shutdown.
-async fn read_loop(fd: AsyncFd<Socket>, what: String, table: Arc<PortTable>, shared: Arc<Shared>) {
+/// One packet socket being read.
+struct Reader {
+    fd: AsyncFd<Socket>,
+    /// The interface name, or `*` for all of them (in logs).
+    what: String,
+    /// Its receive buffer in force, in bytes (in the drop warning).
+    rcvbuf: usize,
+}
+
+/// Read one socket until shutdown; look at its drop counter every second.
+async fn read_loop(r: Reader, table: Arc<PortTable>, shared: Arc<Shared>) {
     let stop = table.context().stop_accepting.clone();
+    let raw = r.fd.get_ref().as_raw_fd();
     let mut buf = vec![0u8; BUF];
+    let mut tick = tokio::time::interval(STATS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut guard = tokio::select! {
-            r = fd.readable() => match r {
+            g = r.fd.readable() => match g {
                 Ok(g) => g,
                 Err(e) => {
-                    tracing::error!(interface = %what, error = %e, "sniff: socket failed; this interface is no longer watched");
+                    tracing::error!(interface = %r.what, error = %e, "sniff: socket failed; this interface is no longer watched");
                     break;
                 }
             },
+            _ = tick.tick() => {
+                shared.account_drops(raw, &r.what, r.rcvbuf, &table, false);
+                continue;
+            }
             _ = stop.cancelled() => break,
         };
-        let got = guard.try_io(|s| {
-            nix::sys::socket::recvfrom::<nix::sys::socket::LinkAddr>(s.as_raw_fd(), &mut buf)
-                .map_err(io::Error::from)
-        });
-        match got {
-            Ok(Ok((n, addr))) => {
-                let n = n.min(buf.len());
-                shared.handle(&buf[..n], addr.map(|a| a.pkttype()), &table);
+        // Drain: one wake-up serves every queued packet (up to BATCH, then the
+        // readiness is kept and the next `readable` returns at once).
+        for _ in 0..BATCH {
+            let got = guard.try_io(|s| {
+                nix::sys::socket::recvfrom::<nix::sys::socket::LinkAddr>(s.as_raw_fd(), &mut buf)
+                    .map_err(io::Error::from)
+            });
+            match got {
+                Ok(Ok((n, addr))) => {
+                    let n = n.min(buf.len());
+                    shared.handle(&buf[..n], addr.map(|a| a.pkttype()), &table);
+                }
+                Ok(Err(e)) => {
+                    // ENETDOWN when a watched interface goes down, for example.
+                    shared.counters.errors.fetch_add(1, Relaxed);
+                    tracing::warn!(interface = %r.what, error = %e, "sniff: receive error");
+                    drop(guard);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
+                Err(_would_block) => break,
             }
-            Ok(Err(e)) => {
-                // ENETDOWN when a watched interface goes down, for example.
-                shared.counters.errors.fetch_add(1, Relaxed);
-                tracing::warn!(interface = %what, error = %e, "sniff: receive error");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            Err(_would_block) => {}
         }
     }
+    shared.account_drops(raw, &r.what, r.rcvbuf, &table, true);
     if shared.readers.fetch_sub(1, Relaxed) == 1 {
         shared.log_summary();
     }
@@ -607,7 +774,7 @@ impl Monitor for SniffMonitor {
             } else {
                 Vec::new()
             };
-            let s = open(0, &promisc).map_err(|e| {
+            let s = open(0, &promisc, cfg.rcvbuf, "*").map_err(|e| {
                 anyhow::anyhow!(
                     "monitor.sniff: cannot open a packet socket (needs CAP_NET_RAW): {e}"
                 )
@@ -620,7 +787,7 @@ impl Monitor for SniffMonitor {
                 } else {
                     vec![]
                 };
-                let s = open(*index, &promisc).map_err(|e| {
+                let s = open(*index, &promisc, cfg.rcvbuf, name).map_err(|e| {
                     anyhow::anyhow!(
                         "monitor.sniff: cannot open a packet socket on `{name}` (needs CAP_NET_RAW): {e}"
                     )
@@ -628,24 +795,24 @@ impl Monitor for SniffMonitor {
                 sockets.push((name.clone(), s));
             }
         }
-        let fds = sockets
+        let readers = sockets
             .into_iter()
-            .map(|(name, s)| {
+            .map(|(what, (s, rcvbuf))| {
                 // SAFETY: the socket owns its descriptor, which stays open and the
                 // same until the AsyncFd (which owns the socket) is dropped.
                 let fd = unsafe { AsyncFd::register_with_interest(s, Interest::READABLE) }
                     .map_err(io::Error::from)?;
-                Ok((name, fd))
+                Ok(Reader { fd, what, rcvbuf })
             })
             .collect::<io::Result<Vec<_>>>()?;
+        let rcvbuf = readers.first().map_or(0, |r| r.rcvbuf);
         let addresses = self.refresh_addresses(&cfg);
-        self.shared.readers.store(fds.len(), Relaxed);
+        self.shared.readers.store(readers.len(), Relaxed);
         // Tracked with the sessions, so shutdown waits for the readers (and their
         // summary line) before the process exits.
-        for (name, fd) in fds {
+        for r in readers {
             table.context().sessions.spawn(read_loop(
-                fd,
-                name,
+                r,
                 Arc::clone(table),
                 Arc::clone(&self.shared),
             ));
@@ -658,6 +825,7 @@ impl Monitor for SniffMonitor {
             },
             promiscuous = cfg.promiscuous,
             addresses,
+            rcvbuf,
             "sniffing for outgoing TCP RST and ICMP port unreachable; no port is bound before it is hit"
         );
         self.started = Some(cfg);
@@ -667,8 +835,11 @@ impl Monitor for SniffMonitor {
     fn reload(&mut self, table: &Arc<PortTable>) {
         let cfg = table.context().config().config.monitor.sniff.clone();
         if let Some(old) = &self.started {
-            if old.interfaces != cfg.interfaces || old.promiscuous != cfg.promiscuous {
-                tracing::warn!("SIGHUP: changes to monitor.sniff.interfaces and monitor.sniff.promiscuous need a restart; they are kept as they were");
+            if old.interfaces != cfg.interfaces
+                || old.promiscuous != cfg.promiscuous
+                || old.rcvbuf != cfg.rcvbuf
+            {
+                tracing::warn!("SIGHUP: changes to monitor.sniff.interfaces, monitor.sniff.promiscuous and monitor.sniff.rcvbuf need a restart; they are kept as they were");
             }
         }
         let n = self.refresh_addresses(&cfg);
@@ -874,6 +1045,39 @@ mod tests {
                 *b = if len % 2 == 0 { 0x45 } else { 0x60 };
             }
             let _ = parse(&p);
+        }
+    }
+
+    #[test]
+    fn rcvbuf_defaults_to_8_mib_and_is_validated() {
+        let parse = |t: &str| crate::config::parse(std::path::Path::new("t"), t);
+        assert_eq!(parse("").unwrap().monitor.sniff.rcvbuf, 8 << 20);
+        let c = parse("[monitor.sniff]\nrcvbuf = \"64KiB\"\n").unwrap();
+        assert_eq!(c.monitor.sniff.rcvbuf, 64 << 10);
+        for bad in ["\"63KiB\"", "\"2GiB\"", "0"] {
+            let e = parse(&format!("[monitor.sniff]\nrcvbuf = {bad}\n")).unwrap_err();
+            assert_eq!(
+                (e.key.as_str(), e.line),
+                ("monitor.sniff.rcvbuf", Some(2)),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn drop_counter_of_a_packet_socket_is_readable_and_rcvbuf_is_forced() {
+        let root = nix::unistd::Uid::effective().is_root();
+        let s = match Socket::new(Domain::PACKET, Type::DGRAM, None) {
+            Ok(s) => s,
+            // A packet socket needs CAP_NET_RAW: only skipped when not root.
+            Err(e) if !root => return eprintln!("SKIPPED: no packet socket ({e})"),
+            Err(e) => panic!("packet socket as root: {e}"),
+        };
+        assert_eq!(take_drops(s.as_raw_fd()).unwrap(), 0);
+        let got = set_rcvbuf(s.as_raw_fd(), 16 << 20, "test").unwrap();
+        if root {
+            // SO_RCVBUFFORCE: the size as given, beyond net.core.rmem_max.
+            assert_eq!(got, 16 << 20);
         }
     }
 

@@ -11,6 +11,8 @@
 pub mod jsonl;
 pub mod transcripts;
 
+use crate::analysis::pipeline::{Analyzed, Pipeline};
+use crate::analysis::registry::AnalyzerSet;
 use crate::attack::{Attack, Captured};
 use crate::config::Config;
 use crate::limit_warn;
@@ -64,6 +66,8 @@ impl Drop for Record {
 enum Msg {
     /// Boxed: the queue holds `output.queue_size` slots of this enum.
     Session(Box<Captured>, u64),
+    /// Back from the analysis pipeline.
+    Analyzed(Box<Analyzed>),
     Reopen,
     Close,
 }
@@ -83,6 +87,8 @@ pub struct Recorder {
     stats: Arc<Stats>,
     throttle: Arc<Throttle>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The analysis pipeline, when an analyzer is enabled.
+    pipeline: Option<Arc<Pipeline>>,
 }
 
 impl Recorder {
@@ -116,12 +122,43 @@ impl Recorder {
             lanes.push(Lane { name, tx, handle });
         }
         let (tx, rx) = sync_channel::<Msg>(queue);
+        let set = AnalyzerSet::build(config)?;
+        let pipeline = if set.is_empty() {
+            None
+        } else {
+            tracing::info!(analyzers = ?set.names(), workers = config.analysis.workers, "analysis pipeline started");
+            let back = std::sync::Mutex::new(tx.clone());
+            // Workers wait for room here: they are off the capture path, and the
+            // recorder thread always drains its queue.
+            let done = Arc::new(move |a: Analyzed| {
+                let tx = back.lock().unwrap().clone();
+                let _ = tx.send(Msg::Analyzed(Box::new(a)));
+            });
+            Some(Arc::new(Pipeline::start(
+                &config.analysis,
+                set,
+                Arc::clone(&stats),
+                Arc::clone(&throttle),
+                done,
+            )?))
+        };
         let st = Arc::clone(&stats);
         let th = Arc::clone(&throttle);
         let budget = Arc::clone(&in_flight);
+        let pl = pipeline.clone();
         let thread = std::thread::Builder::new()
             .name("recorder".into())
-            .spawn(move || run_recorder(rx, store, lanes, budget, st, th))?;
+            .spawn(move || {
+                let mut out = Writer {
+                    store,
+                    lanes,
+                    budget,
+                    stats: st,
+                    throttle: th,
+                };
+                run_recorder(rx, pl, &mut out);
+                out.close();
+            })?;
         Ok(Recorder {
             tx,
             in_flight,
@@ -129,7 +166,22 @@ impl Recorder {
             stats,
             throttle,
             thread: std::sync::Mutex::new(Some(thread)),
+            pipeline,
         })
+    }
+
+    /// Use the analyzers of a new configuration (SIGHUP). The number of workers
+    /// and the queue size need a restart.
+    pub fn reload_analysis(&self, config: &Config) -> anyhow::Result<()> {
+        let set = AnalyzerSet::build(config)?;
+        match &self.pipeline {
+            Some(p) => p.reload(&config.analysis, set),
+            None if !set.is_empty() => tracing::warn!(
+                "analyzers enabled by the reload start only after a restart (none ran at start)"
+            ),
+            None => {}
+        }
+        Ok(())
     }
 
     /// Queue a finished session for the outputs. Never blocks; a full queue is
@@ -189,56 +241,118 @@ struct Lane {
     handle: JoinHandle<()>,
 }
 
-fn run_recorder(
-    rx: Receiver<Msg>,
-    mut store: Option<transcripts::TranscriptStore>,
+/// Writes attacks to the transcript store and the sinks' queues.
+struct Writer {
+    store: Option<transcripts::TranscriptStore>,
     lanes: Vec<Lane>,
     budget: Arc<AtomicU64>,
     stats: Arc<Stats>,
     throttle: Arc<Throttle>,
-) {
-    loop {
-        let (captured, size) = match rx.recv() {
-            Ok(Msg::Session(c, size)) => (*c, size),
-            Ok(Msg::Reopen) => {
-                for lane in &lanes {
-                    if lane.tx.try_send(LaneMsg::Reopen).is_err() {
-                        tracing::warn!(sink = lane.name, "output queue full: not reopened");
-                    }
-                }
-                continue;
-            }
-            Ok(Msg::Close) | Err(_) => break,
-        };
-        let mut attack = captured.seal();
-        if let Some(store) = store.as_mut() {
+}
+
+impl Writer {
+    /// Write one attack: its transcript, then every sink's queue. `size` is what it
+    /// holds of the output queue's byte budget.
+    fn write(&mut self, mut attack: Attack, size: u64) {
+        if let Some(store) = self.store.as_mut() {
             match store.write(&attack) {
                 Ok(r) => attack.transcript_ref = Some(r),
                 Err(e) => {
-                    Stats::inc(&stats.output_errors);
-                    limit_warn!(throttle, "transcript_write", error = %e, "transcript file not written");
+                    Stats::inc(&self.stats.output_errors);
+                    limit_warn!(self.throttle, "transcript_write", error = %e, "transcript file not written");
                 }
             }
         }
-        Stats::inc(&stats.attacks);
+        if !attack.analysis.is_virtual {
+            Stats::inc(&self.stats.attacks);
+        }
         let record = Arc::new(Record {
             attack,
             size,
-            budget: Arc::clone(&budget),
+            budget: Arc::clone(&self.budget),
         });
-        for lane in &lanes {
+        for lane in &self.lanes {
             if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
                 lane.tx.try_send(LaneMsg::Record(Arc::clone(&record)))
             {
-                Stats::inc(&stats.records_dropped);
-                limit_warn!(throttle, "sink_queue_full", sink = lane.name, id = %record.attack.id, "attack record not written: output queue full");
+                Stats::inc(&self.stats.records_dropped);
+                limit_warn!(self.throttle, "sink_queue_full", sink = lane.name, id = %record.attack.id, "attack record not written: output queue full");
             }
         }
     }
-    for lane in lanes {
-        drop(lane.tx);
-        let _ = lane.handle.join();
+
+    /// An analyzed attack and its virtual attacks.
+    fn write_analyzed(&mut self, a: Analyzed) {
+        self.write(a.attack, a.size);
+        for v in a.virtuals {
+            // Virtual attacks hold no share of the byte budget of their own.
+            self.write(v, 0);
+        }
     }
+
+    fn reopen(&self) {
+        for lane in &self.lanes {
+            if lane.tx.try_send(LaneMsg::Reopen).is_err() {
+                tracing::warn!(sink = lane.name, "output queue full: not reopened");
+            }
+        }
+    }
+
+    /// Let every sink write out its queue, then stop.
+    fn close(&mut self) {
+        for lane in self.lanes.drain(..) {
+            drop(lane.tx);
+            let _ = lane.handle.join();
+        }
+    }
+}
+
+fn run_recorder(rx: Receiver<Msg>, pipeline: Option<Arc<Pipeline>>, out: &mut Writer) {
+    // A sealed attack goes to analysis when there is room, else straight out.
+    let session = |out: &mut Writer, c: Captured, size: u64| {
+        let attack = c.seal();
+        match &pipeline {
+            Some(p) => {
+                if let Err((attack, size)) = p.try_submit(Box::new(attack), size) {
+                    Stats::inc(&out.stats.analysis_skipped);
+                    limit_warn!(out.throttle, "analysis_queue_full", "attack written without analysis: the analysis queue is full (analysis.queue_size)");
+                    out.write(*attack, size);
+                }
+            }
+            None => out.write(attack, size),
+        }
+    };
+    loop {
+        match rx.recv() {
+            Ok(Msg::Session(c, size)) => session(out, *c, size),
+            Ok(Msg::Analyzed(a)) => out.write_analyzed(*a),
+            Ok(Msg::Reopen) => out.reopen(),
+            Ok(Msg::Close) | Err(_) => break,
+        }
+    }
+    // Shutdown: attacks still queued for analysis go out unanalyzed, running
+    // analyses finish; keep writing until every worker is done.
+    let Some(p) = pipeline.as_ref() else {
+        return;
+    };
+    p.begin_close();
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(20)) {
+            Ok(Msg::Session(c, size)) => out.write(c.seal(), size),
+            Ok(Msg::Analyzed(a)) => out.write_analyzed(*a),
+            Ok(Msg::Reopen | Msg::Close) => {}
+            Err(_) if p.finished() => break,
+            Err(_) => {}
+        }
+    }
+    while let Ok(m) = rx.try_recv() {
+        match m {
+            Msg::Session(c, size) => out.write(c.seal(), size),
+            Msg::Analyzed(a) => out.write_analyzed(*a),
+            _ => {}
+        }
+    }
+    p.join();
 }
 
 fn run_sink(
