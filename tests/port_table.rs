@@ -147,3 +147,56 @@ async fn servers_start_on_demand_idle_out_and_are_evicted_lru() {
     assert_eq!(udp["destination"]["ip"], "127.0.0.1");
     assert_eq!(udp["source"]["bytes"], 17);
 }
+
+/// Eviction picks candidates in batches (the oldest 1/16) yet stays exact LRU: a
+/// candidate touched after it was picked is skipped, the next oldest goes instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_stays_least_recently_used_with_many_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[sensor]\ndata_dir = \"{}\"\n[network]\nbind_addresses = [\"127.0.0.1\"]\n[monitor.listen]\ntcp = []\nudp = []\n[limits]\nmax_listeners = 32\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let ctx = Context::start(config::load(Some(&path)).unwrap()).unwrap();
+    let table = PortTable::new(ctx.clone());
+    // Distinct ports, kept bound by nobody else (a listener each, closed below).
+    let mut ports = Vec::new();
+    while ports.len() < 35 {
+        let p = free_port();
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    let (old, new) = ports.split_at(32);
+    // Activity is recorded in milliseconds: space the starts apart.
+    for &p in old {
+        assert_eq!(trigger(&table, Protocol::Tcp, p), Ensured::Started);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    // Full: the oldest (old[0]) goes; old[1] is picked as the next candidate too.
+    assert_eq!(trigger(&table, Protocol::Tcp, new[0]), Ensured::Started);
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    // old[1] is used again: no longer the least recently used.
+    assert_eq!(trigger(&table, Protocol::Tcp, old[1]), Ensured::Running);
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    assert_eq!(trigger(&table, Protocol::Tcp, new[1]), Ensured::Started);
+    assert_eq!(trigger(&table, Protocol::Tcp, new[2]), Ensured::Started);
+    let running: Vec<u16> = table.list().iter().map(|(_, p, _)| *p).collect();
+    assert_eq!(running.len(), 32);
+    for gone in [old[0], old[2], old[3]] {
+        assert!(!running.contains(&gone), "{gone} evicted");
+    }
+    for kept in old[1..2].iter().chain(&old[4..]).chain(new) {
+        assert!(running.contains(kept), "{kept} still running");
+    }
+    assert_eq!(ctx.stats.listeners_evicted.load(Relaxed), 3);
+    // Evicted servers stop listening.
+    assert!(wait_until(Duration::from_secs(2), || !connects(old[0])
+        && !connects(old[2])));
+    assert!(connects(old[1]) && connects(new[2]));
+}

@@ -40,7 +40,7 @@ use super::packet::{be16, ipv4, ipv6, PacketError};
 use super::Monitor;
 use crate::limit_warn;
 use crate::proto::Protocol;
-use crate::server::{Ensured, PortTable, Trigger};
+use crate::server::{Ensured, Pending, PortTable, Trigger};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -383,6 +383,58 @@ fn unseen_between(last: u32, id: u32) -> u32 {
     }
 }
 
+/// Most packets read before their verdicts are given: a burst is handled in
+/// batches, but a verdict never waits for more than this many ports to be bound.
+const BATCH: usize = 64;
+
+/// A verdict that accepts every packet of a queue up to and including packet `last`
+/// (NFQNL_MSG_VERDICT_BATCH): one netlink message for a whole batch. The kernel
+/// applies it to the packets still waiting with an id up to `last` (ids are given
+/// in order; packets lost to an overflow were never queued), so each packet of the
+/// batch gets exactly one verdict.
+fn batch_verdict_message(queue: u16, last: u32) -> [u8; 32] {
+    const NFNL_SUBSYS_QUEUE: u16 = 3;
+    const NFQNL_MSG_VERDICT_BATCH: u16 = 3;
+    const NFQA_VERDICT_HDR: u16 = 2;
+    const NF_ACCEPT: u32 = 1;
+    let mut m = [0u8; 32];
+    // struct nlmsghdr (host byte order): length, type, flags; sequence and port 0.
+    m[0..4].copy_from_slice(&32u32.to_ne_bytes());
+    m[4..6].copy_from_slice(&(NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_VERDICT_BATCH).to_ne_bytes());
+    m[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    // struct nfgenmsg: AF_UNSPEC, NFNETLINK_V0, the queue number (big endian).
+    m[18..20].copy_from_slice(&queue.to_be_bytes());
+    // NFQA_VERDICT_HDR: struct nfqnl_msg_verdict_hdr, big endian.
+    m[20..22].copy_from_slice(&12u16.to_ne_bytes());
+    m[22..24].copy_from_slice(&NFQA_VERDICT_HDR.to_ne_bytes());
+    m[24..28].copy_from_slice(&NF_ACCEPT.to_be_bytes());
+    m[28..32].copy_from_slice(&last.to_be_bytes());
+    m
+}
+
+/// Send [`batch_verdict_message`] to the kernel on the queue's socket.
+fn send_batch_verdict(fd: RawFd, queue: u16, last: u32) -> io::Result<()> {
+    let m = batch_verdict_message(queue, last);
+    // SAFETY: zeroed sockaddr_nl is valid (the kernel's address: port 0).
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: `m` and `addr` are valid for reads of the lengths given.
+    let rc = unsafe {
+        libc::sendto(
+            fd,
+            m.as_ptr().cast::<libc::c_void>(),
+            m.len(),
+            0,
+            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// What the thread needs.
 struct Loop {
     queue: nfq::Queue,
@@ -393,12 +445,16 @@ struct Loop {
     number: u16,
     /// Packet id of the last message received (the kernel numbers them 1, 2, ...).
     last_id: u32,
+    /// Without the socket's descriptor there is no batch verdict: the batch's
+    /// messages wait here for one verdict each.
+    held: Vec<nfq::Message>,
 }
 
 impl Loop {
     /// Decide about one packet: trigger the port table if it is an attempt on a
-    /// port that is not ignored. The caller gives the verdict (ACCEPT) afterwards.
-    fn handle(&self, packet: &[u8]) {
+    /// port that is not ignored. On return a new port listens; its server's task
+    /// is in `pending`. The caller gives the verdict (ACCEPT) afterwards.
+    fn handle(&self, packet: &[u8], pending: &mut Pending) {
         let c = &self.counters;
         let attempt = match parse(packet) {
             Ok(a) => a,
@@ -416,14 +472,17 @@ impl Loop {
             Protocol::Tcp => c.tcp_syns.fetch_add(1, Relaxed),
             Protocol::Udp => c.udp_datagrams.fetch_add(1, Relaxed),
         };
-        // `trigger` applies the policy (ignore: nothing bound) and binds
+        // The policy is applied (ignore: nothing bound) and the port bound
         // synchronously, so the listener exists before the verdict.
-        let result = self.table.trigger(&Trigger {
-            protocol: attempt.protocol,
-            local: attempt.local,
-            remote: attempt.remote,
-            monitor: NAME,
-        });
+        let result = self.table.trigger_deferred(
+            &Trigger {
+                protocol: attempt.protocol,
+                local: attempt.local,
+                remote: attempt.remote,
+                monitor: NAME,
+            },
+            pending,
+        );
         let counter = match result {
             Ensured::Started => &c.started,
             Ensured::Running => &c.running,
@@ -434,23 +493,79 @@ impl Loop {
         tracing::debug!(protocol = %attempt.protocol, local = %attempt.local, remote = %attempt.remote, result = ?result, "nfqueue: new attempt");
     }
 
-    /// Handle one message and give its verdict (always ACCEPT, also if the handler
-    /// panics).
-    fn verdict(&mut self, mut msg: nfq::Message) {
+    /// Handle `first` and whatever else is queued already (up to [`BATCH`]
+    /// packets, without waiting): bind the ports they need, hand the new servers to
+    /// the runtime, then accept them all (also if the handler panics).
+    fn batch(&mut self, first: nfq::Message) {
+        let mut pending = Pending::default();
+        let mut last = self.take(first, &mut pending);
+        for _ in 1..BATCH {
+            match self.queue.recv() {
+                Ok(msg) => last = self.take(msg, &mut pending),
+                Err(e) => {
+                    if e.raw_os_error() != Some(libc::EAGAIN) {
+                        self.recv_error(&e);
+                    }
+                    break;
+                }
+            }
+        }
+        // The runtime registers the new servers on another core while this thread
+        // gives the verdicts; the kernel already queues their connections.
+        let table = &self.table;
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| table.launch(pending))).is_err()
+        {
+            self.counters.errors.fetch_add(1, Relaxed);
+            tracing::error!("nfqueue: starting the new servers panicked; the packets are accepted");
+        }
+        self.accept_through(last);
+    }
+
+    /// Count and handle one message; its verdict waits for the end of the batch.
+    /// Returns its packet id.
+    fn take(&mut self, msg: nfq::Message, pending: &mut Pending) -> u32 {
         self.counters.packets.fetch_add(1, Relaxed);
-        self.count_unseen(msg.get_packet_id());
+        let id = msg.get_packet_id();
+        self.count_unseen(id);
         let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.handle(msg.get_payload())
+            self.handle(msg.get_payload(), pending)
         }));
         if handled.is_err() {
             self.counters.errors.fetch_add(1, Relaxed);
             tracing::error!("nfqueue: the packet handler panicked; the packet is accepted");
         }
-        msg.set_verdict(nfq::Verdict::Accept);
-        if let Err(e) = self.queue.verdict(msg) {
-            self.counters.verdict_errors.fetch_add(1, Relaxed);
-            let ctx = Arc::clone(self.table.context());
-            limit_warn!(ctx.throttle, "nfqueue_verdict", error = %e, "nfqueue: cannot send a verdict (the kernel accepts the packet when the queue is torn down)");
+        if self.fd.is_none() {
+            self.held.push(msg);
+        }
+        id
+    }
+
+    /// ACCEPT every packet of the batch, the last being packet `last`.
+    fn accept_through(&mut self, last: u32) {
+        let ctx = Arc::clone(self.table.context());
+        if let Some(fd) = self.fd {
+            // The verdict is the only way out of the queue for these packets, so a
+            // transient failure (EINTR, no memory for the message) is retried.
+            let mut result = send_batch_verdict(fd, self.number, last);
+            for _ in 0..3 {
+                if result.is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                result = send_batch_verdict(fd, self.number, last);
+            }
+            if let Err(e) = result {
+                self.counters.verdict_errors.fetch_add(1, Relaxed);
+                limit_warn!(ctx.throttle, "nfqueue_verdict", error = %e, "nfqueue: cannot send a verdict (the kernel accepts the packets when the queue is torn down)");
+            }
+            return;
+        }
+        for mut msg in std::mem::take(&mut self.held) {
+            msg.set_verdict(nfq::Verdict::Accept);
+            if let Err(e) = self.queue.verdict(msg) {
+                self.counters.verdict_errors.fetch_add(1, Relaxed);
+                limit_warn!(ctx.throttle, "nfqueue_verdict", error = %e, "nfqueue: cannot send a verdict (the kernel accepts the packet when the queue is torn down)");
+            }
         }
     }
 
@@ -488,33 +603,38 @@ impl Loop {
         unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
     }
 
+    /// Count and report a receive error other than EAGAIN.
+    fn recv_error(&self, e: &io::Error) {
+        let ctx = Arc::clone(self.table.context());
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::ENOBUFS) => {
+                // The socket buffer overflowed: the kernel accepted (fail open) what
+                // it could not deliver. Go on.
+                self.counters.overflows.fetch_add(1, Relaxed);
+                limit_warn!(ctx.throttle, "nfqueue_overflow", queue = self.number, "nfqueue: netlink socket overflow (ENOBUFS): packets went through unseen; raise monitor.nfqueue.rcvbuf");
+            }
+            _ => {
+                self.counters.errors.fetch_add(1, Relaxed);
+                limit_warn!(ctx.throttle, "nfqueue_error", queue = self.number, error = %e, "nfqueue: receive error");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
     /// Receive and judge packets until a stop is requested.
     fn run(&mut self) {
-        let ctx = Arc::clone(self.table.context());
         while !self.stop.requested() {
             match self.queue.recv() {
-                Ok(msg) => self.verdict(msg),
-                Err(e) => match e.raw_os_error() {
-                    Some(libc::EAGAIN) => self.wait(),
-                    Some(libc::EINTR) => {}
-                    Some(libc::ENOBUFS) => {
-                        // The socket buffer overflowed: the kernel accepted (fail
-                        // open) what it could not deliver. Go on.
-                        self.counters.overflows.fetch_add(1, Relaxed);
-                        limit_warn!(ctx.throttle, "nfqueue_overflow", queue = self.number, "nfqueue: netlink socket overflow (ENOBUFS): packets went through unseen; raise monitor.nfqueue.rcvbuf");
-                    }
-                    _ => {
-                        self.counters.errors.fetch_add(1, Relaxed);
-                        limit_warn!(ctx.throttle, "nfqueue_error", queue = self.number, error = %e, "nfqueue: receive error");
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                },
+                Ok(msg) => self.batch(msg),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => self.wait(),
+                Err(e) => self.recv_error(&e),
             }
         }
         // Accept what is still waiting, then leave the queue (with --queue-bypass the
         // kernel lets packets through while nobody is bound).
         while let Ok(msg) = self.queue.recv() {
-            self.verdict(msg);
+            self.batch(msg);
         }
         let _ = self.queue.unbind(self.number);
         self.log_summary();
@@ -570,6 +690,7 @@ impl Monitor for NfqueueMonitor {
             stop: Arc::clone(&stop),
             number: cfg.queue,
             last_id: 0,
+            held: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("nfqueue".into())

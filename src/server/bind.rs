@@ -1,22 +1,33 @@
 //! Socket creation for dynamic servers: SO_REUSEADDR, IPV6_V6ONLY for `::` so IPv4
-//! and IPv6 can be bound side by side, and the configured backlog.
+//! and IPv6 can be bound side by side, and the configured backlog. Only the
+//! kernel-visible part: the sockets are registered with the runtime later, by the
+//! server's task (see the port table), and the kernel already accepts connections
+//! and queues datagrams for them meanwhile.
 
 use crate::proto::Protocol;
+use nix::sys::socket::{self as nsock, sockopt};
 use socket2::{Domain, Socket, Type};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-/// Bind a listening TCP socket.
-pub fn tcp_listener(ip: IpAddr, port: u16, backlog: u32) -> io::Result<tokio::net::TcpListener> {
+/// Bind a listening TCP socket (non-blocking).
+pub fn tcp_listener(ip: IpAddr, port: u16, backlog: u32) -> io::Result<std::net::TcpListener> {
     let sock = socket(ip, port, Protocol::Tcp)?;
     sock.listen(backlog.min(i32::MAX as u32) as i32)?;
-    tokio::net::TcpListener::from_std(sock.into())
+    Ok(sock.into())
 }
 
-/// Bind a UDP socket.
-pub fn udp_socket(ip: IpAddr, port: u16) -> io::Result<tokio::net::UdpSocket> {
+/// Bind a UDP socket (non-blocking) that reports each datagram's destination
+/// address (IP_PKTINFO / IPV6_RECVPKTINFO), asked for before the first datagram
+/// can arrive, so replies leave from the address the peer wrote to.
+pub fn udp_socket(ip: IpAddr, port: u16) -> io::Result<std::net::UdpSocket> {
     let sock = socket(ip, port, Protocol::Udp)?;
-    tokio::net::UdpSocket::from_std(sock.into())
+    if ip.is_ipv4() {
+        nsock::setsockopt(&sock, sockopt::Ipv4PacketInfo, &true)?;
+    } else {
+        nsock::setsockopt(&sock, sockopt::Ipv6RecvPacketInfo, &true)?;
+    }
+    Ok(sock.into())
 }
 
 fn socket(ip: IpAddr, port: u16, proto: Protocol) -> io::Result<Socket> {
@@ -25,13 +36,13 @@ fn socket(ip: IpAddr, port: u16, proto: Protocol) -> io::Result<Socket> {
         Protocol::Tcp => (Type::STREAM, socket2::Protocol::TCP),
         Protocol::Udp => (Type::DGRAM, socket2::Protocol::UDP),
     };
-    let sock = Socket::new(Domain::for_address(addr), ty, Some(p))?;
+    // Non-blocking and close-on-exec from socket(2) itself: fewer system calls on
+    // the nfqueue monitor's verdict path.
+    let sock = Socket::new(Domain::for_address(addr), ty.nonblocking(), Some(p))?;
     sock.set_reuse_address(true)?;
     if ip.is_ipv6() {
         sock.set_only_v6(true)?;
     }
-    sock.set_nonblocking(true)?;
-    sock.set_cloexec(true)?;
     sock.bind(&addr.into())?;
     Ok(sock)
 }

@@ -7,7 +7,7 @@ mod port_table;
 pub mod tcp;
 pub mod udp;
 
-pub use port_table::{Ensured, PortTable, Trigger};
+pub use port_table::{Ensured, Pending, PortTable, Trigger};
 
 use crate::config::Loaded;
 use crate::mode::normal::SessionSpec;

@@ -2,6 +2,21 @@
 //! sure a server runs for (protocol, port); it applies the port policy, binds on
 //! demand, closes idle servers after `conn_timeout`, and evicts the least recently
 //! used server when `max_listeners` is reached.
+//!
+//! Starting a server has two halves. The kernel-visible half (socket, bind, listen)
+//! is done synchronously, so when `ensure` returns the kernel already accepts
+//! connections (and queues datagrams) for the port. The runtime half (registration
+//! with tokio, the serving task) follows in one task per port, which also watches
+//! for idleness. The nfqueue monitor defers that half for a whole batch of packets
+//! ([`PortTable::trigger_deferred`], [`PortTable::launch`]) so its verdicts do not
+//! wait for it.
+//!
+//! Eviction is exact LRU in amortised O(1): rather than scanning every server for
+//! each new port, the oldest 1/16 of the unpinned servers (by `last_active`) are
+//! remembered as candidates, oldest first. A candidate touched since it was chosen
+//! (its `last_active` changed), closed or replaced is skipped; any other candidate
+//! is older than every server outside the list, so it is still the least recently
+//! used one.
 
 use super::{bind, tcp, udp};
 use crate::attack::Mode;
@@ -10,7 +25,7 @@ use crate::limit_warn;
 use crate::proto::Protocol;
 use crate::stats::Stats;
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -76,10 +91,48 @@ struct Entry {
     pinned: bool,
 }
 
+type Key = (Protocol, u16);
+
+/// The servers and the eviction candidates, under one lock.
+#[derive(Default)]
+struct Servers {
+    map: HashMap<Key, Entry>,
+    /// Eviction candidates, newest first (popped from the end): key, entry id and
+    /// `last_active` when chosen.
+    victims: Vec<(Key, u64, u64)>,
+}
+
+/// A socket bound for a new server, not yet registered with the runtime.
+enum Bound {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
+}
+
+/// A server whose sockets listen but whose task has not started.
+struct Launch {
+    key: Key,
+    id: u64,
+    handle: ServerHandle,
+    sockets: Vec<Bound>,
+    pinned: bool,
+}
+
+/// Servers bound by [`PortTable::trigger_deferred`], waiting for
+/// [`PortTable::launch`]. Dropping it unlaunched leaves bound ports nobody serves
+/// until they idle out: always launch it.
+#[derive(Default)]
+pub struct Pending(Vec<Launch>);
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Every dynamic server, keyed by (protocol, port).
 pub struct PortTable {
     ctx: Arc<Context>,
-    servers: Mutex<HashMap<(Protocol, u16), Entry>>,
+    servers: Mutex<Servers>,
     /// Ports reported as unbindable, so each is reported once.
     reported: Mutex<HashSet<(Protocol, u16)>>,
     /// Bind addresses that failed for a reason of their own (IPv6 disabled, not an
@@ -93,7 +146,7 @@ impl PortTable {
     pub fn new(ctx: Arc<Context>) -> Arc<PortTable> {
         Arc::new(PortTable {
             ctx,
-            servers: Mutex::new(HashMap::new()),
+            servers: Mutex::new(Servers::default()),
             reported: Mutex::new(HashSet::new()),
             reported_addrs: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(1),
@@ -111,6 +164,12 @@ impl PortTable {
         self.ensure(t.protocol, t.local.port(), t.monitor, false)
     }
 
+    /// Like [`PortTable::trigger`], but a new server's task is not started: it is
+    /// added to `pending` for [`PortTable::launch`]. The port listens on return.
+    pub fn trigger_deferred(&self, t: &Trigger, pending: &mut Pending) -> Ensured {
+        self.ensure_deferred(t.protocol, t.local.port(), t.monitor, false, pending)
+    }
+
     /// Make sure a server listens on (proto, port) unless the policy ignores it.
     /// `pinned` servers stay until [`PortTable::unpin`].
     pub fn ensure(
@@ -120,9 +179,46 @@ impl PortTable {
         monitor: &str,
         pinned: bool,
     ) -> Ensured {
+        let mut pending = Pending::default();
+        let result = self.ensure_deferred(proto, port, monitor, pinned, &mut pending);
+        self.launch(pending);
+        result
+    }
+
+    /// Start the tasks of the servers in `pending`: one spawn for the lot (cheap
+    /// from a thread outside the runtime), which spawns one task per server.
+    pub fn launch(self: &Arc<Self>, pending: Pending) {
+        let mut launches = pending.0;
+        match launches.len() {
+            0 => {}
+            1 => {
+                let l = launches.pop().expect("one");
+                tokio::spawn(Arc::clone(self).serve(l));
+            }
+            _ => {
+                let table = Arc::clone(self);
+                tokio::spawn(async move {
+                    for l in launches {
+                        tokio::spawn(Arc::clone(&table).serve(l));
+                    }
+                });
+            }
+        }
+    }
+
+    /// The synchronous half of [`PortTable::ensure`]: policy, eviction, and the
+    /// bound sockets of a new server, added to `pending`.
+    fn ensure_deferred(
+        &self,
+        proto: Protocol,
+        port: u16,
+        monitor: &str,
+        pinned: bool,
+        pending: &mut Pending,
+    ) -> Ensured {
         let cfg = self.ctx.config();
         let mut servers = self.servers.lock().unwrap();
-        if let Some(e) = servers.get_mut(&(proto, port)) {
+        if let Some(e) = servers.map.get_mut(&(proto, port)) {
             e.handle.touch();
             e.pinned |= pinned;
             return Ensured::Running;
@@ -130,11 +226,15 @@ impl PortTable {
         if cfg.policy.mode(proto, port) == Mode::Ignore {
             return Ensured::Ignored;
         }
-        if servers.len() >= cfg.config.limits.max_listeners && !self.evict_lru(&mut servers) {
+        if servers.map.len() >= cfg.config.limits.max_listeners && !self.evict_lru(&mut servers) {
             Stats::inc(&self.ctx.stats.limit_max_listeners);
             limit_warn!(self.ctx.throttle, "max_listeners", %proto, port, max = cfg.config.limits.max_listeners, "listener cap reached and every server is pinned: not binding");
             return Ensured::Full;
         }
+        let net = &cfg.config.network;
+        let Some(sockets) = self.bind_all(proto, port, &net.bind_addresses, net.backlog) else {
+            return Ensured::Unavailable;
+        };
         let handle = ServerHandle {
             cancel: self.ctx.stop_accepting.child_token(),
             last_active: Arc::new(AtomicU64::new(0)),
@@ -142,19 +242,46 @@ impl PortTable {
             epoch: self.epoch,
         };
         handle.touch();
-        let net = &cfg.config.network;
-        let mut bound = 0;
+        let id = self.next_id.fetch_add(1, Relaxed);
+        Stats::inc(&self.ctx.stats.listeners_started);
+        tracing::debug!(%proto, port, monitor, pinned, "server started");
+        servers.map.insert(
+            (proto, port),
+            Entry {
+                id,
+                handle: handle.clone(),
+                pinned,
+            },
+        );
+        pending.0.push(Launch {
+            key: (proto, port),
+            id,
+            handle,
+            sockets,
+            pinned,
+        });
+        Ensured::Started
+    }
+
+    /// Bind (proto, port) on every address. `None` (counted and reported once per
+    /// port) if the port is owned by another program or no address could be bound.
+    fn bind_all(
+        &self,
+        proto: Protocol,
+        port: u16,
+        addresses: &[IpAddr],
+        backlog: u32,
+    ) -> Option<Vec<Bound>> {
+        let mut sockets = Vec::with_capacity(addresses.len());
         let mut errors = Vec::new();
         let mut owned = false;
-        for ip in &net.bind_addresses {
+        for ip in addresses {
             let result = match proto {
-                Protocol::Tcp => bind::tcp_listener(*ip, port, net.backlog)
-                    .map(|l| tcp::spawn(Arc::clone(self), l, handle.clone())),
-                Protocol::Udp => bind::udp_socket(*ip, port)
-                    .and_then(|s| udp::spawn(Arc::clone(self), s, handle.clone())),
+                Protocol::Tcp => bind::tcp_listener(*ip, port, backlog).map(Bound::Tcp),
+                Protocol::Udp => bind::udp_socket(*ip, port).map(Bound::Udp),
             };
             match result {
-                Ok(()) => bound += 1,
+                Ok(s) => sockets.push(s),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                     owned = true;
                     errors.push(format!("{ip}: {e}"));
@@ -172,33 +299,87 @@ impl PortTable {
         }
         // In use on any address means another program owns the port: leave all of it
         // to that program (an IPv4-only service must not get an IPv6 honeypot beside
-        // it). Other errors (IPv6 disabled, an address not on this host) only cost
-        // that address.
-        if bound == 0 || owned {
-            handle.cancel.cancel();
+        // it); the sockets bound so far are closed when dropped. Other errors (IPv6
+        // disabled, an address not on this host) only cost that address.
+        if sockets.is_empty() || owned {
             Stats::inc(&self.ctx.stats.bind_failures);
             if self.reported.lock().unwrap().insert((proto, port)) {
                 tracing::warn!(%proto, port, errors = errors.join("; "), "cannot bind port (owned by another program?); skipped");
             }
-            return Ensured::Unavailable;
+            return None;
         }
         if !errors.is_empty() {
             tracing::debug!(%proto, port, errors = errors.join("; "), "port bound on some addresses only");
         }
-        let id = self.next_id.fetch_add(1, Relaxed);
-        Stats::inc(&self.ctx.stats.listeners_started);
-        tracing::debug!(%proto, port, monitor, pinned, "server started");
-        if !pinned {
-            tokio::spawn(Arc::clone(self).watch_idle(proto, port, id, handle.clone()));
+        Some(sockets)
+    }
+
+    /// A server's task: serves its first socket (further addresses get a task
+    /// each) and, unless pinned, closes the server once it is idle.
+    async fn serve(self: Arc<Self>, l: Launch) {
+        let Launch {
+            key,
+            id,
+            handle,
+            sockets,
+            pinned,
+        } = l;
+        let mut sockets = sockets.into_iter();
+        let Some(first) = sockets.next() else { return };
+        for more in sockets {
+            let table = Arc::clone(&self);
+            let handle = handle.clone();
+            tokio::spawn(async move { table.serve_socket(key, id, more, handle).await });
         }
-        servers.insert((proto, port), Entry { id, handle, pinned });
-        Ensured::Started
+        let serve = Arc::clone(&self).serve_socket(key, id, first, handle.clone());
+        if pinned {
+            serve.await;
+        } else {
+            let idle = Arc::clone(&self).watch_idle(key.0, key.1, id, handle);
+            tokio::select! {
+                _ = serve => {}
+                _ = idle => {}
+            }
+        }
+    }
+
+    /// Register `socket` with the runtime and serve it until the server is
+    /// cancelled. If registration fails, the server is closed.
+    async fn serve_socket(self: Arc<Self>, key: Key, id: u64, socket: Bound, handle: ServerHandle) {
+        let result = match socket {
+            Bound::Tcp(l) => match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => {
+                    tcp::serve(Arc::clone(&self), l, handle.clone()).await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            Bound::Udp(s) => match tokio::net::UdpSocket::from_std(s) {
+                Ok(s) => udp::serve(Arc::clone(&self), s, handle.clone()).await,
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = result {
+            limit_warn!(self.ctx.throttle, "server_register", proto = %key.0, port = key.1, error = %e, "cannot register a new server's socket with the runtime: server closed");
+            self.close_id(key, id);
+            handle.cancel.cancel();
+        }
+    }
+
+    /// Remove the server on `key` if it is still the one numbered `id`.
+    fn close_id(&self, key: Key, id: u64) {
+        let mut servers = self.servers.lock().unwrap();
+        if servers.map.get(&key).is_some_and(|e| e.id == id) {
+            if let Some(e) = servers.map.remove(&key) {
+                e.handle.cancel.cancel();
+            }
+        }
     }
 
     /// Let a pinned server idle out like a dynamic one.
     pub fn unpin(self: &Arc<Self>, proto: Protocol, port: u16) {
         let mut servers = self.servers.lock().unwrap();
-        if let Some(e) = servers.get_mut(&(proto, port)) {
+        if let Some(e) = servers.map.get_mut(&(proto, port)) {
             if e.pinned {
                 e.pinned = false;
                 tokio::spawn(Arc::clone(self).watch_idle(proto, port, e.id, e.handle.clone()));
@@ -208,7 +389,7 @@ impl PortTable {
 
     /// Close the server on (proto, port), if any.
     pub fn close(&self, proto: Protocol, port: u16) {
-        if let Some(e) = self.servers.lock().unwrap().remove(&(proto, port)) {
+        if let Some(e) = self.servers.lock().unwrap().map.remove(&(proto, port)) {
             e.handle.cancel.cancel();
         }
     }
@@ -217,7 +398,7 @@ impl PortTable {
     pub fn apply_policy(&self) {
         let cfg = self.ctx.config();
         let mut servers = self.servers.lock().unwrap();
-        servers.retain(|(proto, port), e| {
+        servers.map.retain(|(proto, port), e| {
             let keep = cfg.policy.mode(*proto, *port) != Mode::Ignore;
             if !keep {
                 tracing::info!(%proto, port, "port now ignored: server closed");
@@ -235,6 +416,7 @@ impl PortTable {
             .servers
             .lock()
             .unwrap()
+            .map
             .iter()
             .map(|(k, e)| (k.0, k.1, e.pinned))
             .collect();
@@ -243,17 +425,51 @@ impl PortTable {
     }
 
     /// Close the least recently active unpinned server. False if there is none.
-    fn evict_lru(&self, servers: &mut HashMap<(Protocol, u16), Entry>) -> bool {
-        let victim = servers
+    fn evict_lru(&self, servers: &mut Servers) -> bool {
+        let mut fresh = false;
+        loop {
+            while let Some((key, id, seen)) = servers.victims.pop() {
+                let Some(e) = servers.map.get(&key) else {
+                    continue;
+                };
+                // A candidate just chosen is taken even if touched meanwhile (the
+                // touch does not take the lock), so the loop always ends.
+                let untouched = e.handle.last_active.load(Relaxed) == seen;
+                if e.id != id || e.pinned || !(untouched || fresh) {
+                    continue;
+                }
+                let e = servers.map.remove(&key).expect("victim exists");
+                e.handle.cancel.cancel();
+                Stats::inc(&self.ctx.stats.listeners_evicted);
+                limit_warn!(self.ctx.throttle, "listener_evicted", proto = %key.0, port = key.1, "listener cap reached: closed the least recently used server");
+                return true;
+            }
+            if fresh || !Self::choose_victims(servers) {
+                return false;
+            }
+            fresh = true;
+        }
+    }
+
+    /// Remember the oldest 1/16 of the unpinned servers (at least one) as eviction
+    /// candidates, newest first. False if every server is pinned.
+    fn choose_victims(servers: &mut Servers) -> bool {
+        let mut all: Vec<(u64, u64, Key)> = servers
+            .map
             .iter()
             .filter(|(_, e)| !e.pinned)
-            .min_by_key(|(_, e)| e.handle.last_active.load(Relaxed))
-            .map(|(k, _)| *k);
-        let Some(key) = victim else { return false };
-        let e = servers.remove(&key).expect("victim exists");
-        e.handle.cancel.cancel();
-        Stats::inc(&self.ctx.stats.listeners_evicted);
-        limit_warn!(self.ctx.throttle, "listener_evicted", proto = %key.0, port = key.1, "listener cap reached: closed the least recently used server");
+            .map(|(k, e)| (e.handle.last_active.load(Relaxed), e.id, *k))
+            .collect();
+        if all.is_empty() {
+            return false;
+        }
+        let n = (all.len() / 16).max(1);
+        if n < all.len() {
+            all.select_nth_unstable(n - 1);
+            all.truncate(n);
+        }
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        servers.victims = all.into_iter().map(|(seen, id, k)| (k, id, seen)).collect();
         true
     }
 
@@ -275,9 +491,9 @@ impl PortTable {
                 }
             }
             let mut servers = self.servers.lock().unwrap();
-            match servers.get(&(proto, port)) {
+            match servers.map.get(&(proto, port)) {
                 Some(e) if e.id == id && !e.pinned => {
-                    servers.remove(&(proto, port));
+                    servers.map.remove(&(proto, port));
                     handle.cancel.cancel();
                     Stats::inc(&self.ctx.stats.listeners_idle_closed);
                     tracing::debug!(%proto, port, "server idle for conn_timeout: closed");

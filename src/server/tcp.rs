@@ -11,28 +11,26 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
-/// Start accepting on `listener` until the server is cancelled.
-pub fn spawn(table: Arc<PortTable>, listener: TcpListener, handle: ServerHandle) {
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = handle.cancel.cancelled() => return,
-                r = listener.accept() => r,
-            };
-            match accepted {
-                Ok((stream, remote)) => {
-                    handle.touch();
-                    on_connection(table.context(), stream, remote, &handle.monitor);
-                }
-                Err(e) => {
-                    // Out of descriptors or memory: back off instead of spinning.
-                    let ctx = table.context();
-                    limit_warn!(ctx.throttle, "accept_error", error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+/// Accept on `listener` until the server is cancelled (run in the server's task).
+pub async fn serve(table: Arc<PortTable>, listener: TcpListener, handle: ServerHandle) {
+    loop {
+        let accepted = tokio::select! {
+            _ = handle.cancel.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, remote)) => {
+                handle.touch();
+                on_connection(table.context(), stream, remote, &handle.monitor);
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                let ctx = table.context();
+                limit_warn!(ctx.throttle, "accept_error", error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    });
+    }
 }
 
 /// One accepted connection, attributed to `monitor`: policy lookup by the port it

@@ -9,12 +9,12 @@ use crate::mode::normal::DatagramPeer;
 use crate::proto::Protocol;
 use crate::stats::Stats;
 use nix::sys::socket::{
-    self as nsock, sockopt, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage,
+    self as nsock, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage,
 };
 use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -25,42 +25,40 @@ pub const SESSION_QUEUE: usize = 64;
 
 type Sessions = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
 
-/// Start receiving on `socket` until the server is cancelled.
-pub fn spawn(table: Arc<PortTable>, socket: UdpSocket, handle: ServerHandle) -> io::Result<()> {
+/// Receive on `socket` until the server is cancelled (run in the server's task).
+/// The socket comes from [`super::bind::udp_socket`], which asks for each
+/// datagram's destination address (IP_PKTINFO) before any can arrive.
+pub async fn serve(
+    table: Arc<PortTable>,
+    socket: UdpSocket,
+    handle: ServerHandle,
+) -> io::Result<()> {
     let bound = socket.local_addr()?;
-    if bound.is_ipv4() {
-        nsock::setsockopt(&socket.as_fd(), sockopt::Ipv4PacketInfo, &true)?;
-    } else {
-        nsock::setsockopt(&socket.as_fd(), sockopt::Ipv6RecvPacketInfo, &true)?;
-    }
     let socket = Arc::new(socket);
     let sessions: Sessions = Arc::default();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65_536];
-        loop {
-            let received = tokio::select! {
-                _ = handle.cancel.cancelled() => return,
-                r = socket.async_io(Interest::READABLE, || recv(&socket, &mut buf)) => r,
-            };
-            match received {
-                Ok((n, peer, dst)) => {
-                    handle.touch();
-                    let local = SocketAddr::new(dst.unwrap_or(bound.ip()), bound.port());
-                    on_datagram(
-                        &table,
-                        &socket,
-                        &sessions,
-                        &handle,
-                        buf[..n].to_vec(),
-                        local,
-                        peer,
-                    );
-                }
-                Err(e) => tracing::debug!(error = %e, port = bound.port(), "udp receive error"),
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let received = tokio::select! {
+            _ = handle.cancel.cancelled() => return Ok(()),
+            r = socket.async_io(Interest::READABLE, || recv(&socket, &mut buf)) => r,
+        };
+        match received {
+            Ok((n, peer, dst)) => {
+                handle.touch();
+                let local = SocketAddr::new(dst.unwrap_or(bound.ip()), bound.port());
+                on_datagram(
+                    &table,
+                    &socket,
+                    &sessions,
+                    &handle,
+                    buf[..n].to_vec(),
+                    local,
+                    peer,
+                );
             }
+            Err(e) => tracing::debug!(error = %e, port = bound.port(), "udp receive error"),
         }
-    });
-    Ok(())
+    }
 }
 
 fn on_datagram(
