@@ -57,6 +57,8 @@ pub struct Transcript {
     pub bytes_out: u64,
     /// True when `read_limit` was reached (incoming data may have been cut).
     pub truncated: bool,
+    /// Findings of the per-read analyzers, made while the session ran.
+    pub findings: Vec<crate::analysis::Finding>,
 }
 
 impl Transcript {
@@ -326,12 +328,16 @@ impl Captured {
                 r.received = Some(Hashes::of(&self.transcript.outgoing()));
             }
         }
+        let analysis = crate::analysis::Analysis {
+            findings: std::mem::take(&mut self.transcript.findings),
+            ..Default::default()
+        };
         Attack {
             id: new_attack_id(self.start),
             payload_hashes: Hashes::of(&self.transcript.payload()),
             session: self,
             transcript_ref: None,
-            analysis: Default::default(),
+            analysis,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The state every task shares: the current configuration generation, counters,
 //! admission limits, the recorder, and the shutdown signals.
 
+use crate::analysis::registry::AnalyzerSet;
 use crate::config::Loaded;
 use crate::server::limits::{BufferBudget, Limiter};
 use crate::sink::Recorder;
@@ -20,6 +21,8 @@ pub struct Context {
     pub limiter: Arc<Limiter>,
     /// Admission of mirror and proxy relays.
     pub relays: Arc<crate::mode::guard::RelayGuard>,
+    /// The per-read analyzers in force (swapped on reload).
+    pub per_read: ArcSwap<Vec<Arc<dyn crate::analysis::Analyzer>>>,
     /// Memory all open sessions may hold together.
     pub buffers: Arc<BufferBudget>,
     pub recorder: Recorder,
@@ -38,9 +41,12 @@ impl Context {
         let stats = Arc::new(Stats::default());
         let throttle = Arc::new(Throttle::default());
         let sinks = crate::sink::build(&loaded.config, &stats)?;
+        let mut set = AnalyzerSet::build(&loaded.config)?;
+        let per_read = std::mem::take(&mut set.per_read);
         let recorder = Recorder::start(
             &loaded.config,
             sinks,
+            set,
             Arc::clone(&stats),
             Arc::clone(&throttle),
         )?;
@@ -50,12 +56,22 @@ impl Context {
             throttle,
             limiter: Limiter::new(),
             relays: crate::mode::guard::RelayGuard::new(),
+            per_read: ArcSwap::from_pointee(per_read),
             buffers,
             recorder,
             stop_accepting: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             sessions: TaskTracker::new(),
         }))
+    }
+
+    /// Use the analyzers of `config` from now on (SIGHUP).
+    pub fn reload_analysis(&self, config: &crate::config::Config) -> anyhow::Result<()> {
+        let mut set = AnalyzerSet::build(config)?;
+        self.per_read
+            .store(Arc::new(std::mem::take(&mut set.per_read)));
+        self.recorder.reload_analysis(config, set);
+        Ok(())
     }
 
     /// The configuration in force now.

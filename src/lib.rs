@@ -214,7 +214,7 @@ fn reload(
                 merged.config.monitor.nfqueue.queue = o.monitor.nfqueue.queue;
                 merged.overridden = true;
             }
-            if let Err(e) = ctx.recorder.reload_analysis(&merged.config) {
+            if let Err(e) = ctx.reload_analysis(&merged.config) {
                 tracing::error!("SIGHUP: analyzers not reloaded, the old ones keep running: {e:#}");
             }
             ctx.buffers.set_max(merged.config.limits.max_buffered);

@@ -12,6 +12,7 @@
 //! counted, and the attack still reaches every output.
 
 pub mod pipeline;
+pub mod protocol;
 pub mod record;
 pub mod registry;
 
@@ -127,4 +128,11 @@ pub trait Analyzer: Send + Sync + 'static {
     /// Look at `input` and put what it finds into `out`. An error is logged and
     /// counted; it never loses the attack.
     fn run(&self, input: &Input, out: &mut Output) -> anyhow::Result<()>;
+
+    /// Per-read stage only: look at one chunk from the attacker as it arrives
+    /// (`offset`: bytes received before it). Runs in the session, so it must be
+    /// cheap and bounded.
+    fn on_chunk(&self, offset: u64, chunk: &[u8], findings: &mut Vec<Finding>) {
+        let _ = (offset, chunk, findings);
+    }
 }

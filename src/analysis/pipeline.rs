@@ -277,13 +277,18 @@ pub fn analyze(
     throttle: &Throttle,
     attack: &mut Attack,
 ) -> Vec<Attack> {
+    // Keep what the per-read analyzers found during the session.
+    let earlier = std::mem::take(&mut attack.analysis.findings);
     let mut run = Run {
         attack,
         limits,
         stats,
         throttle,
         deadline: Instant::now() + limits.attack_budget,
-        analysis: Analysis::default(),
+        analysis: Analysis {
+            findings: earlier,
+            ..Analysis::default()
+        },
         virtuals: Vec::new(),
     };
     let payload = Item {

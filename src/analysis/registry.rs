@@ -27,7 +27,10 @@ pub type BuildFn = fn(&toml::Table, &Config) -> anyhow::Result<Option<Arc<dyn An
 
 /// Every analyzer honeytrap has, in the order they run within a stage.
 pub fn all() -> Vec<Registration> {
-    vec![]
+    vec![
+        // per-read
+        super::protocol::registration(),
+    ]
 }
 
 /// Options every analyzer has.
@@ -76,6 +79,9 @@ pub fn find(name: &str) -> Option<Registration> {
 pub fn names() -> Vec<&'static str> {
     all().iter().map(|r| r.name).collect()
 }
+
+/// The per-read analyzers, shared by every session.
+pub type PerRead = Arc<Vec<Arc<dyn Analyzer>>>;
 
 /// The enabled analyzers of `config`, grouped by stage, in registry order.
 #[derive(Default)]

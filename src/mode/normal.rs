@@ -27,7 +27,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_CHUNK: usize = 16 * 1024;
 
 /// What one normal-mode session needs to know, fixed when it starts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionSpec {
     pub handling: PortHandling,
     pub read_timeout: Duration,
@@ -35,6 +35,8 @@ pub struct SessionSpec {
     pub read_limit: u64,
     /// `[relay]` (mirror and proxy mode).
     pub relay: crate::config::RelayConfig,
+    /// The per-read analyzers.
+    pub per_read: crate::analysis::registry::PerRead,
     pub sensor: Arc<str>,
     pub monitor: Arc<str>,
     /// Memory shared by all sessions (`limits.max_buffered`).
@@ -46,6 +48,8 @@ pub struct SessionSpec {
 /// Takes incoming bytes into a transcript within `read_limit` and the shared
 /// buffer budget.
 pub struct Intake {
+    /// Per-read analyzers, run on each chunk.
+    per_read: crate::analysis::registry::PerRead,
     lease: BufferLease,
     limit: u64,
     stats: Arc<Stats>,
@@ -55,6 +59,7 @@ pub struct Intake {
 impl Intake {
     pub fn new(spec: &SessionSpec) -> Intake {
         Intake {
+            per_read: std::sync::Arc::clone(&spec.per_read),
             lease: BufferLease::new(&spec.buffers),
             limit: spec.read_limit,
             stats: Arc::clone(&spec.stats),
@@ -93,6 +98,9 @@ impl Intake {
 
     /// Record `data` from the attacker; Err says why the session must end.
     pub fn take(&mut self, t: &mut Transcript, data: &[u8]) -> Result<(), EndReason> {
+        for a in self.per_read.iter() {
+            a.on_chunk(t.bytes_in, data, &mut t.findings);
+        }
         let room = self.limit.saturating_sub(t.bytes_in).min(data.len() as u64);
         if !self.lease.grow(room) {
             Stats::inc(&self.stats.limit_buffered);

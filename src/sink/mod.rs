@@ -96,6 +96,7 @@ impl Recorder {
     pub fn start(
         config: &Config,
         sinks: Vec<Box<dyn Sink>>,
+        set: AnalyzerSet,
         stats: Arc<Stats>,
         throttle: Arc<Throttle>,
     ) -> anyhow::Result<Recorder> {
@@ -122,7 +123,6 @@ impl Recorder {
             lanes.push(Lane { name, tx, handle });
         }
         let (tx, rx) = sync_channel::<Msg>(queue);
-        let set = AnalyzerSet::build(config)?;
         let pipeline = if set.is_empty() {
             None
         } else {
@@ -172,8 +172,7 @@ impl Recorder {
 
     /// Use the analyzers of a new configuration (SIGHUP). The number of workers
     /// and the queue size need a restart.
-    pub fn reload_analysis(&self, config: &Config) -> anyhow::Result<()> {
-        let set = AnalyzerSet::build(config)?;
+    pub fn reload_analysis(&self, config: &Config, set: AnalyzerSet) {
         match &self.pipeline {
             Some(p) => p.reload(&config.analysis, set),
             None if !set.is_empty() => tracing::warn!(
@@ -181,7 +180,6 @@ impl Recorder {
             ),
             None => {}
         }
-        Ok(())
     }
 
     /// Queue a finished session for the outputs. Never blocks; a full queue is
@@ -452,7 +450,13 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let written = Arc::new(AtomicUsize::new(0));
         let sinks: Vec<Box<dyn Sink>> = vec![Box::new(Slow(Arc::clone(&written)))];
-        let r = Recorder::start(&config, sinks, Arc::clone(&stats), Arc::default()).unwrap();
+        let r = Recorder::start(
+            &config,
+            sinks,
+            AnalyzerSet::default(),
+            Arc::clone(&stats),
+            Arc::default(),
+        ).unwrap();
         let started = Instant::now();
         for _ in 0..100 {
             r.submit(captured());
@@ -484,7 +488,13 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let written = Arc::new(AtomicUsize::new(0));
         let sinks: Vec<Box<dyn Sink>> = vec![Box::new(Slow(Arc::clone(&written)))];
-        let r = Recorder::start(&config, sinks, Arc::clone(&stats), Arc::default()).unwrap();
+        let r = Recorder::start(
+            &config,
+            sinks,
+            AnalyzerSet::default(),
+            Arc::clone(&stats),
+            Arc::default(),
+        ).unwrap();
         // 40 attacks of 100 KiB: only about 10 fit in 1 MiB at a time.
         for _ in 0..40 {
             let mut c = captured();
