@@ -56,6 +56,13 @@ pub struct ProxyArgs {
     /// Proxy scenario: honeytrap's transcripts: on, off or both (two honeytrap runs).
     #[arg(long, default_value = "both")]
     pub transcripts: String,
+    /// Proxy scenario: also measure `socat -b 32768` as the relay (bulk only), a plain
+    /// copying relay that records nothing, for reference.
+    #[arg(long)]
+    pub socat: bool,
+    /// Proxy scenario: socat's buffer (`-b`), bytes; 32768 is honeytrap's relay chunk.
+    #[arg(long, default_value_t = 32768)]
+    pub socat_buffer: usize,
     /// Internal: a child role of the proxy scenario (`target ADDR`, `upload ADDR PORT
     /// BYTES`, `download ADDR PORT BYTES`, `rate ADDR PORT CLIENTS SECS`).
     #[arg(long, hide = true)]
@@ -405,12 +412,22 @@ struct Series {
 
 /// The proxy scenario, start to end; prints the table.
 pub fn run_scenario(pa: &ProxyArgs, honeytrap: &Path) -> Result<()> {
-    let settings: &[bool] = match pa.transcripts.as_str() {
-        "both" => &[true, false],
-        "on" => &[true],
-        "off" => &[false],
+    let mut relays = match pa.transcripts.as_str() {
+        "both" => vec![Relay::Honeytrap(true), Relay::Honeytrap(false)],
+        "on" => vec![Relay::Honeytrap(true)],
+        "off" => vec![Relay::Honeytrap(false)],
         t => bail!("--transcripts {t:?}: use on, off or both"),
     };
+    if pa.socat {
+        let ok = Command::new("socat")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            bail!("--socat needs `socat`: apt-get install -y socat");
+        }
+        relays.push(Relay::Socat(pa.socat_buffer));
+    }
     if !nix::unistd::Uid::effective().is_root() {
         bail!("monbench needs root (it creates network namespaces)");
     }
@@ -440,8 +457,8 @@ pub fn run_scenario(pa: &ProxyArgs, honeytrap: &Path) -> Result<()> {
     let net = Net3::new()?;
     let _target = start_target(&net)?;
     let mut rows = Vec::new();
-    for &transcripts in settings {
-        rows.extend(one_setting(pa, honeytrap, &net, transcripts)?);
+    for relay in relays {
+        rows.extend(one_setting(pa, honeytrap, &net, relay)?);
     }
     println!("# after: {}", load());
     print_table(&rows);
@@ -493,31 +510,137 @@ impl Drop for ChildGuard {
 }
 
 /// honeytrap with one recording setting: every test, direct and proxy alternating.
-fn one_setting(pa: &ProxyArgs, bin: &Path, net: &Net3, transcripts: bool) -> Result<Vec<Row>> {
-    let label = if transcripts {
-        "transcripts on"
-    } else {
-        "transcripts off"
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("monbench-proxy-")
-        .tempdir()?;
-    netns::remember_dir(dir.path());
-    let bulk = pa.bulk_mib * MIB;
-    let config = ht_config(net, dir.path(), bulk, pa.bulk_repeats, transcripts);
-    if transcripts {
-        check_disk(dir.path(), 3 * bulk * pa.bulk_repeats as u64)?;
+/// What relays the proxied runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Relay {
+    /// honeytrap, transcripts on or off.
+    Honeytrap(bool),
+    /// `socat -b BUFFER` (a plain copying relay, nothing recorded): the reference.
+    Socat(usize),
+}
+
+impl Relay {
+    fn label(self) -> String {
+        match self {
+            Relay::Honeytrap(true) => "transcripts on".into(),
+            Relay::Honeytrap(false) => "transcripts off".into(),
+            Relay::Socat(b) => format!("socat -b {b}"),
+        }
     }
-    eprintln!("[proxy] {label}: starting honeytrap");
-    let mut ht = Target::honeytrap(&net.front, bin, &config)?;
-    let events = dir.path().join("events.jsonl");
-    let mut records = 0u64;
+
+    /// Added to a target port to get the relay's port on the honeypot address.
+    fn port_offset(self) -> u16 {
+        match self {
+            Relay::Honeytrap(_) => 0,
+            Relay::Socat(_) => 1000,
+        }
+    }
+}
+
+/// The relay under test, running in the honeypot namespace.
+enum Running {
+    Honeytrap {
+        ht: Target,
+        dir: tempfile::TempDir,
+        records: u64,
+    },
+    /// Killed on drop.
+    Socat { _procs: Vec<ChildGuard> },
+}
+
+/// Start `relay`.
+fn start_relay(pa: &ProxyArgs, bin: &Path, net: &Net3, relay: Relay) -> Result<Running> {
+    match relay {
+        Relay::Socat(buffer) => start_socat(net, buffer, relay.port_offset()),
+        Relay::Honeytrap(transcripts) => {
+            let dir = tempfile::Builder::new()
+                .prefix("monbench-proxy-")
+                .tempdir()?;
+            netns::remember_dir(dir.path());
+            let bulk = pa.bulk_mib * MIB;
+            let config = ht_config(net, dir.path(), bulk, pa.bulk_repeats, transcripts);
+            if transcripts {
+                check_disk(dir.path(), 3 * bulk * pa.bulk_repeats as u64)?;
+            }
+            let ht = Target::honeytrap(&net.front, bin, &config)?;
+            Ok(Running::Honeytrap {
+                ht,
+                dir,
+                records: 0,
+            })
+        }
+    }
+}
+
+/// One socat per bulk port, `offset` above it (socat forks per connection, so it is
+/// not used for the connection rate).
+fn start_socat(net: &Net3, buffer: usize, offset: u16) -> Result<Running> {
+    let mut procs = Vec::new();
+    for port in [SINK, SOURCE] {
+        let mut cmd = NetPair::exec_in(net.honeypot(), "socat".as_ref());
+        cmd.args([
+            "-b",
+            &buffer.to_string(),
+            &format!(
+                "TCP4-LISTEN:{},bind={},fork,reuseaddr",
+                port + offset,
+                net.hp_v4()
+            ),
+            &format!("TCP4:{}:{port}", net.target_v4()),
+        ])
+        .stdin(std::process::Stdio::null());
+        netns::child_setup(&mut cmd);
+        procs.push(ChildGuard(cmd.spawn().context("starting socat")?));
+    }
+    // socat has no ready line; it listens within milliseconds.
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(Running::Socat { _procs: procs })
+}
+
+impl Running {
+    fn cpu(&self) -> f64 {
+        match self {
+            Running::Honeytrap { ht, .. } => cpu_secs(ht.pid()),
+            Running::Socat { .. } => 0.0,
+        }
+    }
+
+    /// After a proxied run that made `sessions` sessions: wait until honeytrap's
+    /// recorder has written them all, so it is idle before the next run.
+    fn settle(&mut self, sessions: u64) -> Option<String> {
+        let Running::Honeytrap { ht, dir, records } = self else {
+            return None;
+        };
+        *records += sessions;
+        wait_records(&dir.path().join("events.jsonl"), *records, ht.pid())
+    }
+
+    /// Stop it; notes for the table.
+    fn stop(self) -> Vec<String> {
+        let Running::Honeytrap { mut ht, dir, .. } = self else {
+            return Vec::new();
+        };
+        let peak = format!(
+            "honeytrap VmHWM {:.0} MiB",
+            vm_hwm_kib(ht.pid()) as f64 / 1024.0
+        );
+        let log = ht.stop();
+        netns::forget_dir(dir.path());
+        vec![peak, super::server_notes(&log, None, None)]
+    }
+}
+
+/// One relay: every test, direct and proxied runs alternating.
+fn one_setting(pa: &ProxyArgs, bin: &Path, net: &Net3, relay: Relay) -> Result<Vec<Row>> {
+    let label = relay.label();
+    eprintln!("[proxy] {label}: starting the relay");
+    let mut running = start_relay(pa, bin, net, relay)?;
     let mut rows = Vec::new();
     for test in [Test::Upload, Test::Download, Test::Rate] {
-        let repeats = if test == Test::Rate {
-            pa.rate_repeats
-        } else {
-            pa.bulk_repeats
+        let repeats = match test {
+            Test::Rate if matches!(relay, Relay::Socat(_)) => continue,
+            Test::Rate => pa.rate_repeats,
+            _ => pa.bulk_repeats,
         };
         let mut s = Series::default();
         for r in 0..repeats {
@@ -528,16 +651,22 @@ fn one_setting(pa: &ProxyArgs, bin: &Path, net: &Net3, transcripts: bool) -> Res
                 [true, false]
             };
             for proxied in order {
-                let cpu0 = cpu_secs(ht.pid());
-                let m = measure(pa, net, test, proxied)?;
-                let cpu = cpu_secs(ht.pid()) - cpu0;
+                let cpu0 = running.cpu();
+                let offset = if proxied {
+                    Some(relay.port_offset())
+                } else {
+                    None
+                };
+                let m = measure(pa, net, test, offset)?;
+                let cpu = running.cpu() - cpu0;
+                let cpu_note = matches!(relay, Relay::Honeytrap(_)) && proxied;
                 eprintln!(
                     "[proxy] {label} {} {} #{}: {}{}",
                     test.name(),
                     if proxied { "proxy " } else { "direct" },
                     r + 1,
                     m.line,
-                    if proxied {
+                    if cpu_note {
                         format!("; honeytrap CPU {cpu:.2} s")
                     } else {
                         String::new()
@@ -545,12 +674,12 @@ fn one_setting(pa: &ProxyArgs, bin: &Path, net: &Net3, transcripts: bool) -> Res
                 );
                 if proxied {
                     s.proxy.push(m.value);
-                    records += m.sessions;
-                    let waited = wait_records(&events, records);
-                    if let Some(note) = waited {
+                    if let Some(note) = running.settle(m.sessions) {
                         s.notes.push(note);
                     }
-                    s.notes.push(format!("#{} honeytrap CPU {cpu:.2} s", r + 1));
+                    if cpu_note {
+                        s.notes.push(format!("#{} honeytrap CPU {cpu:.2} s", r + 1));
+                    }
                 } else {
                     s.direct.push(m.value);
                 }
@@ -563,19 +692,12 @@ fn one_setting(pa: &ProxyArgs, bin: &Path, net: &Net3, transcripts: bool) -> Res
                 }
             }
         }
-        rows.push(row(test, label, s));
+        rows.push(row(test, label.clone(), s));
     }
-    let peak = format!(
-        "honeytrap VmHWM {:.0} MiB",
-        vm_hwm_kib(ht.pid()) as f64 / 1024.0
-    );
-    let log = ht.stop();
-    let server = super::server_notes(&log, None, None);
+    let notes = running.stop();
     if let Some(last) = rows.last_mut() {
-        last.notes.push(peak);
-        last.notes.push(server);
+        last.notes.extend(notes);
     }
-    netns::forget_dir(dir.path());
     Ok(rows)
 }
 
@@ -672,18 +794,23 @@ struct Measured {
 }
 
 /// One client run against the target (direct) or honeytrap (proxied).
-fn measure(pa: &ProxyArgs, net: &Net3, test: Test, proxied: bool) -> Result<Measured> {
-    let host = if proxied {
-        net.hp_v4()
-    } else {
-        net.target_v4()
+/// `relay_offset`: None for direct, else the relay's port offset on the honeypot address.
+fn measure(pa: &ProxyArgs, net: &Net3, test: Test, relay_offset: Option<u16>) -> Result<Measured> {
+    let (host, off) = match relay_offset {
+        Some(off) => (net.hp_v4(), off),
+        None => (net.target_v4(), 0),
     };
     let bulk = pa.bulk_mib * MIB;
     let (spec, limit) = match test {
-        Test::Upload => (format!("upload {host} {SINK} {bulk}"), 300),
-        Test::Download => (format!("download {host} {SOURCE} {bulk}"), 300),
+        Test::Upload => (format!("upload {host} {} {bulk}", SINK + off), 300),
+        Test::Download => (format!("download {host} {} {bulk}", SOURCE + off), 300),
         Test::Rate => (
-            format!("rate {host} {ECHO} {} {}", pa.rate_clients, pa.rate_secs),
+            format!(
+                "rate {host} {} {} {}",
+                ECHO + off,
+                pa.rate_clients,
+                pa.rate_secs
+            ),
             pa.rate_secs + 60,
         ),
     };
@@ -741,27 +868,28 @@ fn measure(pa: &ProxyArgs, net: &Net3, test: Test, proxied: bool) -> Result<Meas
 }
 
 /// Wait (at most 300 s) until honeytrap's event file has `n` lines, so the recorder
-/// is idle before the next run; a note if it never got there.
-fn wait_records(events: &Path, n: u64) -> Option<String> {
+/// is idle before the next run (hashing and writing a large record takes seconds);
+/// gives up early when honeytrap has used no CPU for 3 s. A note if it never got there.
+fn wait_records(events: &Path, n: u64, pid: u32) -> Option<String> {
     let t0 = Instant::now();
-    let (mut last, mut since) = (0u64, Instant::now());
+    let (mut cpu, mut since) = (cpu_secs(pid), Instant::now());
+    let mut lines = 0;
     while t0.elapsed() < Duration::from_secs(300) {
-        let lines = std::fs::read(events)
+        lines = std::fs::read(events)
             .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64)
             .unwrap_or(0);
         if lines >= n {
             return None;
         }
-        if lines != last {
-            (last, since) = (lines, Instant::now());
-        } else if since.elapsed() > Duration::from_secs(10) {
-            return Some(format!(
-                "{lines} of {n} records written (no progress for 10 s)"
-            ));
+        let now = cpu_secs(pid);
+        if now - cpu > 0.05 {
+            (cpu, since) = (now, Instant::now());
+        } else if since.elapsed() > Duration::from_secs(3) {
+            return Some(format!("{lines} of {n} records written (honeytrap idle)"));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Some(format!("{last} of {n} records written after 300 s"))
+    Some(format!("{lines} of {n} records written after 300 s"))
 }
 
 /// User plus system CPU seconds of `pid` so far.
@@ -794,7 +922,7 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 
 struct Row {
     test: Test,
-    setting: &'static str,
+    setting: String,
     direct: String,
     proxy: String,
     ratio: String,
@@ -819,7 +947,7 @@ fn spread(v: &[f64], unit: &str) -> String {
     format!("{:.0} {unit} ({min:.0}-{max:.0})", median(v))
 }
 
-fn row(test: Test, setting: &'static str, s: Series) -> Row {
+fn row(test: Test, setting: String, s: Series) -> Row {
     let unit = if test == Test::Rate {
         "conn/s"
     } else {
