@@ -11,6 +11,7 @@
 //! budget per analyzer and per attack; a failing or slow analyzer is logged and
 //! counted, and the attack still reaches every output.
 
+pub mod download;
 pub mod pipeline;
 pub mod protocol;
 pub mod record;

@@ -30,6 +30,8 @@ pub fn all() -> Vec<Registration> {
     vec![
         // per-read
         super::protocol::registration(),
+        super::download::http::registration(),
+        super::download::store::registration(),
     ]
 }
 

@@ -43,6 +43,7 @@ pub struct Config {
     pub analysis: AnalysisConfig,
     /// Options of each analyzer (`[analyzer.<name>]`), checked by its registration.
     pub analyzer: std::collections::BTreeMap<String, toml::Table>,
+    pub downloads: DownloadsConfig,
     pub output: OutputConfig,
 }
 
@@ -497,6 +498,49 @@ impl Default for AnalysisConfig {
     }
 }
 
+/// Safety limits shared by every downloader, and the store of downloaded files
+/// (docs/analysis.md, "Downloads").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadsConfig {
+    /// Largest file kept; a longer one is cut here and marked `truncated`.
+    #[serde(with = "units::bytesize")]
+    pub max_size: u64,
+    /// Longest one download may take (never past the analyzer's budget).
+    #[serde(with = "units::duration")]
+    pub timeout: Duration,
+    /// Most downloads running at once, across every analysis worker.
+    pub max_concurrent: usize,
+    /// The same URL is fetched at most once within this window.
+    #[serde(with = "units::duration")]
+    pub dedup_window: Duration,
+    /// Networks (CIDR) downloads may reach even when they are private, loopback or
+    /// the sensor's own.
+    pub allow: Vec<String>,
+    /// A download that points at a private address is tried from the attacker's
+    /// address instead.
+    pub replace_private_ips: bool,
+    /// Disk quota of `<data_dir>/downloads`: bytes and files.
+    #[serde(with = "units::bytesize")]
+    pub quota_bytes: u64,
+    pub quota_files: u64,
+}
+
+impl Default for DownloadsConfig {
+    fn default() -> Self {
+        DownloadsConfig {
+            max_size: 16 << 20,
+            timeout: Duration::from_secs(60),
+            max_concurrent: 4,
+            dedup_window: Duration::from_secs(3600),
+            allow: Vec::new(),
+            replace_private_ips: false,
+            quota_bytes: 1 << 30,
+            quota_files: 10_000,
+        }
+    }
+}
+
 /// Where finished attacks go.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -920,6 +964,7 @@ impl Config {
         let mut tables = self.analyzer.clone();
         crate::analysis::registry::check_and_fill(&mut tables)
             .map_err(|(key, msg)| Invalid::new(key, msg))?;
+        self.validate_downloads()?;
         let o = &self.output;
         positive("output.queue_size", o.queue_size as u64)?;
         if o.queue_bytes < 1 << 20 {
@@ -969,6 +1014,40 @@ impl Config {
                     "must be at most half of output.transcripts.quota_bytes (the quota removes whole files)",
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Check `[downloads]`.
+    fn validate_downloads(&self) -> Result<(), Invalid> {
+        let d = &self.downloads;
+        if d.max_size == 0 || d.max_size > 1 << 30 {
+            return Err(Invalid::new(
+                "downloads.max_size",
+                "must be between 1 byte and 1GiB (a download is held in memory)",
+            ));
+        }
+        if d.timeout.is_zero() {
+            return Err(Invalid::new("downloads.timeout", "must be longer than 0"));
+        }
+        if d.max_concurrent == 0 || d.max_concurrent > 256 {
+            return Err(Invalid::new(
+                "downloads.max_concurrent",
+                "must be between 1 and 256",
+            ));
+        }
+        for (i, net) in d.allow.iter().enumerate() {
+            crate::analysis::download::Cidr::parse(net)
+                .map_err(|m| Invalid::new(format!("downloads.allow[{i}]"), m))?;
+        }
+        if d.quota_bytes < d.max_size {
+            return Err(Invalid::new(
+                "downloads.quota_bytes",
+                "must be at least downloads.max_size",
+            ));
+        }
+        if d.quota_files == 0 {
+            return Err(Invalid::new("downloads.quota_files", "must be at least 1"));
         }
         Ok(())
     }

@@ -1,0 +1,1 @@
+//! The `ftp` downloader (in progress).

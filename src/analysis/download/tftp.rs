@@ -1,0 +1,1 @@
+//! The `tftp` downloader (in progress).
