@@ -442,7 +442,11 @@ fn kernel_drops_are_counted_and_warned_and_the_monitor_still_works() {
     assert!(dropped > 0, "{log}");
     assert!(seen > 1, "{log}");
     // The burst and the one refused probe: nothing is lost uncounted.
-    assert_eq!(seen + dropped, 1001, "{log}");
+    assert_eq!(
+        seen + dropped + summary(&log, "unread_at_stop"),
+        1001,
+        "{log}"
+    );
     // The warnings name every drop.
     let warned: u64 = log
         .lines()
@@ -480,4 +484,31 @@ fn the_default_rcvbuf_holds_a_burst_of_1000_refused_first_tries() {
     assert_eq!(summary(&log, "servers_started"), 1000, "{log}");
     assert_eq!(summary(&log, "dropped"), 0, "{log}");
     assert!(!log.contains("packets dropped by the kernel"), "{log}");
+}
+
+/// A stop while RSTs are still queued: they are counted (`unread_at_stop`), so what
+/// was seen, dropped and left unread adds up to what was sent.
+#[test]
+fn rsts_still_queued_at_stop_are_counted() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("sniffunread");
+    let mut d = Daemon::start(&net, &config("sniff", ""));
+    d.signal(nix::sys::signal::Signal::SIGSTOP);
+    let refused = refused_burst(&net, &net.hp_v4, 34000, 2000);
+    assert_eq!(refused, 2000, "every first try is refused");
+    // SIGTERM is taken when the process continues, with the burst still queued.
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    d.signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(d.wait_exit(Duration::from_secs(20)).success());
+    let log = d.log();
+    let (seen, dropped, unread) = (
+        summary(&log, "tcp_resets"),
+        summary(&log, "dropped"),
+        summary(&log, "unread_at_stop"),
+    );
+    eprintln!("seen {seen}, unread at stop {unread}");
+    assert_eq!(dropped, 0, "{log}");
+    assert_eq!(seen + unread, 2000, "{log}");
 }

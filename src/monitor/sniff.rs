@@ -30,6 +30,7 @@ use super::Monitor;
 use crate::proto::Protocol;
 use crate::server::{Ensured, PortTable, Trigger};
 use arc_swap::ArcSwap;
+use nix::sys::socket::MsgFlags;
 use socket2::{Domain, Socket, Type};
 use std::collections::HashSet;
 use std::io;
@@ -364,6 +365,8 @@ struct Counters {
     dropped: AtomicU64,
     /// Part of `dropped` no warning has named yet.
     unwarned: AtomicU64,
+    /// Still queued at stop, read and discarded.
+    unread: AtomicU64,
 }
 
 /// State shared by the reading tasks.
@@ -674,9 +677,20 @@ impl Shared {
             other = g(&c.other),
             errors = g(&c.errors),
             dropped = g(&c.dropped),
+            unread_at_stop = g(&c.unread),
             "sniff monitor stopped"
         );
     }
+}
+
+/// Read and discard what is queued on the non-blocking socket `fd`; returns how many
+/// packets there were (bounded: at most what a 1 GiB buffer holds).
+fn discard_queued(fd: libc::c_int, buf: &mut [u8]) -> u64 {
+    let mut n = 0;
+    while n < (1 << 21) && nix::sys::socket::recv(fd, buf, MsgFlags::MSG_DONTWAIT).is_ok() {
+        n += 1;
+    }
+    n
 }
 
 /// One packet socket being read.
@@ -735,6 +749,10 @@ async fn read_loop(r: Reader, table: Arc<PortTable>, shared: Arc<Shared>) {
         }
     }
     shared.account_drops(raw, &r.what, r.rcvbuf, &table, true);
+    // What is still queued is no longer served (no server starts after the stop):
+    // counted, so that seen + dropped + unread is every packet the filter kept.
+    let unread = discard_queued(raw, &mut buf);
+    shared.counters.unread.fetch_add(unread, Relaxed);
     if shared.readers.fetch_sub(1, Relaxed) == 1 {
         shared.log_summary();
     }
