@@ -32,6 +32,7 @@ pub fn all() -> Vec<Registration> {
         super::protocol::registration(),
         super::download::http::registration(),
         super::download::store::registration(),
+        super::download::tftp::registration(),
     ]
 }
 
