@@ -15,7 +15,7 @@
 //! bursts cost one map lookup each. Nothing is bound at start-up.
 //!
 //! Overflow is counted, not silent: each socket's receive buffer is `rcvbuf`
-//! (SO_RCVBUFFORCE; SO_RCVBUF, capped by `net.core.rmem_max`, without
+//! (SO_RCVBUFFORCE; SO_RCVBUF, capped at twice `net.core.rmem_max`, without
 //! CAP_NET_ADMIN), and what the kernel drops when it is full is read from
 //! `PACKET_STATISTICS` every second and at stop, warned about (rate-limited) and
 //! logged in the summary (`dropped`). The reader drains the socket until it is empty
@@ -512,7 +512,8 @@ fn rcvbuf_of(fd: libc::c_int) -> io::Result<usize> {
 }
 
 /// Set the socket's receive buffer to `bytes`: SO_RCVBUFFORCE (CAP_NET_ADMIN, beyond
-/// net.core.rmem_max), else SO_RCVBUF with a warning when the kernel caps it.
+/// net.core.rmem_max), else SO_RCVBUF (at most twice net.core.rmem_max) with a
+/// warning when the kernel caps it.
 /// Returns the size in force.
 fn set_rcvbuf(fd: libc::c_int, bytes: u64, what: &str) -> io::Result<usize> {
     // The kernel doubles the value it is given (for its bookkeeping), as socket(7)
@@ -546,7 +547,7 @@ fn set_rcvbuf(fd: libc::c_int, bytes: u64, what: &str) -> io::Result<usize> {
             rcvbuf = got,
             wanted = bytes,
             error = %forced,
-            "monitor.sniff.rcvbuf: SO_RCVBUFFORCE refused (needs CAP_NET_ADMIN, which is not kept after the privilege drop); the kernel capped the buffer at net.core.rmem_max: raise that sysctl, or expect drops (counted) under bursts"
+            "monitor.sniff.rcvbuf: SO_RCVBUFFORCE refused (needs CAP_NET_ADMIN, which is not kept after the privilege drop); the kernel capped the buffer at twice net.core.rmem_max: raise that sysctl to half of rcvbuf, or expect drops (counted) under bursts"
         );
     }
     Ok(got)
@@ -1093,11 +1094,33 @@ mod tests {
             Err(e) => panic!("packet socket as root: {e}"),
         };
         assert_eq!(take_drops(s.as_raw_fd()).unwrap(), 0);
-        let got = set_rcvbuf(s.as_raw_fd(), 16 << 20, "test").unwrap();
-        if root {
-            // SO_RCVBUFFORCE: the size as given, beyond net.core.rmem_max.
-            assert_eq!(got, 16 << 20);
+        let rmem_max: u64 = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let beyond = 4 * rmem_max;
+        let got = set_rcvbuf(s.as_raw_fd(), beyond, "test").unwrap();
+        if !root {
+            return;
         }
+        // SO_RCVBUFFORCE: the size as given, beyond net.core.rmem_max.
+        assert_eq!(got as u64, beyond);
+        // Without CAP_NET_ADMIN (capabilities are per thread: dropped in a thread of
+        // its own), SO_RCVBUF applies, capped at twice rmem_max.
+        let fd = s.as_raw_fd();
+        let capped = std::thread::spawn(move || {
+            caps::drop(
+                None,
+                caps::CapSet::Effective,
+                caps::Capability::CAP_NET_ADMIN,
+            )
+            .unwrap();
+            set_rcvbuf(fd, beyond, "test").unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(capped as u64, 2 * rmem_max);
     }
 
     #[test]
