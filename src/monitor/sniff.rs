@@ -18,8 +18,9 @@
 //! (SO_RCVBUFFORCE; SO_RCVBUF, capped at twice `net.core.rmem_max`, without
 //! CAP_NET_ADMIN), and what the kernel drops when it is full is read from
 //! `PACKET_STATISTICS` every second and at stop, warned about (rate-limited) and
-//! logged in the summary (`dropped`). The reader drains the socket until it is empty
-//! on each wake-up, into one reused buffer.
+//! logged in the summary (`dropped`; packets still queued at stop: `unread_at_stop`).
+//! The reader drains the socket until it is empty on each wake-up, into one reused
+//! buffer.
 //!
 //! Limits: IPv6 packets with extension headers between the IPv6 header and TCP /
 //! ICMPv6 are not recognised (the kernel does not add any to a RST or an ICMPv6
