@@ -33,6 +33,7 @@ pub fn all() -> Vec<Registration> {
         super::download::http::registration(),
         super::download::store::registration(),
         super::download::tftp::registration(),
+        super::download::ftp::registration(),
     ]
 }
 

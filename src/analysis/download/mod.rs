@@ -326,7 +326,7 @@ enum Dedup {
     /// This attack already has it: nothing to report.
     Skip,
     /// Fetched earlier: a copy of that record, `cached = true`.
-    Cached(Download),
+    Cached(Box<Download>),
     /// Fetch it now; finish the ticket with the result.
     Fetch(Ticket),
 }
@@ -380,7 +380,7 @@ fn dedup(key: &str, attack: Uuid, job: &Job) -> Dedup {
                         if s.attacks.len() < 64 {
                             s.attacks.push(attack);
                         }
-                        return Dedup::Cached(cached_copy(d, job.settings));
+                        return Dedup::Cached(Box::new(cached_copy(d, job.settings)));
                     }
                     None => {
                         // Another worker is fetching it: wait for its result.
@@ -470,7 +470,7 @@ pub fn fetch_all<T: Target>(
         let ticket = match dedup(&url, input.attack.id, &job) {
             Dedup::Skip => continue,
             Dedup::Cached(d) => {
-                out.downloads.push(d);
+                out.downloads.push(*d);
                 continue;
             }
             Dedup::Fetch(t) => t,
