@@ -241,9 +241,11 @@ fn after_dropping_root_the_sniffer_keeps_net_raw_and_works() {
     let mut d = Daemon::start(&net, &cfg);
     let status = support::daemon::proc_status(d.pid());
     let cap = |field: &str| support::daemon::capability_set(&status, field);
-    // CAP_NET_BIND_SERVICE (10) and CAP_NET_RAW (13), nothing else.
-    assert_eq!(cap("CapEff:"), (1 << 10) | (1 << 13), "{status}");
-    assert_eq!(cap("CapPrm:"), (1 << 10) | (1 << 13), "{status}");
+    // CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12, for SO_RCVBUFFORCE) and
+    // CAP_NET_RAW (13), nothing else.
+    let want = (1 << 10) | (1 << 12) | (1 << 13);
+    assert_eq!(cap("CapEff:"), want, "{status}");
+    assert_eq!(cap("CapPrm:"), want, "{status}");
     // Port 21 needs CAP_NET_BIND_SERVICE for the server the sniffer starts.
     assert!(!probe(&net, &net.hp_v4, 21));
     std::thread::sleep(Duration::from_millis(200));

@@ -767,10 +767,12 @@ impl Monitor for SniffMonitor {
 
     fn capabilities(&self) -> Vec<caps::Capability> {
         // The packet socket is opened after the privilege drop; servers may be
-        // started on ports below 1024.
+        // started on ports below 1024; SO_RCVBUFFORCE (monitor.sniff.rcvbuf above
+        // net.core.rmem_max) needs CAP_NET_ADMIN.
         vec![
             caps::Capability::CAP_NET_RAW,
             caps::Capability::CAP_NET_BIND_SERVICE,
+            caps::Capability::CAP_NET_ADMIN,
         ]
     }
 
