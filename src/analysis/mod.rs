@@ -11,11 +11,17 @@
 //! budget per analyzer and per attack; a failing or slow analyzer is logged and
 //! counted, and the attack still reaches every output.
 
+pub mod base64;
+pub mod decoding;
 pub mod download;
+pub mod http_body;
+pub mod percent;
 pub mod pipeline;
 pub mod protocol;
 pub mod record;
 pub mod registry;
+pub mod utf16;
+pub mod vnc;
 
 pub use pipeline::Pipeline;
 pub use record::{Analysis, Download, Finding, Source};

@@ -30,6 +30,12 @@ pub fn all() -> Vec<Registration> {
     vec![
         // per-read
         super::protocol::registration(),
+        // decode
+        super::http_body::registration(),
+        super::vnc::registration(),
+        super::percent::registration(),
+        super::base64::registration(),
+        super::utf16::registration(),
         super::download::http::registration(),
         super::download::store::registration(),
         super::download::tftp::registration(),
