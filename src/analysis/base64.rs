@@ -106,6 +106,9 @@ impl Analyzer for Base64 {
             if let Some(t) = ntlmssp_type(&blob.data) {
                 f.meta("ntlmssp_type", t);
             }
+            for (key, value) in ntlm_names(&blob.data) {
+                f.meta(key, value);
+            }
             let mut data = blob.data;
             data.truncate(n);
             out.decoded.push(Decoded {
@@ -298,6 +301,46 @@ fn ntlmssp_type(data: &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(rest.get(..4)?.try_into().ok()?))
 }
 
+/// Domain, user and workstation of an NTLMSSP Authenticate message (type 3):
+/// security buffers at 28, 36 and 44; UTF-16LE when the Unicode flag is set.
+fn ntlm_names(data: &[u8]) -> Vec<(&'static str, String)> {
+    if ntlmssp_type(data) != Some(3) {
+        return Vec::new();
+    }
+    let u16_at = |i: usize| data.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |i: usize| {
+        data.get(i..i + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let unicode = u32_at(60).is_some_and(|flags| flags & 1 == 1);
+    let mut out = Vec::new();
+    for (key, at) in [
+        ("ntlm_domain", 28),
+        ("ntlm_user", 36),
+        ("ntlm_workstation", 44),
+    ] {
+        let (Some(len), Some(off)) = (u16_at(at), u32_at(at + 4)) else {
+            continue;
+        };
+        let Some(raw) = data.get(off as usize..off as usize + len as usize) else {
+            continue;
+        };
+        let text = if unicode {
+            let units: Vec<u16> = raw
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16_lossy(&units)
+        } else {
+            String::from_utf8_lossy(raw).into_owned()
+        };
+        if !text.is_empty() {
+            out.push((key, text.chars().take(200).collect()));
+        }
+    }
+    out
+}
+
 fn ntlmssp_name(t: u32) -> String {
     match t {
         1 => "Negotiate".into(),
@@ -340,6 +383,39 @@ mod tests {
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].context, "NTLM");
         assert_eq!(b[0].data.len(), 32);
+    }
+
+    #[test]
+    fn ntlm_authenticate_names() {
+        // Type 3 with Unicode names: domain, user, workstation after the header.
+        let names: Vec<Vec<u8>> = ["CORP", "admin", "WS01"]
+            .iter()
+            .map(|s| s.encode_utf16().flat_map(u16::to_le_bytes).collect())
+            .collect();
+        let mut m = b"NTLMSSP\0".to_vec();
+        m.extend(3u32.to_le_bytes());
+        m.resize(64, 0);
+        m[60] = 1; // NEGOTIATE_UNICODE
+        let mut off = 64u32;
+        for (i, n) in names.iter().enumerate() {
+            let at = 28 + 8 * i;
+            m[at..at + 2].copy_from_slice(&(n.len() as u16).to_le_bytes());
+            m[at + 2..at + 4].copy_from_slice(&(n.len() as u16).to_le_bytes());
+            m[at + 4..at + 8].copy_from_slice(&off.to_le_bytes());
+            off += n.len() as u32;
+        }
+        for n in &names {
+            m.extend(n);
+        }
+        let text = base64::engine::general_purpose::STANDARD.encode(&m);
+        let a = Base64::new(Base64Options::default(), 1 << 20);
+        let out = decoding::run_on(&a, format!("Authorization: NTLM {text}\r\n").as_bytes());
+        let f = &out.findings[0];
+        assert_eq!(f.meta["ntlmssp_type"], 3);
+        assert_eq!(f.meta["ntlm_domain"], "CORP");
+        assert_eq!(f.meta["ntlm_user"], "admin");
+        assert_eq!(f.meta["ntlm_workstation"], "WS01");
+        assert!(f.detail.contains("NTLMSSP Authenticate"), "{}", f.detail);
     }
 
     #[test]
