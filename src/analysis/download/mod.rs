@@ -642,6 +642,65 @@ mod tests {
         );
     }
 
+    fn job(s: &Settings, ms: u64) -> Job<'_> {
+        Job {
+            settings: s,
+            attacker: ip("203.0.113.9"),
+            deadline: Instant::now() + Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn concurrency_cap_waits_then_gives_up() {
+        let mut s = settings(&[], false);
+        s.cfg.max_concurrent = 1;
+        let held = slot(&job(&s, 5000)).unwrap();
+        let t = Instant::now();
+        let err = slot(&job(&s, 150)).err().unwrap();
+        assert!(err.contains("max_concurrent"), "{err}");
+        assert!(t.elapsed() >= Duration::from_millis(140));
+        // Freed: the next one gets it at once.
+        drop(held);
+        assert!(slot(&job(&s, 1000)).is_ok());
+    }
+
+    #[test]
+    fn dedup_window() {
+        let s = settings(&[], false);
+        let (a1, a2) = (Uuid::now_v7(), Uuid::now_v7());
+        let key = format!("http://dedup.test/{}", Uuid::now_v7());
+        let Dedup::Fetch(ticket) = dedup(&key, a1, &job(&s, 1000)) else {
+            panic!("first time: fetch");
+        };
+        // The same attack asking again while it runs (a decoded copy): nothing.
+        assert!(matches!(dedup(&key, a1, &job(&s, 1000)), Dedup::Skip));
+        // Another attack waits for the running fetch, then gets its result.
+        let waiter = {
+            let s = s.clone();
+            let key = key.clone();
+            std::thread::spawn(move || match dedup(&key, a2, &job(&s, 5000)) {
+                Dedup::Cached(d) => *d,
+                _ => panic!("expected the cached record"),
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let mut d = Download::new("http", key.clone(), "h".into(), 80);
+        d.set_data(b"abc".to_vec());
+        ticket.finish(&d);
+        let c = waiter.join().unwrap();
+        assert!(c.cached && c.data.is_none());
+        assert_eq!(c.hashes, d.hashes);
+        assert_eq!(c.stored, None, "no stored file in this data_dir");
+        // A ticket dropped unfinished (a panic) forgets the URL.
+        let other = format!("{key}/x");
+        drop(dedup(&other, a1, &job(&s, 1000)));
+        assert!(matches!(dedup(&other, a2, &job(&s, 1000)), Dedup::Fetch(_)));
+        // Outside the window it is fetched again.
+        let mut s0 = settings(&[], false);
+        s0.cfg.dedup_window = Duration::ZERO;
+        assert!(matches!(dedup(&key, a2, &job(&s0, 1000)), Dedup::Fetch(_)));
+    }
+
     #[test]
     fn read_capped_cuts_and_marks() {
         let mut s = settings(&[], false);
