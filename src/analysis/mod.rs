@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod protocol;
 pub mod record;
 pub mod registry;
+pub mod selftest;
 pub mod utf16;
 pub mod vnc;
 

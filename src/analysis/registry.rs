@@ -36,10 +36,13 @@ pub fn all() -> Vec<Registration> {
         super::percent::registration(),
         super::base64::registration(),
         super::utf16::registration(),
+        // analyze
+        super::selftest::registration(),
         super::download::http::registration(),
-        super::download::store::registration(),
         super::download::tftp::registration(),
         super::download::ftp::registration(),
+        // store
+        super::download::store::registration(),
     ]
 }
 
