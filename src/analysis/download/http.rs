@@ -50,11 +50,16 @@ pub fn registration() -> Registration {
         name: "http",
         stage: Stage::Analyze,
         about: "fetches http(s):// URLs from wget, curl, PowerShell and plain URLs",
-        options: registry::options::<HttpOptions>,
+        options: |table| {
+            let o: HttpOptions = registry::parse(table)?;
+            if o.max_redirects > 20 {
+                return Err(("max_redirects".into(), "must be at most 20".into()));
+            }
+            registry::options::<HttpOptions>(table)
+        },
         build: |table, config| {
             let settings = Settings::from_config(config)?;
             registry::build_with(table, |o: HttpOptions| {
-                anyhow::ensure!(o.max_redirects <= 20, "max_redirects: must be at most 20");
                 Ok(Http {
                     settings,
                     options: o,

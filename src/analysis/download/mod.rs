@@ -579,6 +579,38 @@ mod tests {
     }
 
     #[test]
+    fn config_checked_with_key_and_line() {
+        let parse = |t: &str| crate::config::parse(std::path::Path::new("t.toml"), t);
+        let c = parse("[downloads]\nallow = [\"10.77.0.0/16\", \"fd77::1\"]\n").unwrap();
+        assert_eq!(Settings::from_config(&c).unwrap().allow.len(), 2);
+        for (text, key) in [
+            (
+                "[downloads]\nallow = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n",
+                "downloads.allow[1]",
+            ),
+            ("[downloads]\nmax_size = 0\n", "downloads.max_size"),
+            ("[downloads]\ntimeout = \"0s\"\n", "downloads.timeout"),
+            (
+                "[downloads]\nmax_concurrent = 0\n",
+                "downloads.max_concurrent",
+            ),
+            (
+                "[downloads]\nquota_bytes = \"1MiB\"\n",
+                "downloads.quota_bytes",
+            ),
+            ("[downloads]\nquota_files = 0\n", "downloads.quota_files"),
+            ("[downloads]\nmax_sise = 1\n", "max_sise"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let e = parse("[analyzer.http]\nmax_redirect = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_redirect"), "{e}");
+    }
+
+    #[test]
     fn cidr() {
         let c = Cidr::parse("10.77.0.0/16").unwrap();
         assert!(c.contains(ip("10.77.3.2")));

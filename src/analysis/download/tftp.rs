@@ -52,11 +52,16 @@ pub fn registration() -> Registration {
         name: "tftp",
         stage: Stage::Analyze,
         about: "fetches files named in tftp commands (Windows, busybox, tftp-hpa) over TFTP",
-        options: registry::options::<TftpOptions>,
+        options: |table| {
+            let o: TftpOptions = registry::parse(table)?;
+            if o.retransmit.is_zero() {
+                return Err(("retransmit".into(), "must be longer than 0".into()));
+            }
+            registry::options::<TftpOptions>(table)
+        },
         build: |table, config| {
             let settings = Settings::from_config(config)?;
             registry::build_with(table, |o: TftpOptions| {
-                anyhow::ensure!(!o.retransmit.is_zero(), "retransmit: must be longer than 0");
                 Ok(Tftp {
                     settings,
                     options: o,
