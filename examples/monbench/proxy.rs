@@ -34,6 +34,8 @@ const ANSWER: &[u8; 16] = b"monbench-answer\n";
 /// Client and target I/O buffer.
 const BUF: usize = 256 * 1024;
 const MIB: u64 = 1 << 20;
+/// Most exchanges one rate client makes in a run.
+const MAX_EXCHANGES: u64 = 1_000_000;
 
 /// Options of the proxy scenario (flattened into monbench's arguments).
 #[derive(Debug, clap::Args)]
@@ -256,7 +258,8 @@ struct RateTally {
 
 async fn rate_loop(dst: SocketAddr, end: tokio::time::Instant) -> RateTally {
     let mut t = RateTally::default();
-    while tokio::time::Instant::now() < end {
+    // Bounded in time and, as a backstop, in count.
+    while tokio::time::Instant::now() < end && t.ok + t.errors < MAX_EXCHANGES {
         let t0 = Instant::now();
         match tokio::time::timeout(Duration::from_secs(5), exchange(dst)).await {
             Ok(Ok(())) => {
