@@ -38,6 +38,7 @@ pub fn all() -> Vec<Registration> {
         super::utf16::registration(),
         // analyze
         super::selftest::registration(),
+        super::exe::registration(),
         super::download::http::registration(),
         super::download::tftp::registration(),
         super::download::ftp::registration(),
