@@ -15,6 +15,7 @@ pub mod base64;
 pub mod decoding;
 pub mod download;
 pub mod exe;
+pub mod fuzzy;
 pub mod http_body;
 pub mod percent;
 pub mod pipeline;

@@ -39,6 +39,7 @@ pub fn all() -> Vec<Registration> {
         // analyze
         super::selftest::registration(),
         super::exe::registration(),
+        super::fuzzy::registration(),
         super::download::http::registration(),
         super::download::tftp::registration(),
         super::download::ftp::registration(),
