@@ -12,6 +12,7 @@
 //! counted, and the attack still reaches every output.
 
 pub mod base64;
+pub mod clamav;
 pub mod decoding;
 pub mod download;
 pub mod exe;
@@ -25,6 +26,7 @@ pub mod registry;
 pub mod selftest;
 pub mod utf16;
 pub mod vnc;
+pub mod yara;
 
 pub use pipeline::Pipeline;
 pub use record::{Analysis, Download, Finding, Source};

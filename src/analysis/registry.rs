@@ -43,6 +43,8 @@ pub fn all() -> Vec<Registration> {
         super::download::http::registration(),
         super::download::tftp::registration(),
         super::download::ftp::registration(),
+        super::yara::registration(),
+        super::clamav::registration(),
         // store
         super::download::store::registration(),
     ]
