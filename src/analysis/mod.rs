@@ -24,6 +24,7 @@ pub mod protocol;
 pub mod record;
 pub mod registry;
 pub mod selftest;
+pub mod shellcode;
 pub mod utf16;
 pub mod vnc;
 pub mod yara;

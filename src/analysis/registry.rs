@@ -38,6 +38,7 @@ pub fn all() -> Vec<Registration> {
         super::utf16::registration(),
         // analyze
         super::selftest::registration(),
+        super::shellcode::registration(),
         super::exe::registration(),
         super::fuzzy::registration(),
         super::download::http::registration(),
