@@ -156,6 +156,25 @@ fn yara_rules_match_payloads_decoded_copies_and_reload() {
         .as_array()
         .unwrap()
         .is_empty());
+
+    // A broken rule file, then SIGHUP: refused with file and line, logged; the
+    // rules in force keep running.
+    std::fs::write(
+        rules.path().join("zz.yar"),
+        "rule Bad { condition: nope }\n",
+    )
+    .unwrap();
+    d.signal(Signal::SIGHUP);
+    assert!(
+        d.wait_log("new configuration refused", Duration::from_secs(30)),
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("zz.yar:1"), "{}", d.log());
+    nc_once(&net, &net.hp_v4, 4444, b"still-matching added-on-sighup");
+    let e = real_with(&d, b"still-matching");
+    assert_eq!(yara_findings(&e).len(), 1, "{e:#}");
+    assert_eq!(yara_findings(&e)[0]["meta"]["rule"], "Added_Later");
 }
 
 #[test]
