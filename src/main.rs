@@ -40,6 +40,11 @@ enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Print the native TOML equivalent of an original honeytrap.conf (docs/migration.md).
+    ConvertConfig {
+        /// The original configuration file.
+        file: PathBuf,
+    },
     /// List the analyzers: name, stage, whether the configuration enables them.
     Analyzers {
         /// Configuration file (TOML); without it the embedded default is used.
@@ -121,6 +126,19 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::ConvertConfig { file } => match honeytrap::config::legacy::read_path(&file) {
+            Ok(l) => {
+                for w in &l.extras.warnings {
+                    eprintln!("honeytrap: warning: {w}");
+                }
+                print!("{}", honeytrap::config::legacy::convert::to_toml(&l));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("honeytrap: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Analyzers { config } => match load(config.as_deref(), &Overrides::default()) {
             Ok(loaded) => {
                 print!("{}", analyzers(&loaded.config));
@@ -133,6 +151,7 @@ fn main() -> ExitCode {
         },
         Command::CheckConfig { config, overrides } => match load(config.as_deref(), &overrides) {
             Ok(loaded) => {
+                legacy_warnings(&loaded, |w| eprintln!("honeytrap: warning: {w}"));
                 print!("{}", loaded.config.to_toml());
                 ExitCode::SUCCESS
             }
@@ -168,6 +187,7 @@ fn main() -> ExitCode {
                         .with_ansi(use_color()),
                 )
                 .init();
+            legacy_warnings(&loaded, |w| tracing::warn!("{w}"));
             let control: Option<honeytrap::LogControl> = (!fixed).then(|| {
                 Box::new(move |f: &str| {
                     honeytrap::config::check_log_filter(f)?;
@@ -182,6 +202,14 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// The warnings of an original honeytrap.conf (load() logs them only on reload:
+/// at start-up there is no logger yet).
+fn legacy_warnings(loaded: &honeytrap::config::Loaded, mut emit: impl FnMut(&str)) {
+    for w in loaded.legacy.iter().flat_map(|x| x.warnings.iter()) {
+        emit(&w.to_string());
     }
 }
 

@@ -12,6 +12,8 @@ pub struct ConfigError {
     pub file: PathBuf,
     /// 1-based line of the key, when known.
     pub line: Option<usize>,
+    /// 1-based column, when known (errors in the original's syntax).
+    pub column: Option<usize>,
     /// Dotted key path such as `limits.read_timeout` or `ports.rule[2].ports`.
     pub key: String,
     /// What is wrong.
@@ -23,6 +25,9 @@ impl fmt::Display for ConfigError {
         write!(f, "{}", self.file.display())?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
         }
         if self.key.is_empty() {
             write!(f, ": {}", self.message)
@@ -55,6 +60,7 @@ impl Invalid {
         ConfigError {
             file: file.to_path_buf(),
             line,
+            column: None,
             key: self.key,
             message: self.message,
         }

@@ -5,6 +5,7 @@
 //! `default.toml` is what `honeytrap run` uses without `-c`.
 
 mod error;
+pub mod legacy;
 pub mod policy;
 pub mod ports;
 pub mod units;
@@ -652,6 +653,9 @@ pub struct Loaded {
     /// The command line changed the monitor (`--monitor`, `--queue`); a reload keeps
     /// the monitor settings as they are.
     pub overridden: bool,
+    /// Read from an original `honeytrap.conf`: what it set that has no native key
+    /// (outputs, logfile, pidfile) and the warnings (docs/migration.md).
+    pub legacy: Option<std::sync::Arc<legacy::LegacyExtras>>,
 }
 
 /// Load and validate `path`, or the embedded default when `path` is None.
@@ -661,6 +665,7 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
             let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
                 file: p.to_path_buf(),
                 line: None,
+                column: None,
                 key: String::new(),
                 message: format!("cannot read: {e}"),
             })?;
@@ -671,8 +676,20 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
             EMBEDDED_DEFAULT.to_string(),
         ),
     };
-    let config = parse(&name, &text)?;
-    let policy = PortPolicy::build(&config).map_err(|e| e.locate(&name, &text))?;
+    // The original's syntax is recognised by content (legacy::is_legacy). Its
+    // warnings are logged here, which is seen on a SIGHUP reload; at start-up the
+    // command line prints them (no logger yet).
+    let (config, policy, legacy) = if legacy::is_legacy(&text) {
+        let l = legacy::read(&name, &text)?;
+        for w in &l.extras.warnings {
+            tracing::warn!("{w}");
+        }
+        (l.config, l.policy, Some(std::sync::Arc::new(l.extras)))
+    } else {
+        let config = parse(&name, &text)?;
+        let policy = PortPolicy::build(&config).map_err(|e| e.locate(&name, &text))?;
+        (config, policy, None)
+    };
     let sensor = config.sensor.name.as_str().into();
     Ok(Loaded {
         config,
@@ -680,6 +697,7 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
         sensor,
         source: path.map(Path::to_path_buf),
         overridden: false,
+        legacy,
     })
 }
 
@@ -696,6 +714,7 @@ pub fn parse(name: &Path, text: &str) -> Result<Config, ConfigError> {
         ConfigError {
             file: name.to_path_buf(),
             line,
+            column: None,
             key: if key == "." { String::new() } else { key },
             message: inner.message().trim().to_string(),
         }
