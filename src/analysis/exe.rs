@@ -782,8 +782,9 @@ mod tests {
 
     #[test]
     fn bounded_scan_speed() {
-        // Per-MB cost on bytes full of near-magics (the worst case): printed for the
-        // docs, and a generous bound.
+        // Linear on bytes full of near-magics (the worst case). Printed; the bound
+        // only catches a quadratic scan (an optimised build does ~3 ms/MiB here and
+        // ~8 ms/MiB on random bytes, docs/analysis.md).
         let mut d = Vec::new();
         while d.len() < 4 << 20 {
             d.extend_from_slice(b"MZ\x7fELF\xfe\xed\xfa\xce\xca\xfe\xba\xbe");
@@ -792,6 +793,6 @@ mod tests {
         assert!(scan(&d, 4).is_empty());
         let per_mb = t.elapsed().as_secs_f64() * 1000.0 / 4.0;
         eprintln!("exe scan: {per_mb:.2} ms/MiB (near-magic worst case)");
-        assert!(per_mb < 200.0, "{per_mb} ms/MiB");
+        assert!(per_mb < 2000.0, "{per_mb} ms/MiB");
     }
 }
