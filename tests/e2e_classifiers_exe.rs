@@ -214,6 +214,22 @@ fn fuzzy_hashes_and_signatures() {
         ],
         "{e:#}"
     );
+
+    // The list is read again on SIGHUP: a renamed signature matches the next attack.
+    std::fs::write(&sigs, format!("renamed\tssdeep\t{RAND2_SSDEEP}\n")).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        d.wait_log("configuration reloaded", Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
+    nc_once(&net, &net.hp_v4, 4445, &data);
+    let e = analysed(&d, 4445);
+    let names: Vec<_> = findings(&e, "fuzzy", "signature")
+        .iter()
+        .map(|f| f["meta"]["name"].clone())
+        .collect();
+    assert_eq!(names, vec![Value::from("renamed")], "{e:#}");
     assert!(d.stop().success());
 }
 
