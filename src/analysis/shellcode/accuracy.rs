@@ -92,3 +92,36 @@ fn detection_rate_on_assembled_shellcode() {
         all.len()
     );
 }
+
+/// Informational (not a threshold): findings on compiled programs, the benign
+/// code a download may be. `cargo test --release --lib shellcode::accuracy --
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn findings_on_compiled_programs() {
+    let c = classifier();
+    let mut files: Vec<_> = std::fs::read_dir("/usr/bin")
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    let (mut n, mut bytes, mut regions, mut with) = (0usize, 0usize, 0usize, 0usize);
+    let mut techniques = std::collections::BTreeMap::new();
+    for f in files.iter().filter(|f| f.is_file()).take(200) {
+        let Ok(data) = std::fs::read(f) else { continue };
+        if !data.starts_with(b"\x7fELF") {
+            continue;
+        }
+        let scan = c.scan(&data);
+        n += 1;
+        bytes += data.len();
+        regions += scan.regions.len();
+        with += usize::from(!scan.regions.is_empty());
+        for r in &scan.regions {
+            *techniques.entry(r.technique.as_str()).or_insert(0) += 1;
+        }
+    }
+    println!(
+        "compiled: {with} of {n} ELF programs in /usr/bin with a finding, {regions} regions in {:.1} MiB: {techniques:?}",
+        bytes as f64 / 1048576.0
+    );
+}
