@@ -35,8 +35,6 @@ group           = "nogroup"
 read_limit      = "1048576"
 plugin_dir      = "/opt/honeytrap/lib/honeytrap"
 
-include = "conf.d/ports.conf"
-
 portconf_default = "ignore"
 
 portconf = {
@@ -98,6 +96,9 @@ plugin-cpuEmu = {
 	execute_shellcode = "no"
 	createprocess_cmd = "/bin/sh -c \"cd /opt/.wine; wine 'c:\\windows\\cmd.exe'\""
 }
+
+// a late include with another portconf (the original ignored it)
+include = "conf.d/ports.conf"
 "#;
 
 /// The included file: relative to the including one; its portconf comes after
@@ -139,8 +140,7 @@ fn every_key_and_block_is_mapped() {
     );
     assert_eq!(c.limits.read_limit, 1 << 20);
     assert_eq!(c.ports.default_mode, Mode::Ignore);
-    // Rules in file order, the included (late) portconf first since the include
-    // stands before the main portconf.
+    // Rules in file order; the late include's portconf counts too (last).
     let rules: Vec<_> = c
         .ports
         .rules
@@ -150,7 +150,6 @@ fn every_key_and_block_is_mapped() {
     assert_eq!(
         rules,
         vec![
-            (vec![Protocol::Udp], ports(&["69"]), Mode::Normal),
             (vec![Protocol::Tcp], ports(&["22"]), Mode::Ignore),
             (
                 vec![Protocol::Tcp, Protocol::Udp],
@@ -159,6 +158,7 @@ fn every_key_and_block_is_mapped() {
             ),
             (vec![Protocol::Tcp], ports(&["2000-2010"]), Mode::Normal),
             (vec![Protocol::Tcp], ports(&["445"]), Mode::Mirror),
+            (vec![Protocol::Udp], ports(&["69"]), Mode::Normal),
         ]
     );
     let p = &c.proxy["proxy_http"];

@@ -792,3 +792,129 @@ fn mode(v: &str) -> Option<Mode> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{read, Legacy};
+    use super::*;
+
+    fn load(text: &str) -> Result<Legacy, ConfigError> {
+        read(Path::new("t.conf"), &format!("// t\n{text}"))
+    }
+
+    fn warnings(l: &Legacy) -> Vec<String> {
+        l.extras.warnings.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn repeated_key_keeps_the_first_with_a_warning() {
+        let l = load("user = \"a\"\nuser = \"b\"\n").unwrap();
+        assert_eq!(l.config.process.user, "a");
+        let w = warnings(&l);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("t.conf:3:1:") && w[0].contains("t.conf:2:1"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn scalar_values() {
+        let l = load("bind_address = \"192.0.2.7\"\npromisc = \"off\"\nreplace_private_ips = \"no\"\nread_limit = \"200MiB\"\nportconf_default = \"mirror\"\n").unwrap();
+        let c = &l.config;
+        assert_eq!(
+            c.network.bind_addresses,
+            vec!["192.0.2.7".parse::<IpAddr>().unwrap()]
+        );
+        assert!(!c.monitor.sniff.promiscuous && !c.downloads.replace_private_ips);
+        assert_eq!(c.limits.read_limit, 200 << 20);
+        // The output budgets grow so that two such attacks fit.
+        assert_eq!(c.output.queue_bytes, 400 << 20);
+        assert_eq!(c.output.transcripts.quota_bytes, 1 << 30);
+        assert_eq!(c.ports.default_mode, Mode::Mirror);
+        let e = load("\nportconf_default = \"proxy\"\n").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(3), Some(20)), "{e}");
+        let e = load("promisc = \"maybe\"\n").unwrap_err();
+        assert!(e.message.contains("yes/no"), "{e}");
+        let e = load("bind_address = \"eth0\"\n").unwrap_err();
+        assert!(e.message.contains("not an IP address"), "{e}");
+        let e = load("read_limit = \"lots\"\n").unwrap_err();
+        assert_eq!(e.key, "read_limit", "{e}");
+        let e = load("logfile = [\"a\", \"b\"]\n").unwrap_err();
+        assert!(e.message.contains("expected a string"), "{e}");
+    }
+
+    #[test]
+    fn portconf_shapes() {
+        let e = load("portconf = { normal = { protocol = \"tcp\" } }\n").unwrap_err();
+        assert!(e.message.contains("`port` is missing"), "{e}");
+        let e = load("portconf = { normal = { protocol = \"tcp\" port = \"1\" prot = \"2\" } }\n")
+            .unwrap_err();
+        assert_eq!(e.key, "normal.prot", "{e}");
+        let e = load("portconf = { reject = { } }\n").unwrap_err();
+        assert!(e.message.contains("unknown block"), "{e}");
+        let e = load("portconf = { normal = { protocol = \"sctp\" port = \"1\" } }\n").unwrap_err();
+        assert!(e.message.contains("sctp"), "{e}");
+        // A duplicate across a rule and a proxy map, and two maps of one name.
+        let text = "portconf = {\n normal = { protocol = \"tcp\" port = \"80\" }\n proxy = { web = { protocol = \"tcp\" port = \"80\" target_host = \"h\" } }\n}\n";
+        let e = load(text).unwrap_err();
+        assert!(e.message.contains("already configured at t.conf:3:"), "{e}");
+        let text = "portconf = { proxy = {\n a = { protocol = \"tcp\" port = \"1\" target_host = \"h\" }\n a = { protocol = \"tcp\" port = \"2\" target_host = \"h\" }\n} }\n";
+        assert!(load(text)
+            .unwrap_err()
+            .message
+            .contains("already configured"));
+        // A proxy map without target port and protocol: the attacker's.
+        let l = load("portconf = { proxy = { p = { protocol = [\"tcp\", \"udp\"] port = \"53\" target_host = \"10.0.0.1\" } } }\n").unwrap();
+        let p = &l.config.proxy["p"];
+        assert_eq!((p.target_port, p.target_protocol), (None, None));
+        assert_eq!(p.protocol.list(), vec![Protocol::Tcp, Protocol::Udp]);
+        // A bad target host is refused by the native check, at the original's line.
+        let e = load("portconf = { proxy = { p = {\n protocol = \"tcp\" port = \"5\"\n target_host = \"a b\" } } }\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(4), "portconf.proxy.p.target_host"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn plugins() {
+        // Case does not matter; unknown options of an output are warned about.
+        let l = load("plugin-savefile = { attacks_dir = \"/x/attacks\" colour = \"blue\" }\nplugin-B64DECODE = \"\"\n").unwrap();
+        assert!(l.extras.plugins.contains_key("SaveFile"));
+        assert_eq!(l.config.sensor.data_dir, PathBuf::from("/x"));
+        assert_eq!(l.config.analyzer["base64"]["enabled"].as_bool(), Some(true));
+        assert_eq!(l.config.analyzer["utf16"]["enabled"].as_bool(), Some(false));
+        assert_eq!(
+            l.config.analyzer["protocol"]["enabled"].as_bool(),
+            Some(true)
+        );
+        let w = warnings(&l);
+        assert!(w.len() == 1 && w[0].contains("colour"), "{w:?}");
+        // No plugin at all: only the per-read protocol analyzer runs.
+        let l = load("user = \"nobody\"\n").unwrap();
+        let on = |n: &str| l.config.analyzer[n]["enabled"].as_bool().unwrap();
+        assert!(on("protocol"));
+        for (_, kind) in PLUGINS {
+            if let PluginKind::Analyzer(a) = kind {
+                if registry::find(a).is_some() {
+                    assert!(!on(a), "{a} is on");
+                }
+            }
+        }
+        for a in ["store", "percent", "http_body"] {
+            assert!(!on(a), "{a} is on");
+        }
+        // Obsolete plugins: exactly one warning each.
+        let l = load("plugin-xmatch = \"\"\nplugin-submitNebula = { url = \"x\" }\n").unwrap();
+        let w = warnings(&l);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("obsolete") && w[0].contains("shellcode"),
+            "{w:?}"
+        );
+        let e = load("plugin-Nonsense = \"\"\n").unwrap_err();
+        assert!(e.message.contains("unknown plugin"), "{e}");
+    }
+}
