@@ -347,7 +347,8 @@ fn converted_config_passes_check_config_and_loads_the_same() {
 
 /// `honeytrap run -c honeytrap.conf` (the original syntax): an attack on a port
 /// of a portconf `normal` block is recorded, one in an `ignore` block is not
-/// accepted at all.
+/// accepted at all, and the loaded plugin (deUnicode) still runs after a SIGHUP
+/// reload (in the original a reload left every plugin unloaded).
 #[test]
 fn run_with_the_original_config_catches_an_attack() {
     if !require_root() {
@@ -360,7 +361,8 @@ fn run_with_the_original_config_catches_an_attack() {
           normal = { protocol = \"tcp\" port = \"21101\" }\n\
           ignore = { protocol = \"tcp\" port = \"21102\" }\n\
         }\n\
-        plugin-SaveFile = { attacks_dir = \"@DATA@/attacks\" downloads_dir = \"@DATA@/downloads\" }\n";
+        plugin-SaveFile = { attacks_dir = \"@DATA@/attacks\" downloads_dir = \"@DATA@/downloads\" }\n\
+        plugin-deUnicode = \"\"\n";
     let mut d = Daemon::start(&net, text);
     let host = net.hp_v4.clone();
     // The monitor is `auto` (sniff as root): the first try is refused, a retry caught.
@@ -387,6 +389,38 @@ fn run_with_the_original_config_catches_an_attack() {
         d.log()
     );
     assert!(d.events().iter().all(|e| e["destination"]["port"] != 21102));
+    // deUnicode (our utf16 decoder) makes a virtual attack, before and after SIGHUP.
+    let utf16 = |text: &str| -> Vec<u8> { text.bytes().flat_map(|b| [b, 0]).collect() };
+    let decoded = |parent: &serde_json::Value| {
+        let id = parent["honeytrap"]["attack_id"].clone();
+        let mut found = false;
+        support::daemon::wait_until(Duration::from_secs(10), || {
+            found = d
+                .events()
+                .iter()
+                .any(|e| e["honeytrap"]["parent_id"] == id && e["honeytrap"]["decoder"] == "utf16");
+            found
+        });
+        found
+    };
+    let before = utf16("cmd.exe /c echo before reload");
+    let _ = support::clients::nc_once(&net, &host, 21101, &before);
+    let parent = support::clients::event_with(&d, 21101, &before);
+    assert!(decoded(&parent), "no utf16 virtual attack:\n{}", d.log());
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        d.wait_log("SIGHUP: configuration reloaded", Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
+    let after = utf16("cmd.exe /c echo after reload");
+    let _ = support::clients::nc_once(&net, &host, 21101, &after);
+    let parent = support::clients::event_with(&d, 21101, &after);
+    assert!(
+        decoded(&parent),
+        "no utf16 virtual attack after the reload:\n{}",
+        d.log()
+    );
     assert!(d.stop().success());
     assert!(Path::new(&d.data()).join("events.jsonl").exists());
 }
