@@ -780,6 +780,92 @@ mod tests {
         assert!(out.downloads.is_empty());
     }
 
+    /// The pipeline with `exe` alone on a payload.
+    fn pipeline(o: ExeOptions, max_downloads: usize, payload: &[u8]) -> crate::attack::Attack {
+        use crate::analysis::registry::AnalyzerSet;
+        use crate::attack::{Captured, EndReason, Mode, Transcript};
+        let mut t = Transcript::default();
+        t.push_in(payload, u64::MAX);
+        let mut a = Captured {
+            start: chrono::Utc::now(),
+            end: chrono::Utc::now(),
+            sensor: "s".into(),
+            monitor: "m".into(),
+            mode: Mode::Normal,
+            protocol: crate::proto::Protocol::Tcp,
+            local: "10.0.0.1:80".parse().unwrap(),
+            remote: "10.0.0.2:4000".parse().unwrap(),
+            transcript: t,
+            responses_sent: 0,
+            end_reason: EndReason::Closed,
+            relay: None,
+        }
+        .seal();
+        let set = AnalyzerSet {
+            analyze: vec![std::sync::Arc::new(Exe::new(o))],
+            ..AnalyzerSet::default()
+        };
+        let limits = crate::config::AnalysisConfig {
+            max_downloads,
+            ..Default::default()
+        };
+        let stats = crate::stats::Stats::default();
+        let throttle = crate::stats::Throttle::default();
+        crate::analysis::pipeline::analyze(&set, &limits, &stats, &throttle, &mut a);
+        a
+    }
+
+    #[test]
+    fn extracted_downloads_are_analysed_again_within_the_limits() {
+        let (pe, elf) = (pe32(&[0xcc; 300]), elf64(b"\x31\xc0"));
+        let mut data = embedded(&pe, &prefix());
+        let elf_at = data.len();
+        data.extend_from_slice(&elf);
+        let a = pipeline(ExeOptions::default(), 5, &data);
+        let urls: Vec<_> = a
+            .analysis
+            .downloads
+            .iter()
+            .map(|d| d.url.as_str())
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                "extracted:payload@100".to_string(),
+                format!("extracted:payload@{elf_at}")
+            ]
+        );
+        let d = &a.analysis.downloads[0];
+        assert_eq!((d.analyzer, d.port, d.host.as_str()), ("exe", 0, ""));
+        assert_eq!(d.size, pe.len() as u64);
+        assert_eq!(
+            d.hashes.as_ref().unwrap().sha256,
+            crate::attack::Hashes::of(&pe).sha256
+        );
+        // Two on the payload, one on each extracted file (offset 0), no more
+        // downloads from the downloads.
+        let f = &a.analysis.findings;
+        assert_eq!(f.len(), 4, "{f:?}");
+        assert!(f[2..]
+            .iter()
+            .all(|x| x.offset == Some(0)
+                && matches!(x.source, crate::analysis::Source::Download { .. })));
+        assert_eq!(
+            pipeline(ExeOptions::default(), 1, &data)
+                .analysis
+                .downloads
+                .len(),
+            1
+        );
+        let off = ExeOptions {
+            extract: false,
+            ..ExeOptions::default()
+        };
+        let a = pipeline(off, 5, &data);
+        assert!(a.analysis.downloads.is_empty());
+        assert_eq!(a.analysis.findings.len(), 2);
+    }
+
     #[test]
     fn bounded_scan_speed() {
         // Linear on bytes full of near-magics (the worst case). Printed; the bound
