@@ -72,7 +72,7 @@ impl Transcript {
         }
         if take > 0 || data.is_empty() {
             self.bytes_in += take as u64;
-            self.push(Direction::In, data[..take].to_vec());
+            self.push(Direction::In, &data[..take]);
         }
         !self.truncated && self.bytes_in < limit
     }
@@ -80,10 +80,10 @@ impl Transcript {
     /// Record bytes sent to the attacker.
     pub fn push_out(&mut self, data: &[u8]) {
         self.bytes_out += data.len() as u64;
-        self.push(Direction::Out, data.to_vec());
+        self.push(Direction::Out, data);
     }
 
-    fn push(&mut self, direction: Direction, data: Vec<u8>) {
+    fn push(&mut self, direction: Direction, data: &[u8]) {
         // Consecutive chunks the same way within one millisecond are merged: a
         // trickling attacker must not cost one Chunk per byte.
         // Past MAX_CHUNKS, data going the same way as the last chunk is always merged
@@ -93,14 +93,15 @@ impl Transcript {
         let full = self.chunks.len() >= MAX_CHUNKS;
         if let Some(last) = self.chunks.last_mut() {
             if last.direction == direction && (full || (now - last.at).num_milliseconds() < 1) {
-                last.data.extend_from_slice(&data);
+                // One copy, straight into the chunk it joins.
+                last.data.extend_from_slice(data);
                 return;
             }
         }
         self.chunks.push(Chunk {
             at: now,
             direction,
-            data,
+            data: data.to_vec(),
         });
     }
 

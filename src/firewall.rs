@@ -104,6 +104,36 @@ pub fn detect() -> anyhow::Result<Backend> {
 pub struct Exclusions {
     pub tcp: BTreeSet<u16>,
     pub udp: BTreeSet<u16>,
+    /// Port ranges in `ignore` mode (`[[ports.rule]]`), so that they behave as if
+    /// honeytrap were absent: never queued or diverted.
+    pub ignored_tcp: Vec<(u16, u16)>,
+    pub ignored_udp: Vec<(u16, u16)>,
+}
+
+impl Exclusions {
+    /// The RETURN lines for every excluded port and ignored range (`a` is the
+    /// append prefix, e.g. `-A HONEYTRAP`).
+    fn return_lines(&self, a: &str, tcp: &BTreeSet<u16>, udp: &BTreeSet<u16>) -> Vec<String> {
+        let mut r = Vec::new();
+        for (proto, ports, ranges) in [
+            ("tcp", tcp, &self.ignored_tcp),
+            ("udp", udp, &self.ignored_udp),
+        ] {
+            r.extend(
+                ports
+                    .iter()
+                    .map(|p| format!("{a} -p {proto} --dport {p} -j RETURN")),
+            );
+            r.extend(ranges.iter().map(|(first, last)| {
+                if first == last {
+                    format!("{a} -p {proto} --dport {first} -j RETURN")
+                } else {
+                    format!("{a} -p {proto} --dport {first}:{last} -j RETURN")
+                }
+            }));
+        }
+        r
+    }
 }
 
 impl Exclusions {
@@ -132,6 +162,18 @@ impl Exclusions {
         e.tcp.extend(&f.ssh_ports);
         e.tcp.extend(&f.exclude_ports);
         e.udp.extend(&f.exclude_ports);
+        for r in &config.ports.rules {
+            if r.mode != crate::attack::Mode::Ignore {
+                continue;
+            }
+            for proto in r.protocol.list() {
+                let list = match proto {
+                    crate::proto::Protocol::Tcp => &mut e.ignored_tcp,
+                    crate::proto::Protocol::Udp => &mut e.ignored_udp,
+                };
+                list.extend(r.ports.iter().map(|p| (p.first, p.last)));
+            }
+        }
         e
     }
 }
@@ -252,16 +294,7 @@ impl Plan {
 /// datagrams to `queue`, bypassed while nobody reads it.
 pub fn chain_rules(queue: u16, ex: &Exclusions) -> Vec<String> {
     let mut r = vec![format!("-A {CHAIN} -i lo -j RETURN")];
-    r.extend(
-        ex.tcp
-            .iter()
-            .map(|p| format!("-A {CHAIN} -p tcp --dport {p} -j RETURN")),
-    );
-    r.extend(
-        ex.udp
-            .iter()
-            .map(|p| format!("-A {CHAIN} -p udp --dport {p} -j RETURN")),
-    );
+    r.extend(ex.return_lines(&format!("-A {CHAIN}"), &ex.tcp, &ex.udp));
     r.push(format!("-A {CHAIN} -p tcp --syn -m conntrack --ctstate NEW -j NFQUEUE --queue-num {queue} --queue-bypass"));
     r.push(format!(
         "-A {CHAIN} -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num {queue} --queue-bypass"
@@ -282,14 +315,7 @@ pub fn tproxy_chain_rules(t: &Tproxy, ex: &Exclusions) -> Vec<String> {
     tcp.insert(t.port);
     udp.insert(t.port);
     let mut r = vec![format!("{a} -i lo -j RETURN")];
-    r.extend(
-        tcp.iter()
-            .map(|p| format!("{a} -p tcp --dport {p} -j RETURN")),
-    );
-    r.extend(
-        udp.iter()
-            .map(|p| format!("{a} -p udp --dport {p} -j RETURN")),
-    );
+    r.extend(ex.return_lines(&a, &tcp, &udp));
     // Replies to connections honeytrap (or the host) opened, such as a proxy
     // target's UDP datagrams, go to the socket that opened them.
     r.push(format!("{a} -m conntrack --ctdir REPLY -j RETURN"));
@@ -730,6 +756,8 @@ pub fn setup(config: &Config, monitor: &str) -> anyhow::Result<Option<Guard>> {
                 plan = ?plan,
                 excluded_tcp = ?ex.tcp,
                 excluded_udp = ?ex.udp,
+                ignored_tcp = ?ex.ignored_tcp,
+                ignored_udp = ?ex.ignored_udp,
                 "firewall rules applied"
             );
             Ok(Some(Guard { backend: Some(b) }))
@@ -927,5 +955,28 @@ mod tests {
                        unicast 10.0.0.0/8 dev eth0 table 100 scope link \n\
                        local 10.1.2.3 dev lo table 100 scope host \n";
         assert_eq!(our_routes(listing), vec![100, 4242]);
+    }
+
+    #[test]
+    fn ignored_ranges_are_never_queued_or_diverted() {
+        let c = crate::config::parse(
+            std::path::Path::new("x"),
+            "[[ports.rule]]\nprotocol = [\"tcp\", \"udp\"]\nports = [445, \"6000-6100\"]\nmode = \"ignore\"\n[[ports.rule]]\nprotocol = \"udp\"\nports = [53]\nmode = \"normal\"\n",
+        )
+        .unwrap();
+        let ex = Exclusions::configured(&c);
+        assert_eq!(ex.ignored_tcp, vec![(445, 445), (6000, 6100)]);
+        assert_eq!(ex.ignored_udp, vec![(445, 445), (6000, 6100)]);
+        let q = chain_rules(0, &ex);
+        assert!(q.contains(&"-A HONEYTRAP -p tcp --dport 6000:6100 -j RETURN".to_string()));
+        assert!(q.contains(&"-A HONEYTRAP -p udp --dport 445 -j RETURN".to_string()));
+        assert!(!q.iter().any(|l| l.contains("--dport 53 ")));
+        let queue_at = q.iter().position(|l| l.contains("NFQUEUE")).unwrap();
+        let ignore_at = q.iter().position(|l| l.contains("6000:6100")).unwrap();
+        assert!(ignore_at < queue_at, "RETURN lines come first");
+        let t = tproxy_chain_rules(&tp(), &ex);
+        assert!(
+            t.contains(&"-t mangle -A HONEYTRAP -p udp --dport 6000:6100 -j RETURN".to_string())
+        );
     }
 }

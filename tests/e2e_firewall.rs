@@ -683,3 +683,41 @@ fn tproxy_missing_ip_or_kernel_module_is_named_and_nothing_is_left() {
     assert_tp_removed(&net, &err);
     assert_removed(&net, &err);
 }
+
+/// Ports in `ignore` mode behave as if honeytrap were absent, also under TPROXY
+/// (where a diverted connection would be accepted and then reset): the auto rules
+/// return them early, so the kernel refuses the SYN itself.
+#[test]
+fn tproxy_ignored_ports_are_refused_as_without_honeytrap() {
+    let Some(net) = setup("tpign") else { return };
+    let rules =
+        "\n[[ports.rule]]\nprotocol = \"tcp\"\nports = [\"23000-23010\"]\nmode = \"ignore\"\n";
+    let mut d = Daemon::start(&net, &format!("{}{rules}", tproxy_config("")));
+    let (v4, _) = assert_tp_installed(&net, &d.log());
+    assert!(v4.contains("--dport 23000:23010 -j RETURN"), "{v4}");
+    for host in [net.hp_v4.clone(), net.hp_v6.clone()] {
+        // socat reports a refused connect; an accepted-then-reset one would not be.
+        let out = net.attack(
+            "socat",
+            &[
+                "-t",
+                "1",
+                "-",
+                &format!("TCP:{},retry=0", support::clients::host_port(&host, 23005)),
+            ],
+            b"x\n",
+            8,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("refused"),
+            "{host}: {err}\n{}",
+            d.log()
+        );
+    }
+    // A port beside the range is still caught on the first try.
+    tp_first_try_caught(&d, &net, &net.hp_v4.clone(), 23011);
+    assert!(d.stop().success());
+    // Nothing on the ignored range reached honeytrap.
+    assert!(d.log().contains("ignored=0"), "{}", d.log());
+}

@@ -92,7 +92,10 @@ impl Pipeline {
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("analysis-{i}"))
-                    .spawn(move || worker(rx, sh))?,
+                    .spawn({
+                        let nice = limits.nice;
+                        move || worker(rx, sh, nice)
+                    })?,
             );
         }
         Ok(Pipeline {
@@ -142,7 +145,14 @@ impl Pipeline {
     }
 }
 
-fn worker(rx: Receiver<Job>, sh: Arc<Shared>) {
+fn worker(rx: Receiver<Job>, sh: Arc<Shared>, nice: i32) {
+    // Linux nice values are per thread: analysis yields the CPU to capture, so
+    // a busy sensor fills the analysis queue (attacks then skip analysis,
+    // counted) instead of accepting fewer connections.
+    // SAFETY: setpriority only reads its arguments; `0` is the calling thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        tracing::debug!(nice, "analysis worker: cannot set its nice value");
+    }
     while let Ok(Job { mut attack, size }) = rx.recv() {
         let virtuals = if sh.closing.load(SeqCst) {
             Stats::inc(&sh.stats.analysis_skipped);
@@ -292,7 +302,9 @@ pub fn analyze(
         virtuals: Vec::new(),
     };
     let payload = Item {
-        data: Arc::new(attack.transcript.payload()),
+        // A huge payload is analysed by its start: decoders copy what they
+        // decode, and the whole payload is already hashed and recorded.
+        data: Arc::new(attack.transcript.payload_prefix(limits.max_input as usize)),
         kind: InputKind::Payload,
         source: Source::Payload,
         depth: 0,

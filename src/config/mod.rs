@@ -483,6 +483,11 @@ pub struct AnalysisConfig {
     pub attack_budget: Duration,
     /// Most downloads one attack may lead to.
     pub max_downloads: usize,
+    /// Analyzers see at most this many bytes of a payload (its start).
+    #[serde(with = "units::bytesize")]
+    pub max_input: u64,
+    /// Nice value of the worker threads (0-19): capture goes first.
+    pub nice: i32,
 }
 
 impl Default for AnalysisConfig {
@@ -495,6 +500,8 @@ impl Default for AnalysisConfig {
             analyzer_budget: Duration::from_secs(30),
             attack_budget: Duration::from_secs(120),
             max_downloads: 5,
+            max_input: 8 << 20,
+            nice: 10,
         }
     }
 }
@@ -972,6 +979,15 @@ impl Config {
             return Err(Invalid::new(
                 "analysis.attack_budget",
                 "must not be shorter than analysis.analyzer_budget",
+            ));
+        }
+        if !(0..=19).contains(&a.nice) {
+            return Err(Invalid::new("analysis.nice", "must be between 0 and 19"));
+        }
+        if !(4096..=1 << 30).contains(&a.max_input) {
+            return Err(Invalid::new(
+                "analysis.max_input",
+                "must be between 4KiB and 1GiB",
             ));
         }
         if a.max_downloads > 1000 {

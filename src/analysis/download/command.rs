@@ -45,6 +45,32 @@ pub fn program_name(word: &str) -> String {
 }
 
 /// The payload as text (invalid UTF-8 replaced; NUL bytes are separators).
+/// Whether `data` mentions any of `words` (ASCII, matched case-insensitively):
+/// a cheap test before the text conversion and command parsing, which cost
+/// far more on the many inputs that carry no download instruction at all.
+pub fn mentions(data: &[u8], words: &[&str]) -> bool {
+    // Look for each word's first two letters in both cases with memchr-speed
+    // searches, then compare the rest case-insensitively.
+    words.iter().any(|w| {
+        let w = w.as_bytes();
+        let (Some(&a), Some(&b)) = (w.first(), w.get(1)) else {
+            return false;
+        };
+        let heads = [
+            [a.to_ascii_lowercase(), b.to_ascii_lowercase()],
+            [a.to_ascii_uppercase(), b.to_ascii_uppercase()],
+            [a.to_ascii_uppercase(), b.to_ascii_lowercase()],
+            [a.to_ascii_lowercase(), b.to_ascii_uppercase()],
+        ];
+        heads.iter().any(|h| {
+            memchr::memmem::find_iter(data, h).any(|i| {
+                data.get(i..i + w.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(w))
+            })
+        })
+    })
+}
+
 pub fn text(data: &[u8]) -> String {
     String::from_utf8_lossy(data).replace('\0', "\n")
 }
@@ -275,5 +301,20 @@ mod tests {
         for h in ["", "-s:x", "x", "get", "$IP", "a;b", ".com", "a."] {
             assert!(!is_host(h), "{h}");
         }
+    }
+}
+
+#[cfg(test)]
+mod mention_tests {
+    use super::mentions;
+
+    #[test]
+    fn finds_words_in_any_case() {
+        assert!(mentions(b"cd /tmp; WGET http://x", &["wget"]));
+        assert!(mentions(b"x Tftp -i", &["tftp"]));
+        assert!(mentions(b"..DownloadFile(..", &["downloadfile"]));
+        assert!(!mentions(b"GET / HTTP/1.0", &["wget", "curl", "ftp"]));
+        assert!(!mentions(b"", &["ftp"]));
+        assert!(!mentions(b"wg", &["wget"]));
     }
 }

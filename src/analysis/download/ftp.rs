@@ -133,6 +133,10 @@ impl Analyzer for Ftp {
         if input.downloads_left == 0 {
             return Ok(());
         }
+        // `ftp -s:`, `ftp host`, `ftpget`, `ftp://`: all contain "ftp".
+        if !command::mentions(input.data, &["ftp"]) {
+            return Ok(());
+        }
         let targets = parse(&command::text(input.data));
         fetch_all(&self.settings, input, targets, out, |t, job, d| {
             let addr = job.resolve(&t.host, t.port)?;

@@ -113,6 +113,10 @@ impl Analyzer for Http {
         if input.downloads_left == 0 {
             return Ok(());
         }
+        // Every URL or command this parser understands contains one of these.
+        if !command::mentions(input.data, &["http", "wget", "curl"]) {
+            return Ok(());
+        }
         let targets = parse(&command::text(input.data));
         fetch_all(&self.settings, input, targets, out, |t, job, d| {
             self.fetch(t, job, d)

@@ -113,6 +113,9 @@ impl Analyzer for Tftp {
         if input.downloads_left == 0 {
             return Ok(());
         }
+        if !command::mentions(input.data, &["tftp"]) {
+            return Ok(());
+        }
         let targets = parse(&command::text(input.data));
         fetch_all(&self.settings, input, targets, out, |t, job, d| {
             let addr = job.resolve(&t.host, t.port)?;
