@@ -23,7 +23,7 @@ struct Cli {
 enum Command {
     /// Run the honeypot in the foreground (logs go to standard error).
     Run {
-        /// Configuration file (TOML); without it the embedded default is used.
+        /// Configuration file (TOML, or an original honeytrap.conf); without it the embedded default is used.
         #[arg(short = 'c', long = "config")]
         config: Option<PathBuf>,
         #[command(flatten)]
@@ -34,7 +34,7 @@ enum Command {
     },
     /// Validate a configuration and print it with every default filled in.
     CheckConfig {
-        /// Configuration file (TOML); without it the embedded default is checked.
+        /// Configuration file (TOML, or an original honeytrap.conf); without it the embedded default is checked.
         #[arg(short = 'c', long = "config")]
         config: Option<PathBuf>,
         #[command(flatten)]
@@ -47,7 +47,7 @@ enum Command {
     },
     /// List the analyzers: name, stage, whether the configuration enables them.
     Analyzers {
-        /// Configuration file (TOML); without it the embedded default is used.
+        /// Configuration file (TOML, or an original honeytrap.conf); without it the embedded default is used.
         #[arg(short = 'c', long = "config")]
         config: Option<PathBuf>,
     },
@@ -55,7 +55,7 @@ enum Command {
     Firewall {
         #[command(subcommand)]
         action: FirewallAction,
-        /// Configuration file (TOML); without it the embedded default is used.
+        /// Configuration file (TOML, or an original honeytrap.conf); without it the embedded default is used.
         #[arg(short = 'c', long = "config", global = true)]
         config: Option<PathBuf>,
         /// Monitor to run, overriding monitor.kind.
