@@ -66,7 +66,9 @@ fn jmp_call_pop_stub() -> Vec<u8> {
 
 /// The XOR-encoded "payload" after a stub: bytes no text has.
 fn encoded(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(37) ^ 0x5A | 0x80).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(37) ^ 0x5A | 0x80)
+        .collect()
 }
 
 #[test]
@@ -162,6 +164,9 @@ fn code_red_style_percent_u_shellcode_in_a_decoded_copy() {
     let at = f[0]["offset"].as_u64().unwrap() as usize;
     assert_eq!(at, "GET /default.ida?".len() + 64, "{:#}", f[0]);
     let t = f[0]["meta"]["techniques"].as_array().unwrap();
-    assert!(t.contains(&"nop_sled".into()) && t.contains(&"jmp_call_pop".into()), "{t:?}");
+    assert!(
+        t.contains(&"nop_sled".into()) && t.contains(&"jmp_call_pop".into()),
+        "{t:?}"
+    );
     assert!(d.stop().success());
 }

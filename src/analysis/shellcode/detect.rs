@@ -143,7 +143,7 @@ fn is_candidate(d: &[u8], i: usize) -> bool {
         0x64 | 0x65 => (1..9).any(|k| matches!(at(k), Some(0x30 | 0x60))),
         0xCD => matches!(at(1), Some(0x80 | 0x2E)),
         0x0F => matches!(at(1), Some(0x05 | 0x34)) || at(1) == Some(0x85) && backward32(d, i),
-        0xE0 | 0xE1 | 0xE2 | 0x75 | 0x72 | 0x7C => at(1).is_some_and(|b| b >= 0x80 && b < 0xFE),
+        0xE0 | 0xE1 | 0xE2 | 0x75 | 0x72 | 0x7C => at(1).is_some_and(|b| (0x80..0xFE).contains(&b)),
         // push "//sh" (the end of the path is pushed first); mov r64, "/bin//sh"
         0x68 => d[i + 1..].starts_with(b"//sh") || d[i + 1..].starts_with(b"n/sh"),
         0x48 => at(1).is_some_and(|b| (0xB8..=0xBF).contains(&b)) && d[i + 2..].starts_with(b"/"),

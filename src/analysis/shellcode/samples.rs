@@ -11,7 +11,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -20,10 +20,10 @@ impl Rng {
     }
     /// A value in `lo..hi`.
     pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo) as u64) as usize
+        lo + (self.next_u64() % (hi - lo) as u64) as usize
     }
     pub fn byte(&mut self) -> u8 {
-        self.next() as u8
+        self.next_u64() as u8
     }
     pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
         xs[self.range(0, xs.len())]
@@ -141,17 +141,11 @@ fn jmp_call_pop(rng: &mut Rng) -> Vec<u8> {
 /// [esp-0xc]; pop r`, then a dword decoder.
 fn fnstenv(rng: &mut Rng) -> Vec<u8> {
     let r = rng.pick(&[0u8, 2, 3, 6, 7]);
-    let k = rng.pick(
-        &[0u8, 2, 3, 6, 7]
-            .map(|x| x)
-            .iter()
-            .copied()
-            .filter(|&x| x != r)
-            .collect::<Vec<_>>(),
-    );
+    let others: Vec<u8> = [0u8, 2, 3, 6, 7].into_iter().filter(|&x| x != r).collect();
+    let k = rng.pick(&others);
     let mut c = rng.pick(&FPU).to_vec();
     let mut key = vec![0xB8 + k];
-    key.extend(le(rng.next() as u32 | 1));
+    key.extend(le(rng.next_u64() as u32 | 1));
     let fst = [0xD9, 0x74, 0x24, 0xF4];
     // The key load may come before or after fnstenv, as shikata varies it.
     if rng.range(0, 2) == 0 {
@@ -259,7 +253,7 @@ fn xor64(rng: &mut Rng) -> Vec<u8> {
     c.extend(le((-(rng.range(4, 60) as i32)) as u32));
     c.extend([0x48, 0x8D, 0x05, 0xEF, 0xFF, 0xFF, 0xFF]);
     c.extend([0x48, 0xBB]);
-    c.extend(rng.next().to_le_bytes());
+    c.extend(rng.next_u64().to_le_bytes());
     let body = c.len();
     c.extend([0x48, 0x31, 0x58, rng.range(0x10, 0x30) as u8]);
     if rng.range(0, 2) == 0 {
@@ -379,15 +373,15 @@ pub fn http(seed: u64, n: usize) -> Vec<Vec<u8>> {
             match k % 4 {
                 0 => format!("GET {path} HTTP/1.1\r\nHost: 192.0.2.{}\r\nUser-Agent: {agent}\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\nConnection: close\r\n\r\n", rng.range(1, 255)).into_bytes(),
                 1 => {
-                    let body = format!("user=admin&pass={}&submit=Log+In", rng.next());
+                    let body = format!("user=admin&pass={}&submit=Log+In", rng.next_u64());
                     format!("POST {path} HTTP/1.1\r\nHost: example.com\r\nUser-Agent: {agent}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
                 }
                 2 => {
-                    let body = format!("{{\"id\":{},\"name\":\"Ünïcödé テスト данные\",\"tags\":[\"a\",\"b\"],\"ok\":true}}", rng.next());
+                    let body = format!("{{\"id\":{},\"name\":\"Ünïcödé テスト данные\",\"tags\":[\"a\",\"b\"],\"ok\":true}}", rng.next_u64());
                     format!("POST /api HTTP/1.1\r\nHost: api.example.com\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
                 }
                 _ => {
-                    let body = format!("<!DOCTYPE html><html><head><title>Welcome {}</title></head><body><h1>It works!</h1><p>Café — naïve résumé. 你好，世界。</p></body></html>", rng.next());
+                    let body = format!("<!DOCTYPE html><html><head><title>Welcome {}</title></head><body><h1>It works!</h1><p>Café — naïve résumé. 你好，世界。</p></body></html>", rng.next_u64());
                     format!("HTTP/1.1 200 OK\r\nServer: Apache/2.4.57 (Debian)\r\nContent-Type: text/html; charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
                 }
             }
