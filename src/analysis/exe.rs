@@ -325,6 +325,13 @@ fn pe(data: &[u8], at: usize) -> Option<Executable> {
     })
 }
 
+/// Position of entry `i` of a table at `off` (attacker-chosen: checked).
+fn entry(off: u64, size: u64, i: usize) -> Option<usize> {
+    let at = off.checked_add(size.checked_mul(i as u64)?)?;
+    // Past any input (so `at + field` cannot overflow either).
+    usize::try_from(at).ok().filter(|_| at < 1 << 40)
+}
+
 fn elf_arch(machine: u16) -> String {
     match machine {
         2 => "sparc",
@@ -385,7 +392,9 @@ fn elf(data: &[u8], at: usize) -> Option<Executable> {
     if phnum > 0 {
         end = end.max(phoff.saturating_add(phentsize * phnum as u64));
         for i in 0..phnum.min(MAX_TABLE) {
-            let e = usize::try_from(phoff + phentsize * i as u64).ok()?;
+            let Some(e) = entry(phoff, phentsize, i) else {
+                break;
+            };
             // p_offset, p_filesz: after p_type (and p_flags on ELF64).
             let (off, size) = if wide {
                 (b.u64(e + 8), b.u64(e + 32))
@@ -401,7 +410,9 @@ fn elf(data: &[u8], at: usize) -> Option<Executable> {
     if shnum > 0 {
         end = end.max(shoff.saturating_add(shentsize * shnum as u64));
         for i in 0..shnum.min(MAX_TABLE) {
-            let e = usize::try_from(shoff + shentsize * i as u64).ok()?;
+            let Some(e) = entry(shoff, shentsize, i) else {
+                break;
+            };
             let (ty, off, size) = if wide {
                 (b.u32(e + 4), b.u64(e + 24), b.u64(e + 32))
             } else {
@@ -864,6 +875,34 @@ mod tests {
         let a = pipeline(off, 5, &data);
         assert!(a.analysis.downloads.is_empty());
         assert_eq!(a.analysis.findings.len(), 2);
+    }
+
+    #[test]
+    fn mangled_headers_never_panic() {
+        // Random bytes written over the headers of each sample (a fixed LCG,
+        // bounded count): any answer is fine, a panic or overflow is not.
+        let mut s = 7u64;
+        let mut next = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (s >> 33) as usize
+        };
+        for sample in [pe32(&[0xcc; 64]), elf64(b"xy"), macho64(200)] {
+            for _ in 0..3000 {
+                let mut d = sample.clone();
+                for _ in 0..1 + next() % 8 {
+                    let at = next() % 0x180.min(d.len());
+                    d[at] = next() as u8;
+                }
+                // Large table offsets and counts too.
+                if next() % 4 == 0 {
+                    let at = next() % (d.len() - 8).min(0x100);
+                    d[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+                }
+                for x in scan(&d, 4) {
+                    assert!(x.offset + x.length <= d.len());
+                }
+            }
+        }
     }
 
     #[test]
