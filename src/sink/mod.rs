@@ -456,7 +456,8 @@ mod tests {
             AnalyzerSet::default(),
             Arc::clone(&stats),
             Arc::default(),
-        ).unwrap();
+        )
+        .unwrap();
         let started = Instant::now();
         for _ in 0..100 {
             r.submit(captured());
@@ -494,7 +495,8 @@ mod tests {
             AnalyzerSet::default(),
             Arc::clone(&stats),
             Arc::default(),
-        ).unwrap();
+        )
+        .unwrap();
         // 40 attacks of 100 KiB: only about 10 fit in 1 MiB at a time.
         for _ in 0..40 {
             let mut c = captured();
