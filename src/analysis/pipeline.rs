@@ -311,7 +311,11 @@ pub fn analyze(
         virtual_index: None,
         download_index: None,
     };
-    // Decode: breadth first, decoded copies decoded again up to max_depth.
+    // Decode: breadth first, decoded copies decoded again up to max_depth. A copy
+    // whose bytes are already an input (the same blob found again inside another
+    // decoded copy) is not made twice.
+    let mut seen = std::collections::HashSet::new();
+    seen.insert(content_key(&payload.data));
     let mut items = vec![payload.clone()];
     let mut i = 0;
     while i < items.len() {
@@ -325,6 +329,9 @@ pub fn analyze(
             for d in out.decoded {
                 if run.virtuals.len() >= MAX_VIRTUAL || d.data.is_empty() {
                     break;
+                }
+                if !seen.insert(content_key(&d.data)) {
+                    continue;
                 }
                 let v = make_virtual(run.attack, a.name(), d.data);
                 let data = Arc::new(v.transcript.payload());
@@ -412,6 +419,15 @@ pub fn analyze(
     } = run;
     attack.analysis = analysis;
     virtuals
+}
+
+/// Identifies an input's bytes (length and a 64-bit hash; a collision would only
+/// skip one duplicate-looking decoded copy).
+fn content_key(data: &[u8]) -> (usize, u64) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    (data.len(), h.finish())
 }
 
 /// A virtual attack: the parent's metadata with `data` as its whole payload.
@@ -706,5 +722,37 @@ mod tests {
             p.try_submit(Box::new(attack(b"late")), 1).is_err(),
             "closed"
         );
+    }
+
+    /// Decodes `dup:<x>` into `<x>` twice (two identical copies).
+    struct Dup;
+    impl Analyzer for Dup {
+        fn name(&self) -> &'static str {
+            "dup"
+        }
+        fn stage(&self) -> Stage {
+            Stage::Decode
+        }
+        fn run(&self, input: &Input, out: &mut Output) -> anyhow::Result<()> {
+            if let Some(rest) = input.data.strip_prefix(b"dup:") {
+                for _ in 0..2 {
+                    out.decoded.push(Decoded {
+                        offset: 4,
+                        length: rest.len() as u64,
+                        data: rest.to_vec(),
+                    });
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn identical_decoded_copies_are_made_once() {
+        let s = set(vec![Arc::new(Dup)], vec![]);
+        let mut a = attack(b"dup:dup:x");
+        let v = run(&s, &AnalysisConfig::default(), &mut a);
+        let payloads: Vec<_> = v.iter().map(|x| x.transcript.payload()).collect();
+        assert_eq!(payloads, vec![b"dup:x".to_vec(), b"x".to_vec()]);
     }
 }
