@@ -501,7 +501,7 @@ impl Default for AnalysisConfig {
             attack_budget: Duration::from_secs(120),
             max_downloads: 5,
             max_input: 8 << 20,
-            nice: 10,
+            nice: 19,
         }
     }
 }
