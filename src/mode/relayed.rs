@@ -151,6 +151,25 @@ fn limits(
     }
 }
 
+/// Put a finished relay into the record. True when the target refused before it
+/// sent anything: the session then falls back to normal mode (counted, recorded).
+fn ended(
+    ctx: &Context,
+    spec: &SessionSpec,
+    remote: SocketAddr,
+    record: &mut RelayRecord,
+    end: &relay::RelayEnd,
+) -> bool {
+    record.bytes_sent = end.bytes_sent;
+    record.bytes_received = end.bytes_received;
+    if end.target_refused {
+        note_fallback(ctx, spec, remote, Fallback::Refused);
+        record.fallback = Some(Fallback::Refused);
+        record.local = None;
+    }
+    end.target_refused
+}
+
 /// A mirror or proxy TCP connection.
 pub async fn tcp(
     ctx: Arc<Context>,
@@ -186,12 +205,7 @@ pub async fn tcp(
             .await;
             drop(up);
             drop(_permit);
-            record.bytes_sent = end.bytes_sent;
-            record.bytes_received = end.bytes_received;
-            if end.target_refused {
-                note_fallback(&ctx, &spec, remote, Fallback::Refused);
-                record.fallback = Some(Fallback::Refused);
-                record.local = None;
+            if ended(&ctx, &spec, remote, &mut record, &end) {
                 normal::tcp_resume(stream, local, remote, spec, stop, r).await
             } else {
                 let _ = timeout(Duration::from_millis(200), stream.shutdown()).await;
@@ -259,12 +273,7 @@ pub async fn udp<P: DatagramPeer>(
             .await;
             drop(up);
             drop(_permit);
-            record.bytes_sent = end.bytes_sent;
-            record.bytes_received = end.bytes_received;
-            if end.target_refused {
-                note_fallback(&ctx, &spec, remote, Fallback::Refused);
-                record.fallback = Some(Fallback::Refused);
-                record.local = None;
+            if ended(&ctx, &spec, remote, &mut record, &end) {
                 normal::udp_resume(None, rx, peer, local, remote, spec, stop, r).await
             } else {
                 peer.close();

@@ -6,6 +6,7 @@ pub mod listen;
 pub mod nfqueue;
 pub mod packet;
 pub mod sniff;
+mod sockbuf;
 pub mod tproxy;
 
 use crate::config::{Config, MonitorKind};

@@ -281,43 +281,10 @@ fn find_fd(guess: Option<RawFd>) -> Option<RawFd> {
     }
 }
 
-/// Set the socket's receive buffer: SO_RCVBUFFORCE (CAP_NET_ADMIN, beyond
-/// net.core.rmem_max), else SO_RCVBUF. Returns what the kernel reports.
+/// Set the socket's receive buffer (see [`super::sockbuf`]). Returns what the
+/// kernel reports.
 fn set_rcvbuf(fd: RawFd, bytes: u64) -> io::Result<usize> {
-    let want = libc::c_int::try_from(bytes / 2).unwrap_or(libc::c_int::MAX / 2);
-    let set = |opt| {
-        // SAFETY: passes a valid int and its size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                std::ptr::addr_of!(want).cast::<libc::c_void>(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    // The kernel doubles the value it is given (for its bookkeeping), as
-    // socket(7) says; half is asked for so that `rcvbuf` is what it reports.
-    if set(libc::SO_RCVBUFFORCE) != 0 && set(libc::SO_RCVBUF) != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `v` and `len` are valid for writes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            std::ptr::addr_of_mut!(v).cast::<libc::c_void>(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(v as usize)
+    super::sockbuf::set_rcvbuf(fd, bytes).map(|(size, _)| size)
 }
 
 /// Bytes of socket buffer the smallest queued packet takes (measured: a small UDP

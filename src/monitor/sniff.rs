@@ -492,56 +492,17 @@ fn open(ifindex: u32, promisc: &[u32], rcvbuf: u64, what: &str) -> io::Result<(S
     Ok((s, rcvbuf))
 }
 
-/// The receive buffer actually in force (SO_RCVBUF), in bytes.
-fn rcvbuf_of(fd: libc::c_int) -> io::Result<usize> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `v` and `len` are valid for writes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            std::ptr::addr_of_mut!(v).cast::<libc::c_void>(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(v as usize)
-}
-
 /// Set the socket's receive buffer to `bytes`: SO_RCVBUFFORCE (CAP_NET_ADMIN, beyond
 /// net.core.rmem_max), else SO_RCVBUF (at most twice net.core.rmem_max) with a
 /// warning when the kernel caps it.
 /// Returns the size in force.
 fn set_rcvbuf(fd: libc::c_int, bytes: u64, what: &str) -> io::Result<usize> {
-    // The kernel doubles the value it is given (for its bookkeeping), as socket(7)
-    // says; half is asked for so that the size in force is `bytes`. That size is
-    // compared with the truesize of the queued packets (832 bytes per RST or port
-    // unreachable, measured on Linux 6.18).
-    let want = libc::c_int::try_from(bytes / 2).unwrap_or(libc::c_int::MAX / 2);
-    let set = |opt| {
-        // SAFETY: passes a valid int and its size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                std::ptr::addr_of!(want).cast::<libc::c_void>(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
+    // The size in force is compared with the truesize of the queued packets (832
+    // bytes per RST or port unreachable, measured on Linux 6.18).
+    let (got, forced) = super::sockbuf::set_rcvbuf(fd, bytes)?;
+    let Some(forced) = forced else {
+        return Ok(got);
     };
-    if set(libc::SO_RCVBUFFORCE) == 0 {
-        return rcvbuf_of(fd);
-    }
-    let forced = io::Error::last_os_error();
-    if set(libc::SO_RCVBUF) != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let got = rcvbuf_of(fd)?;
     if (got as u64) < bytes {
         tracing::warn!(
             interface = %what,

@@ -71,6 +71,20 @@ pub fn mentions(data: &[u8], words: &[&str]) -> bool {
     })
 }
 
+/// The download instructions `parse` finds in an input, or none when the attack
+/// may not download any more or the input mentions none of `words` (the cheap
+/// test that spares the parsing on most inputs).
+pub fn instructions<T>(
+    input: &crate::analysis::Input,
+    words: &[&str],
+    parse: impl FnOnce(&str) -> Vec<T>,
+) -> Vec<T> {
+    if input.downloads_left == 0 || !mentions(input.data, words) {
+        return Vec::new();
+    }
+    parse(&text(input.data))
+}
+
 pub fn text(data: &[u8]) -> String {
     String::from_utf8_lossy(data).replace('\0', "\n")
 }

@@ -130,14 +130,8 @@ impl Analyzer for Ftp {
         true
     }
     fn run(&self, input: &Input, out: &mut Output) -> anyhow::Result<()> {
-        if input.downloads_left == 0 {
-            return Ok(());
-        }
         // `ftp -s:`, `ftp host`, `ftpget`, `ftp://`: all contain "ftp".
-        if !command::mentions(input.data, &["ftp"]) {
-            return Ok(());
-        }
-        let targets = parse(&command::text(input.data));
+        let targets = command::instructions(input, &["ftp"], parse);
         fetch_all(&self.settings, input, targets, out, |t, job, d| {
             let addr = job.resolve(&t.host, t.port)?;
             d.host = addr.ip().to_string();

@@ -110,14 +110,8 @@ impl Analyzer for Http {
         true
     }
     fn run(&self, input: &Input, out: &mut Output) -> anyhow::Result<()> {
-        if input.downloads_left == 0 {
-            return Ok(());
-        }
         // Every URL or command this parser understands contains one of these.
-        if !command::mentions(input.data, &["http", "wget", "curl"]) {
-            return Ok(());
-        }
-        let targets = parse(&command::text(input.data));
+        let targets = command::instructions(input, &["http", "wget", "curl"], parse);
         fetch_all(&self.settings, input, targets, out, |t, job, d| {
             self.fetch(t, job, d)
         });

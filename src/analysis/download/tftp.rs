@@ -110,13 +110,7 @@ impl Analyzer for Tftp {
         true
     }
     fn run(&self, input: &Input, out: &mut Output) -> anyhow::Result<()> {
-        if input.downloads_left == 0 {
-            return Ok(());
-        }
-        if !command::mentions(input.data, &["tftp"]) {
-            return Ok(());
-        }
-        let targets = parse(&command::text(input.data));
+        let targets = command::instructions(input, &["tftp"], parse);
         fetch_all(&self.settings, input, targets, out, |t, job, d| {
             let addr = job.resolve(&t.host, t.port)?;
             d.host = addr.ip().to_string();
