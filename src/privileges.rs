@@ -96,3 +96,147 @@ pub fn drop_to(
     }
     Ok(())
 }
+
+/// Ports below `net.ipv4.ip_unprivileged_port_start` that `monitor` may bind, as
+/// (protocol, first, last) ranges: binding them needs CAP_NET_BIND_SERVICE. The
+/// original honeytrap failed on them silently when it lacked the capability.
+pub fn privileged_ports(
+    config: &crate::config::Config,
+    policy: &crate::config::PortPolicy,
+    monitor: &str,
+    start: u16,
+) -> Vec<(crate::proto::Protocol, u16, u16)> {
+    use crate::attack::Mode;
+    use crate::proto::Protocol;
+    let low = |r: &crate::config::PortRange| r.range().filter(move |p| *p < start);
+    let mut out = Vec::new();
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        let ports: Vec<u16> = match monitor {
+            "listen" => {
+                let l = &config.monitor.listen;
+                let list = if proto == Protocol::Tcp {
+                    &l.tcp
+                } else {
+                    &l.udp
+                };
+                let mut v: Vec<u16> = list.iter().flat_map(low).collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            }
+            "tproxy" => Some(config.monitor.tproxy.port)
+                .filter(|p| *p < start && *p > 0)
+                .into_iter()
+                .collect(),
+            // nfqueue and sniff start a server for any port the policy handles.
+            _ => (1..start).collect(),
+        };
+        let ports = ports
+            .into_iter()
+            .filter(|p| monitor == "tproxy" || policy.mode(proto, *p) != Mode::Ignore);
+        for p in ports {
+            match out.last_mut() {
+                Some((pr, _, last)) if *pr == proto && *last + 1 == p => *last = p,
+                _ => out.push((proto, p, p)),
+            }
+        }
+    }
+    out
+}
+
+/// `net.ipv4.ip_unprivileged_port_start` of this network namespace (1024 when it
+/// cannot be read).
+pub fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024)
+}
+
+/// Whether this process will bind without CAP_NET_BIND_SERVICE: not root and the
+/// capability is not in the effective set (root keeps it for every monitor, also
+/// after dropping to `process.user`).
+pub fn lacks_bind_capability() -> bool {
+    !Uid::effective().is_root()
+        && !caps::has_cap(None, CapSet::Effective, Capability::CAP_NET_BIND_SERVICE)
+            .unwrap_or(false)
+}
+
+/// The start-up warning when ports below 1024 cannot be bound: names the ports
+/// and the fix. None when every port can be bound.
+pub fn low_port_warning(
+    config: &crate::config::Config,
+    policy: &crate::config::PortPolicy,
+    monitor: &str,
+) -> Option<String> {
+    if !lacks_bind_capability() {
+        return None;
+    }
+    let start = unprivileged_port_start();
+    let ranges = privileged_ports(config, policy, monitor, start);
+    if ranges.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = ranges
+        .iter()
+        .map(|(proto, a, b)| {
+            if a == b {
+                format!("{a}/{}", proto.as_str())
+            } else {
+                format!("{a}-{b}/{}", proto.as_str())
+            }
+        })
+        .collect();
+    Some(format!(
+        "not root and without CAP_NET_BIND_SERVICE: the {monitor} monitor cannot bind ports below {start} ({}); connections to them are not caught. Fix: setcap cap_net_bind_service,cap_net_admin,cap_net_raw=+ep on the honeytrap binary (or AmbientCapabilities=CAP_NET_BIND_SERVICE in its systemd unit)",
+        list.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Protocol;
+
+    fn loaded(toml: &str) -> (crate::config::Config, crate::config::PortPolicy) {
+        let c = crate::config::parse(Path::new("t.toml"), toml).expect("valid config");
+        let p = crate::config::PortPolicy::build(&c).expect("valid policy");
+        (c, p)
+    }
+
+    #[test]
+    fn privileged_ports_follow_the_monitor_and_the_policy() {
+        let l = loaded(
+            "[monitor.listen]\ntcp = [80, 443, 8080]\nudp = [53]\n\n[[ports.rule]]\nprotocol = \"tcp\"\nports = [\"20-22\"]\nmode = \"ignore\"\n",
+        );
+        let (c, pol) = &l;
+        let p = |m| privileged_ports(c, pol, m, 1024);
+        assert_eq!(
+            p("listen"),
+            vec![
+                (Protocol::Tcp, 80, 80),
+                (Protocol::Tcp, 443, 443),
+                (Protocol::Udp, 53, 53)
+            ]
+        );
+        assert_eq!(
+            p("nfqueue"),
+            vec![
+                (Protocol::Tcp, 1, 19),
+                (Protocol::Tcp, 23, 1023),
+                (Protocol::Udp, 1, 1023)
+            ]
+        );
+        assert_eq!(
+            privileged_ports(c, pol, "sniff", 80),
+            vec![
+                (Protocol::Tcp, 1, 19),
+                (Protocol::Tcp, 23, 79),
+                (Protocol::Udp, 1, 79)
+            ]
+        );
+        // The tproxy monitor binds its own port only (65499 by default).
+        assert!(p("tproxy").is_empty());
+        assert!(privileged_ports(c, pol, "nfqueue", 0).is_empty());
+    }
+}
