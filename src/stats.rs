@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Process-wide counters. Every limit that triggers and every record that cannot be
@@ -72,6 +72,120 @@ pub struct Stats {
     pub output_errors: AtomicU64,
     /// Transcript files removed to stay within the quota.
     pub quota_removed: AtomicU64,
+    /// Events dropped because a spool was full (`output.spool.max_bytes`).
+    pub spool_dropped: AtomicU64,
+    /// Damaged or torn spool records skipped (each ends the reading of its segment).
+    pub spool_torn: AtomicU64,
+    /// Events delivered from the spools to their network outputs.
+    pub spool_delivered: AtomicU64,
+    /// Failed delivery attempts (a batch; retried with backoff).
+    pub spool_delivery_failures: AtomicU64,
+    /// A gauge, not a counter: undelivered bytes in all spools now.
+    pub spool_bytes: AtomicU64,
+    /// Bytes received from / sent to attackers, counted when a session ends.
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Sessions by `[mode, protocol]`, counted when they end.
+    pub sessions: Labeled,
+    /// Connections and first datagrams by the `[monitor]` they are attributed to.
+    pub connections_by_monitor: Labeled,
+    /// Connection attempts a monitor handed to the port table, by `[monitor]`.
+    pub triggers: Labeled,
+    /// Analyzer runs, failures and findings by `[analyzer]`.
+    pub analyzer_runs_by: Labeled,
+    pub analyzer_failures_by: Labeled,
+    pub findings_by: Labeled,
+    /// Attacks waiting in each output's queue, by `[output]` (a gauge).
+    pub output_queue: Labeled,
+    /// Time to deliver one batch from a spool, by `[output]`.
+    pub delivery_latency: Labeled<Histogram>,
+}
+
+/// Counters (or gauges) per set of label values, for example per monitor. The sets
+/// come from the code (monitor, analyzer and output names), never from the network,
+/// so there are few: a short list under a lock. A hot path keeps the [`Arc`] handle.
+#[derive(Debug)]
+pub struct Labeled<T = AtomicU64> {
+    sets: Mutex<Vec<(Vec<String>, Arc<T>)>>,
+}
+
+impl<T> Default for Labeled<T> {
+    fn default() -> Self {
+        Labeled {
+            sets: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<T: Default> Labeled<T> {
+    /// The value for `labels`, created at zero on first use.
+    pub fn handle(&self, labels: &[&str]) -> Arc<T> {
+        let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, v)) = sets.iter().find(|(k, _)| k.iter().eq(labels.iter())) {
+            return Arc::clone(v);
+        }
+        let v = Arc::new(T::default());
+        sets.push((
+            labels.iter().map(|s| s.to_string()).collect(),
+            Arc::clone(&v),
+        ));
+        v
+    }
+
+    /// Every label set and its value, in the order they first appeared.
+    pub fn entries(&self) -> Vec<(Vec<String>, Arc<T>)> {
+        self.sets.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Labeled<AtomicU64> {
+    /// Add one for `labels`.
+    pub fn inc(&self, labels: &[&str]) {
+        self.handle(labels).fetch_add(1, Relaxed);
+    }
+
+    /// Add `n` for `labels`.
+    pub fn add(&self, labels: &[&str], n: u64) {
+        self.handle(labels).fetch_add(n, Relaxed);
+    }
+}
+
+/// Upper bounds (seconds) of the delivery latency buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A lock-free latency histogram over [`LATENCY_BUCKETS`] (plus +Inf).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last is +Inf.
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Record one duration.
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    /// (upper bound, observations in that bucket) with +Inf last, the sum in
+    /// seconds and the count.
+    pub fn read(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let bounds = LATENCY_BUCKETS.iter().copied().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds
+            .zip(self.counts.iter().map(|c| c.load(Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        (buckets, sum, count)
+    }
 }
 
 impl Stats {
@@ -120,7 +234,26 @@ impl Stats {
             c("records_dropped", &self.records_dropped),
             c("output_errors", &self.output_errors),
             c("quota_removed", &self.quota_removed),
+            c("spool_dropped", &self.spool_dropped),
+            c("spool_torn", &self.spool_torn),
+            c("spool_delivered", &self.spool_delivered),
+            c("spool_delivery_failures", &self.spool_delivery_failures),
+            c("spool_bytes", &self.spool_bytes),
+            c("bytes_in", &self.bytes_in),
+            c("bytes_out", &self.bytes_out),
         ]
+    }
+
+    /// A session ended: count it by mode and protocol, and its bytes.
+    pub fn session_ended(&self, mode: &str, protocol: &str, bytes_in: u64, bytes_out: u64) {
+        self.sessions.inc(&[mode, protocol]);
+        Stats::add(&self.bytes_in, bytes_in);
+        Stats::add(&self.bytes_out, bytes_out);
+    }
+
+    /// A spool delivered one batch to `output` in `took`.
+    pub fn delivered(&self, output: &str, took: Duration) {
+        self.delivery_latency.handle(&[output]).observe(took);
     }
 
     /// One log line with every non-zero counter.

@@ -9,6 +9,7 @@
 //! A new sink is one file implementing [`Sink`] plus one line in [`build`].
 
 pub mod jsonl;
+pub mod spool;
 pub mod transcripts;
 
 use crate::analysis::pipeline::{Analyzed, Pipeline};

@@ -1,0 +1,698 @@
+//! The durable spool in front of every network output (PostgreSQL, hpfeeds, ...).
+//!
+//! A [`SpoolSink`] is an ordinary [`Sink`]: on its sink thread it renders each attack
+//! as its JSON event and appends it to segment files under
+//! `<data_dir>/spool/<output>/`; it never talks to the network, so capture and the
+//! recorder never wait for a server. A delivery thread (`deliver-<output>`) reads the
+//! spool in order and hands batches to the output's [`Delivery`]; after a batch is
+//! delivered it writes the acknowledged position to the `ack` file (atomically:
+//! temporary file, fsync, rename) and removes segments it has passed. A failed batch
+//! is retried, whole, with exponential backoff (capped).
+//!
+//! So after a crash (even SIGKILL) or a restart, everything not acknowledged is
+//! delivered again, and what was acknowledged is not; a batch that was delivered
+//! but whose acknowledgement was lost is sent again, which is why a [`Delivery`] must
+//! be idempotent on [`Spooled::key`] (the attack id).
+//!
+//! On disk a record is `[u32 length][u32 crc32 of the body][body]` (little-endian),
+//! the body `[u16 key length][key][u8 kind length][kind][event JSON]`. A record that
+//! does not check out (a torn tail after a crash, a damaged disk) ends the reading of
+//! its segment: it is counted (`spool_torn`), logged, and reading goes on with the
+//! next segment. The writer always starts a new segment at start-up, so it never
+//! appends behind a torn tail.
+//!
+//! When the undelivered bytes would pass `max_bytes`, the new event is dropped
+//! ("drop newest"): counted (`spool_dropped`) and logged, so what is already spooled
+//! keeps its order and the oldest events are delivered first.
+//!
+//! Writing a new network output: implement [`Delivery`] and start a [`SpoolSink`]
+//! with it in `sink::build`.
+
+use super::Sink;
+use crate::attack::Attack;
+use crate::config::PayloadEncoding;
+use crate::event::Event;
+use crate::limit_warn;
+use crate::stats::{Stats, Throttle};
+use anyhow::Context as _;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// One event waiting in the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spooled {
+    /// The attack id: the idempotency key.
+    pub key: String,
+    /// What the body is: `"attack"`.
+    pub kind: String,
+    /// The JSON event (`docs/events.md`).
+    pub body: Vec<u8>,
+}
+
+/// A network output fed by the spool. Runs on the spool's delivery thread, so it may
+/// block and may own a tokio runtime; it should time out its own network calls.
+pub trait Delivery: Send + 'static {
+    /// Short name for logs.
+    fn name(&self) -> &'static str;
+    /// Deliver a batch, in order. `Ok`: all delivered, the spool drops them. `Err`:
+    /// the whole batch is retried later with backoff, so delivery must be
+    /// idempotent on `key`.
+    fn deliver(&mut self, batch: &[Spooled]) -> anyhow::Result<()>;
+}
+
+/// When spool writes are forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// After every event.
+    Always,
+    /// Once per batch of events written together (when the output queue runs
+    /// empty, or every 256 KiB).
+    Batch,
+    /// Never: the kernel writes back when it likes (a power loss may lose events,
+    /// a crash of honeytrap does not).
+    Never,
+}
+
+/// How a spool behaves.
+#[derive(Debug, Clone)]
+pub struct SpoolLimits {
+    /// Most undelivered bytes on disk; past it new events are dropped (counted).
+    pub max_bytes: u64,
+    /// Size at which a segment file is closed and a new one started.
+    pub segment_bytes: u64,
+    pub fsync: Fsync,
+    /// Most events per delivered batch.
+    pub batch_max: usize,
+    /// First wait after a failed delivery; doubled after each failure ...
+    pub retry_initial: Duration,
+    /// ... up to this.
+    pub retry_max: Duration,
+    /// At shutdown, how long the delivery thread keeps delivering what is spooled.
+    pub drain: Duration,
+    /// Payload bytes in the event (`honeytrap.payload.data`) and their encoding.
+    pub payload_max: u64,
+    pub encoding: PayloadEncoding,
+}
+
+impl Default for SpoolLimits {
+    fn default() -> Self {
+        SpoolLimits {
+            max_bytes: 1 << 30,
+            segment_bytes: 16 << 20,
+            fsync: Fsync::Batch,
+            batch_max: 500,
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            drain: Duration::from_secs(5),
+            payload_max: 4096,
+            encoding: PayloadEncoding::Base64,
+        }
+    }
+}
+
+/// Records longer than this are treated as damage.
+const MAX_RECORD: u32 = 256 << 20;
+/// Header: length and crc32.
+const HEADER: u64 = 8;
+/// The writer hands its buffer to the file at this size even if the queue is busy.
+const WRITE_CHUNK: usize = 256 << 10;
+
+/// A place in the spool: segment number and byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+struct Pos {
+    seq: u64,
+    offset: u64,
+}
+
+/// What the writer and the delivery thread share.
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+struct State {
+    /// The end of what the writer has written to its segment (readable up to here).
+    head: Pos,
+    /// Undelivered bytes on disk.
+    pending: u64,
+    stop: bool,
+}
+
+/// A [`Sink`] that appends every event to an on-disk spool and never waits for the
+/// network; a delivery thread drains it.
+pub struct SpoolSink {
+    name: &'static str,
+    dir: PathBuf,
+    limits: SpoolLimits,
+    file: File,
+    /// The segment being written and the bytes already in it.
+    at: Pos,
+    /// Records not yet written to the file.
+    buf: Vec<u8>,
+    shared: Arc<Shared>,
+    stats: Arc<Stats>,
+    throttle: Arc<Throttle>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SpoolSink {
+    /// Open (or create) the spool in `dir`, start the delivery thread, and deliver
+    /// whatever an earlier run left undelivered.
+    pub fn start(
+        name: &'static str,
+        dir: &Path,
+        limits: SpoolLimits,
+        delivery: Box<dyn Delivery>,
+        stats: Arc<Stats>,
+        throttle: Arc<Throttle>,
+    ) -> anyhow::Result<SpoolSink> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let acked = read_ack(dir)?;
+        let segments = list_segments(dir)?;
+        let pending = undelivered_bytes(dir, &segments, acked)?;
+        // Always a fresh segment: never append behind a torn tail.
+        let seq = segments.last().map_or(0, |s| s + 1).max(acked.seq + 1);
+        let at = Pos { seq, offset: 0 };
+        let file = create_segment(dir, seq)?;
+        Stats::add(&stats.spool_bytes, pending);
+        if pending > 0 {
+            tracing::info!(
+                output = name,
+                bytes = pending,
+                "spool: undelivered events from an earlier run"
+            );
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                head: at,
+                pending,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let reader = Reader {
+            name,
+            dir: dir.to_path_buf(),
+            cursor: acked,
+            file: None,
+            shared: Arc::clone(&shared),
+            stats: Arc::clone(&stats),
+            throttle: Arc::clone(&throttle),
+        };
+        let l = limits.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("deliver-{name}"))
+            .spawn(move || run_delivery(reader, delivery, l))?;
+        Ok(SpoolSink {
+            name,
+            dir: dir.to_path_buf(),
+            limits,
+            file,
+            at,
+            buf: Vec::with_capacity(WRITE_CHUNK),
+            shared,
+            stats,
+            throttle,
+            thread: Some(thread),
+        })
+    }
+
+    /// Append one event (the key is the attack id).
+    pub fn append(&mut self, s: &Spooled) -> anyhow::Result<()> {
+        let record = encode(s);
+        let size = record.len() as u64;
+        let pending = self.shared.state.lock().unwrap().pending;
+        if pending + self.buf.len() as u64 + size > self.limits.max_bytes {
+            Stats::inc(&self.stats.spool_dropped);
+            limit_warn!(self.throttle, "spool_full", output = self.name, id = %s.key, max_bytes = self.limits.max_bytes, "spool full: event dropped (the newest is dropped; see output.spool.max_bytes)");
+            return Ok(());
+        }
+        let used = self.at.offset + self.buf.len() as u64;
+        if used > 0 && used + size > self.limits.segment_bytes {
+            self.write_out()?;
+            self.rotate()?;
+        }
+        self.buf.extend_from_slice(&record);
+        if self.buf.len() >= WRITE_CHUNK || self.limits.fsync == Fsync::Always {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// Write the buffer to the segment, sync it per the policy, and let the delivery
+    /// thread see it.
+    fn write_out(&mut self) -> anyhow::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all(&self.buf)
+            .with_context(|| format!("writing the spool in {}", self.dir.display()))?;
+        if self.limits.fsync != Fsync::Never {
+            self.file.sync_data()?;
+        }
+        let n = self.buf.len() as u64;
+        self.buf.clear();
+        self.at.offset += n;
+        Stats::add(&self.stats.spool_bytes, n);
+        let mut st = self.shared.state.lock().unwrap();
+        st.head = self.at;
+        st.pending += n;
+        self.shared.wake.notify_all();
+        Ok(())
+    }
+
+    /// Close the segment and start the next one.
+    fn rotate(&mut self) -> anyhow::Result<()> {
+        let seq = self.at.seq + 1;
+        self.file = create_segment(&self.dir, seq)?;
+        self.at = Pos { seq, offset: 0 };
+        let mut st = self.shared.state.lock().unwrap();
+        st.head = self.at;
+        self.shared.wake.notify_all();
+        Ok(())
+    }
+}
+
+impl Sink for SpoolSink {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn write(&mut self, attack: &Attack) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(&Event::of(
+            attack,
+            self.limits.payload_max,
+            self.limits.encoding,
+        ))?;
+        self.append(&Spooled {
+            key: attack.id.to_string(),
+            kind: "attack".into(),
+            body,
+        })
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.write_out()
+    }
+}
+
+impl Drop for SpoolSink {
+    /// Stop the delivery thread: it delivers what it can within `limits.drain`;
+    /// the rest stays spooled for the next start.
+    fn drop(&mut self) {
+        if let Err(e) = self.write_out() {
+            tracing::error!(output = self.name, error = %e, "spool: last events not written");
+        }
+        self.shared.state.lock().unwrap().stop = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Encode one record: header and body.
+fn encode(s: &Spooled) -> Vec<u8> {
+    let key = &s.key.as_bytes()[..s.key.len().min(u16::MAX as usize)];
+    let kind = &s.kind.as_bytes()[..s.kind.len().min(u8::MAX as usize)];
+    let len = 2 + key.len() + 1 + kind.len() + s.body.len();
+    let mut r = Vec::with_capacity(HEADER as usize + len);
+    r.extend_from_slice(&(len as u32).to_le_bytes());
+    r.extend_from_slice(&[0; 4]);
+    r.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    r.extend_from_slice(key);
+    r.push(kind.len() as u8);
+    r.extend_from_slice(kind);
+    r.extend_from_slice(&s.body);
+    let crc = crc32fast::hash(&r[HEADER as usize..]);
+    r[4..8].copy_from_slice(&crc.to_le_bytes());
+    r
+}
+
+/// Decode a record body; None when it does not parse.
+fn decode(body: &[u8]) -> Option<Spooled> {
+    let kl = u16::from_le_bytes(body.get(..2)?.try_into().ok()?) as usize;
+    let key = std::str::from_utf8(body.get(2..2 + kl)?).ok()?;
+    let kindl = *body.get(2 + kl)? as usize;
+    let kind = std::str::from_utf8(body.get(3 + kl..3 + kl + kindl)?).ok()?;
+    Some(Spooled {
+        key: key.to_string(),
+        kind: kind.to_string(),
+        body: body.get(3 + kl + kindl..)?.to_vec(),
+    })
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.seg"))
+}
+
+fn create_segment(dir: &Path, seq: u64) -> anyhow::Result<File> {
+    let p = segment_path(dir, seq);
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p)
+        .with_context(|| format!("creating {}", p.display()))
+}
+
+/// The segment numbers in `dir`, oldest first.
+fn list_segments(dir: &Path) -> anyhow::Result<Vec<u64>> {
+    let mut v: Vec<u64> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().into_string().ok()?;
+            n.strip_suffix(".seg")?.parse().ok()
+        })
+        .collect();
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// The acknowledged position; the start when there is no `ack` file yet.
+fn read_ack(dir: &Path) -> anyhow::Result<Pos> {
+    let p = dir.join("ack");
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Pos::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    };
+    let mut it = text.split_whitespace().map(str::parse::<u64>);
+    match (it.next(), it.next()) {
+        (Some(Ok(seq)), Some(Ok(offset))) => Ok(Pos { seq, offset }),
+        _ => anyhow::bail!("{}: not \"<segment> <offset>\"", p.display()),
+    }
+}
+
+/// Write the acknowledged position atomically (a crash leaves the old or the new).
+fn write_ack(dir: &Path, pos: Pos) -> std::io::Result<()> {
+    let tmp = dir.join("ack.tmp");
+    let mut f = File::create(&tmp)?;
+    writeln!(f, "{} {}", pos.seq, pos.offset)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, dir.join("ack"))
+}
+
+/// Bytes in segments at or after `acked`.
+fn undelivered_bytes(dir: &Path, segments: &[u64], acked: Pos) -> anyhow::Result<u64> {
+    let mut n = 0;
+    for &s in segments.iter().filter(|&&s| s >= acked.seq) {
+        let len = std::fs::metadata(segment_path(dir, s))?.len();
+        n += if s == acked.seq {
+            len.saturating_sub(acked.offset)
+        } else {
+            len
+        };
+    }
+    Ok(n)
+}
+
+/// The delivery thread's view of the spool.
+struct Reader {
+    name: &'static str,
+    dir: PathBuf,
+    /// Everything before this is acknowledged.
+    cursor: Pos,
+    /// The segment being read, when open.
+    file: Option<OpenSegment>,
+    shared: Arc<Shared>,
+    stats: Arc<Stats>,
+    throttle: Arc<Throttle>,
+}
+
+/// A segment open for reading.
+struct OpenSegment {
+    seq: u64,
+    r: BufReader<File>,
+    /// Where `r` is in the file.
+    at: u64,
+    /// The file's length when last looked at.
+    len: u64,
+}
+
+/// Why reading stopped.
+enum Read1 {
+    /// A record, and the position after it.
+    Record(Spooled, Pos),
+    /// Nothing more to read in this segment now.
+    End,
+    /// A record that does not check out.
+    Damaged(&'static str),
+}
+
+impl Reader {
+    /// Up to `max` events after the cursor, and the position after them. Empty when
+    /// nothing is there yet.
+    fn batch(&mut self, max: usize) -> (Vec<Spooled>, Pos) {
+        let mut out = Vec::new();
+        let mut pos = self.cursor;
+        while out.len() < max {
+            let head = self.shared.state.lock().unwrap().head;
+            let limit = (pos.seq == head.seq).then_some(head.offset);
+            match self.read_one(pos, limit) {
+                Read1::Record(s, next) => {
+                    out.push(s);
+                    pos = next;
+                }
+                Read1::End if pos.seq < head.seq => {
+                    // The segment is finished: go on only when nothing is taken from
+                    // it in this batch, so the acknowledgement moves segment by segment.
+                    if !out.is_empty() {
+                        break;
+                    }
+                    pos = self.next_segment(pos, head);
+                }
+                Read1::End => break,
+                Read1::Damaged(why) => {
+                    if !out.is_empty() {
+                        break;
+                    }
+                    pos = self.skip_damaged(pos, head, why);
+                }
+            }
+        }
+        (out, pos)
+    }
+
+    /// Read the record at `pos` (not past `limit`, the writer's end, if given).
+    fn read_one(&mut self, pos: Pos, limit: Option<u64>) -> Read1 {
+        if self.file.as_ref().map(|f| f.seq) != Some(pos.seq) {
+            let Ok(f) = File::open(segment_path(&self.dir, pos.seq)) else {
+                return Read1::End;
+            };
+            let len = f.metadata().map_or(0, |m| m.len());
+            self.file = Some(OpenSegment {
+                seq: pos.seq,
+                r: BufReader::with_capacity(1 << 20, f),
+                at: 0,
+                len,
+            });
+        }
+        let f = self.file.as_mut().expect("opened above");
+        if limit.map_or(true, |l| l > f.len) {
+            // A segment the writer has left (or is writing) may have grown.
+            f.len = f.r.get_ref().metadata().map_or(f.len, |m| m.len());
+        }
+        let end = limit.unwrap_or(f.len).min(f.len);
+        if pos.offset >= end {
+            return Read1::End;
+        }
+        if end - pos.offset < HEADER {
+            return torn_or_end(limit, "header cut short");
+        }
+        if f.at != pos.offset {
+            if f.r.seek(SeekFrom::Start(pos.offset)).is_err() {
+                self.file = None;
+                return Read1::End;
+            }
+            f.at = pos.offset;
+        }
+        let mut h = [0u8; HEADER as usize];
+        if f.r.read_exact(&mut h).is_err() {
+            self.file = None;
+            return Read1::Damaged("header unreadable");
+        }
+        f.at += HEADER;
+        let len = u32::from_le_bytes(h[..4].try_into().unwrap());
+        let crc = u32::from_le_bytes(h[4..].try_into().unwrap());
+        if len > MAX_RECORD {
+            return Read1::Damaged("length out of range");
+        }
+        if end - pos.offset - HEADER < len as u64 {
+            return torn_or_end(limit, "record cut short");
+        }
+        let mut body = vec![0; len as usize];
+        if f.r.read_exact(&mut body).is_err() {
+            self.file = None;
+            return Read1::Damaged("record unreadable");
+        }
+        f.at += len as u64;
+        if crc32fast::hash(&body) != crc {
+            return Read1::Damaged("checksum mismatch");
+        }
+        match decode(&body) {
+            Some(s) => Read1::Record(
+                s,
+                Pos {
+                    seq: pos.seq,
+                    offset: pos.offset + HEADER + len as u64,
+                },
+            ),
+            None => Read1::Damaged("record does not parse"),
+        }
+    }
+
+    /// The segment after `pos` (segments are numbered without gaps, but a missing
+    /// one is skipped). Acknowledges the move so the old segment can go.
+    fn next_segment(&mut self, pos: Pos, head: Pos) -> Pos {
+        let next = list_segments(&self.dir)
+            .ok()
+            .and_then(|v| v.into_iter().find(|&s| s > pos.seq))
+            .unwrap_or(head.seq)
+            .min(head.seq);
+        let to = Pos {
+            seq: next,
+            offset: 0,
+        };
+        self.file = None;
+        self.acknowledge(to, 0);
+        to
+    }
+
+    /// Count and log a damaged record and skip the rest of its segment.
+    fn skip_damaged(&mut self, pos: Pos, head: Pos, why: &'static str) -> Pos {
+        let len = std::fs::metadata(segment_path(&self.dir, pos.seq)).map_or(0, |m| m.len());
+        Stats::inc(&self.stats.spool_torn);
+        limit_warn!(
+            self.throttle,
+            "spool_torn",
+            output = self.name,
+            segment = pos.seq,
+            offset = pos.offset,
+            skipped_bytes = len.saturating_sub(pos.offset),
+            "spool: damaged or torn record ({why}); the rest of its segment is skipped"
+        );
+        let skipped = len.saturating_sub(pos.offset);
+        if pos.seq == head.seq {
+            // The writer's own segment is never torn; stop reading it rather than loop.
+            self.acknowledge(head, skipped);
+            return head;
+        }
+        self.file = None;
+        let to = Pos {
+            seq: pos.seq,
+            offset: len,
+        };
+        self.acknowledge(to, skipped);
+        self.next_segment(to, head)
+    }
+
+    /// Everything before `to` is done: write the ack file, remove segments before it,
+    /// and give back `bytes` of the spool's size.
+    fn acknowledge(&mut self, to: Pos, bytes: u64) {
+        if let Err(e) = write_ack(&self.dir, to) {
+            limit_warn!(self.throttle, "spool_ack", output = self.name, error = %e, "spool: acknowledgement not written (events may be delivered twice)");
+        }
+        if let Ok(segments) = list_segments(&self.dir) {
+            for s in segments.into_iter().take_while(|&s| s < to.seq) {
+                let _ = std::fs::remove_file(segment_path(&self.dir, s));
+            }
+        }
+        self.cursor = to;
+        let mut st = self.shared.state.lock().unwrap();
+        st.pending = st.pending.saturating_sub(bytes);
+        let _ = self
+            .stats
+            .spool_bytes
+            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(bytes)));
+    }
+
+    /// Bytes between the cursor and `to` (same segment).
+    fn span(&self, to: Pos) -> u64 {
+        to.offset.saturating_sub(self.cursor.offset)
+    }
+}
+
+/// A short record at the writer's end is not written yet; in an old segment it is torn.
+fn torn_or_end(limit: Option<u64>, why: &'static str) -> Read1 {
+    match limit {
+        Some(_) => Read1::End,
+        None => Read1::Damaged(why),
+    }
+}
+
+/// The delivery thread: batches out, acknowledgements in, backoff on failure.
+fn run_delivery(mut reader: Reader, mut delivery: Box<dyn Delivery>, limits: SpoolLimits) {
+    let name = reader.name;
+    let mut backoff = limits.retry_initial;
+    let mut stopping: Option<Instant> = None;
+    loop {
+        let (batch, end) = reader.batch(limits.batch_max.max(1));
+        if batch.is_empty() {
+            let shared = Arc::clone(&reader.shared);
+            let st = shared.state.lock().unwrap();
+            if st.stop {
+                return;
+            }
+            // The writer notifies under this lock, so no wake-up is lost; a head
+            // that moved since the batch was read means there is more already.
+            let wait = if st.head != end { 10 } else { 500 };
+            drop(shared.wake.wait_timeout(st, Duration::from_millis(wait)));
+            continue;
+        }
+        let started = Instant::now();
+        match delivery.deliver(&batch) {
+            Ok(()) => {
+                Stats::add(&reader.stats.spool_delivered, batch.len() as u64);
+                let bytes = reader.span(end);
+                reader.acknowledge(end, bytes);
+                backoff = limits.retry_initial;
+                tracing::debug!(output = name, events = batch.len(), took = ?started.elapsed(), "spool: batch delivered");
+            }
+            Err(e) => {
+                Stats::inc(&reader.stats.spool_delivery_failures);
+                limit_warn!(reader.throttle, "spool_delivery", output = name, delivery = delivery.name(), events = batch.len(), retry_in = ?backoff, error = format!("{e:#}"), "spool: delivery failed; retrying with backoff");
+                // Re-read the batch next time from the acknowledged position.
+                reader.file = None;
+                if wait_or_stop(&reader.shared, backoff) {
+                    return;
+                }
+                backoff = (backoff * 2).min(limits.retry_max);
+            }
+        }
+        if stop_requested(&reader.shared, &mut stopping, limits.drain) {
+            return;
+        }
+    }
+}
+
+/// Note when a stop was asked for; true once the drain time is over.
+fn stop_requested(shared: &Shared, since: &mut Option<Instant>, drain: Duration) -> bool {
+    if !shared.state.lock().unwrap().stop {
+        return false;
+    }
+    let t = *since.get_or_insert_with(Instant::now);
+    t.elapsed() >= drain
+}
+
+/// Wait `d` (the backoff); true when honeytrap is stopping (then there is no retry).
+fn wait_or_stop(shared: &Shared, d: Duration) -> bool {
+    let deadline = Instant::now() + d;
+    let mut st = shared.state.lock().unwrap();
+    loop {
+        if st.stop {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        st = shared.wake.wait_timeout(st, deadline - now).unwrap().0;
+    }
+}
