@@ -696,3 +696,251 @@ fn wait_or_stop(shared: &Shared, d: Duration) -> bool {
         st = shared.wake.wait_timeout(st, deadline - now).unwrap().0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    /// Records what it delivers; fails while `down` is set.
+    #[derive(Clone, Default)]
+    struct Probe {
+        got: Arc<Mutex<Vec<String>>>,
+        down: Arc<std::sync::atomic::AtomicBool>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Delivery for Probe {
+        fn name(&self) -> &'static str {
+            "probe"
+        }
+        fn deliver(&mut self, batch: &[Spooled]) -> anyhow::Result<()> {
+            self.calls.fetch_add(1, SeqCst);
+            if self.down.load(SeqCst) {
+                anyhow::bail!("server down");
+            }
+            let mut g = self.got.lock().unwrap();
+            for s in batch {
+                assert_eq!(s.kind, "attack");
+                assert_eq!(s.body, format!("{{\"id\":\"{}\"}}", s.key).into_bytes());
+                g.push(s.key.clone());
+            }
+            Ok(())
+        }
+    }
+
+    fn limits() -> SpoolLimits {
+        SpoolLimits {
+            retry_initial: Duration::from_millis(20),
+            retry_max: Duration::from_millis(100),
+            drain: Duration::from_millis(500),
+            ..SpoolLimits::default()
+        }
+    }
+
+    fn ev(i: usize) -> Spooled {
+        let key = format!("k{i:05}");
+        Spooled {
+            body: format!("{{\"id\":\"{key}\"}}").into_bytes(),
+            key,
+            kind: "attack".into(),
+        }
+    }
+
+    fn start(dir: &Path, l: SpoolLimits, p: &Probe, stats: &Arc<Stats>) -> SpoolSink {
+        SpoolSink::start(
+            "test",
+            dir,
+            l,
+            Box::new(p.clone()),
+            Arc::clone(stats),
+            Arc::new(Throttle::default()),
+        )
+        .unwrap()
+    }
+
+    fn wait_for(p: &Probe, n: usize) {
+        let t = Instant::now();
+        while p.got.lock().unwrap().len() < n && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn keys(r: std::ops::Range<usize>) -> Vec<String> {
+        r.map(|i| ev(i).key).collect()
+    }
+
+    #[test]
+    fn events_are_delivered_in_order_across_segments_and_old_segments_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let p = Probe::default();
+        let l = SpoolLimits {
+            segment_bytes: 300,
+            batch_max: 7,
+            ..limits()
+        };
+        let mut s = start(dir.path(), l, &p, &stats);
+        for i in 0..100 {
+            s.append(&ev(i)).unwrap();
+            if i % 10 == 0 {
+                s.flush().unwrap();
+            }
+        }
+        s.flush().unwrap();
+        wait_for(&p, 100);
+        assert_eq!(*p.got.lock().unwrap(), keys(0..100));
+        assert_eq!(stats.spool_delivered.load(Relaxed), 100);
+        drop(s);
+        assert_eq!(stats.spool_bytes.load(Relaxed), 0);
+        // At most the writer's last segment is left.
+        assert!(list_segments(dir.path()).unwrap().len() <= 1);
+    }
+
+    #[test]
+    fn a_restart_delivers_what_was_not_acknowledged_and_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let p = Probe::default();
+        let mut s = start(dir.path(), limits(), &p, &stats);
+        for i in 0..10 {
+            s.append(&ev(i)).unwrap();
+        }
+        s.flush().unwrap();
+        wait_for(&p, 10);
+        p.down.store(true, SeqCst);
+        for i in 10..30 {
+            s.append(&ev(i)).unwrap();
+        }
+        s.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        drop(s);
+        assert!(stats.spool_delivery_failures.load(Relaxed) > 0);
+        assert_eq!(p.got.lock().unwrap().len(), 10);
+        // Restarted, with the server back.
+        p.down.store(false, SeqCst);
+        let s = start(dir.path(), limits(), &p, &stats);
+        wait_for(&p, 30);
+        drop(s);
+        let s = start(dir.path(), limits(), &p, &stats);
+        std::thread::sleep(Duration::from_millis(200));
+        drop(s);
+        assert_eq!(*p.got.lock().unwrap(), keys(0..30));
+    }
+
+    #[test]
+    fn a_torn_tail_is_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let p = Probe::default();
+        p.down.store(true, SeqCst);
+        let mut s = start(dir.path(), limits(), &p, &stats);
+        for i in 0..5 {
+            s.append(&ev(i)).unwrap();
+        }
+        drop(s);
+        // A crash in the middle of a write: half a record at the end.
+        let seg = *list_segments(dir.path()).unwrap().last().unwrap();
+        let half = encode(&ev(5));
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(segment_path(dir.path(), seg))
+            .unwrap();
+        f.write_all(&half[..half.len() / 2]).unwrap();
+        drop(f);
+        p.down.store(false, SeqCst);
+        let mut s = start(dir.path(), limits(), &p, &stats);
+        s.append(&ev(6)).unwrap();
+        s.flush().unwrap();
+        wait_for(&p, 6);
+        drop(s);
+        let mut want = keys(0..5);
+        want.push(ev(6).key);
+        assert_eq!(*p.got.lock().unwrap(), want);
+        assert_eq!(stats.spool_torn.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_flipped_bit_fails_the_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let p = Probe::default();
+        p.down.store(true, SeqCst);
+        let mut s = start(dir.path(), limits(), &p, &stats);
+        for i in 0..3 {
+            s.append(&ev(i)).unwrap();
+        }
+        drop(s);
+        let seg = *list_segments(dir.path()).unwrap().last().unwrap();
+        let path = segment_path(dir.path(), seg);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = encode(&ev(0)).len() + 12;
+        bytes[second] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        p.down.store(false, SeqCst);
+        let s = start(dir.path(), limits(), &p, &stats);
+        wait_for(&p, 1);
+        std::thread::sleep(Duration::from_millis(100));
+        drop(s);
+        assert_eq!(*p.got.lock().unwrap(), keys(0..1));
+        assert_eq!(stats.spool_torn.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_full_spool_drops_the_newest_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let p = Probe::default();
+        p.down.store(true, SeqCst);
+        let one = encode(&ev(0)).len() as u64;
+        let l = SpoolLimits {
+            max_bytes: one * 10,
+            ..limits()
+        };
+        let mut s = start(dir.path(), l.clone(), &p, &stats);
+        for i in 0..25 {
+            s.append(&ev(i)).unwrap();
+            s.flush().unwrap();
+        }
+        assert_eq!(stats.spool_dropped.load(Relaxed), 15);
+        assert_eq!(stats.spool_bytes.load(Relaxed), one * 10);
+        p.down.store(false, SeqCst);
+        wait_for(&p, 10);
+        // Delivered: room again.
+        let t = Instant::now();
+        while stats.spool_bytes.load(Relaxed) > 0 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        s.append(&ev(99)).unwrap();
+        s.flush().unwrap();
+        wait_for(&p, 11);
+        drop(s);
+        let mut want = keys(0..10);
+        want.push(ev(99).key);
+        assert_eq!(*p.got.lock().unwrap(), want);
+    }
+
+    #[test]
+    fn failed_batches_are_retried_with_growing_backoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let p = Probe::default();
+        p.down.store(true, SeqCst);
+        let l = SpoolLimits {
+            retry_initial: Duration::from_millis(50),
+            retry_max: Duration::from_millis(400),
+            ..limits()
+        };
+        let mut s = start(dir.path(), l, &p, &stats);
+        s.append(&ev(0)).unwrap();
+        s.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        // 50+100+200+400+400 ms: about 5 tries in a second, not 1000/50 = 20.
+        let calls = p.calls.load(SeqCst);
+        assert!((3..=7).contains(&calls), "{calls} attempts");
+        p.down.store(false, SeqCst);
+        wait_for(&p, 1);
+        drop(s);
+        assert_eq!(*p.got.lock().unwrap(), keys(0..1));
+    }
+}
