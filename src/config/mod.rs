@@ -46,6 +46,8 @@ pub struct Config {
     pub analyzer: std::collections::BTreeMap<String, toml::Table>,
     pub downloads: DownloadsConfig,
     pub output: OutputConfig,
+    /// The Prometheus endpoint (`src/metrics.rs`).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// Identity and storage of this sensor.
@@ -562,6 +564,10 @@ pub struct OutputConfig {
     pub queue_bytes: u64,
     pub jsonl: JsonlConfig,
     pub transcripts: TranscriptsConfig,
+    /// The original honeytrap's outputs (src/sink/legacy).
+    pub logjson: crate::sink::legacy::LogJsonConfig,
+    pub attacker_log: crate::sink::legacy::AttackerLogConfig,
+    pub savefile: crate::sink::legacy::SaveFileConfig,
 }
 
 impl Default for OutputConfig {
@@ -571,6 +577,9 @@ impl Default for OutputConfig {
             queue_bytes: 256 << 20,
             jsonl: JsonlConfig::default(),
             transcripts: TranscriptsConfig::default(),
+            logjson: Default::default(),
+            attacker_log: Default::default(),
+            savefile: Default::default(),
         }
     }
 }
@@ -1000,6 +1009,7 @@ impl Config {
         crate::analysis::registry::check_and_fill(&mut tables)
             .map_err(|(key, msg)| Invalid::new(key, msg))?;
         self.validate_downloads()?;
+        crate::metrics::validate(&self.metrics)?;
         let o = &self.output;
         positive("output.queue_size", o.queue_size as u64)?;
         if o.queue_bytes < 1 << 20 {
@@ -1008,6 +1018,7 @@ impl Config {
         if o.jsonl.enabled && o.jsonl.path.as_os_str().is_empty() {
             return Err(Invalid::new("output.jsonl.path", "must not be empty"));
         }
+        crate::sink::legacy::validate(o)?;
         if o.jsonl.payload_max > 1 << 20 {
             return Err(Invalid::new(
                 "output.jsonl.payload_max",

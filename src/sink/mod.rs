@@ -9,6 +9,7 @@
 //! A new sink is one file implementing [`Sink`] plus one line in [`build`].
 
 pub mod jsonl;
+pub mod legacy;
 pub mod spool;
 pub mod transcripts;
 
@@ -45,6 +46,15 @@ pub fn build(config: &Config, stats: &Arc<Stats>) -> anyhow::Result<Vec<Box<dyn 
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if config.output.jsonl.enabled {
         sinks.push(Box::new(jsonl::JsonlSink::open(config)?));
+    }
+    if config.output.logjson.enabled {
+        sinks.push(Box::new(legacy::logjson::LogJsonSink::open(config)?));
+    }
+    if config.output.attacker_log.enabled {
+        sinks.push(Box::new(legacy::attacker_log::AttackerLogSink::open(config)?));
+    }
+    if config.output.savefile.enabled {
+        sinks.push(Box::new(legacy::savefile::SaveFileSink::open(config)?));
     }
     let _ = stats;
     Ok(sinks)
@@ -118,10 +128,17 @@ impl Recorder {
             let name = sink.name();
             let st = Arc::clone(&stats);
             let th = Arc::clone(&throttle);
+            let depth = stats.output_queue.handle(&[name]);
+            let d = Arc::clone(&depth);
             let handle = std::thread::Builder::new()
                 .name(format!("sink-{name}"))
-                .spawn(move || run_sink(sink, rx, st, th))?;
-            lanes.push(Lane { name, tx, handle });
+                .spawn(move || run_sink(sink, rx, st, th, d))?;
+            lanes.push(Lane {
+                name,
+                tx,
+                handle,
+                depth,
+            });
         }
         let (tx, rx) = sync_channel::<Msg>(queue);
         let pipeline = if set.is_empty() {
@@ -238,6 +255,8 @@ struct Lane {
     name: &'static str,
     tx: SyncSender<LaneMsg>,
     handle: JoinHandle<()>,
+    /// Records in `tx` not yet taken by the sink (a metric).
+    depth: Arc<AtomicU64>,
 }
 
 /// Writes attacks to the transcript store and the sinks' queues.
@@ -271,9 +290,11 @@ impl Writer {
             budget: Arc::clone(&self.budget),
         });
         for lane in &self.lanes {
+            lane.depth.fetch_add(1, Relaxed);
             if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
                 lane.tx.try_send(LaneMsg::Record(Arc::clone(&record)))
             {
+                lane.depth.fetch_sub(1, Relaxed);
                 Stats::inc(&self.stats.records_dropped);
                 limit_warn!(self.throttle, "sink_queue_full", sink = lane.name, id = %record.attack.id, "attack record not written: output queue full");
             }
@@ -359,6 +380,7 @@ fn run_sink(
     rx: Receiver<LaneMsg>,
     stats: Arc<Stats>,
     throttle: Arc<Throttle>,
+    depth: Arc<AtomicU64>,
 ) {
     let name = sink.name();
     let flush = |sink: &mut Box<dyn Sink>| {
@@ -380,7 +402,10 @@ fn run_sink(
             Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
         };
         let record = match msg {
-            LaneMsg::Record(r) => r,
+            LaneMsg::Record(r) => {
+                depth.fetch_sub(1, Relaxed);
+                r
+            }
             LaneMsg::Reopen => {
                 flush(&mut sink);
                 match sink.reopen() {

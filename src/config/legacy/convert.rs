@@ -73,6 +73,26 @@ pub fn to_toml(l: &Legacy) -> String {
         "output.transcripts",
         &[("quota_bytes", value(&c.output.transcripts.quota_bytes))],
     );
+    let o = &c.output;
+    w.section(
+        "output.logjson",
+        &[("enabled", value(&o.logjson.enabled)), ("path", value(&o.logjson.path))],
+    );
+    w.section(
+        "output.attacker_log",
+        &[
+            ("enabled", value(&o.attacker_log.enabled)),
+            ("path", value(&o.attacker_log.path)),
+        ],
+    );
+    w.section(
+        "output.savefile",
+        &[
+            ("enabled", value(&o.savefile.enabled)),
+            ("attacks_dir", value(&o.savefile.attacks_dir)),
+            ("downloads_dir", value(&o.savefile.downloads_dir)),
+        ],
+    );
     for (name, table) in &c.analyzer {
         let key = format!("analyzer.{name}");
         if let Some(enabled) = table.get("enabled") {
@@ -102,21 +122,6 @@ fn header(l: &Legacy, out: &mut String) {
     }
     if let Some(p) = path(&x.plugin_dir) {
         none.push(format!("plugin_dir = {p} (every analyzer is built in)"));
-    }
-    if let Some(s) = &x.save_file {
-        none.push(format!(
-            "plugin-SaveFile: attacks_dir = {}, downloads_dir = {} (transcripts and the `store` analyzer keep the data under sensor.data_dir)",
-            path(&s.attacks_dir).unwrap_or_default(),
-            path(&s.downloads_dir).unwrap_or_default()
-        ));
-    }
-    if let Some(p) = path(&x.log_attacker) {
-        none.push(format!("plugin-logAttacker: logfile = {p}"));
-    }
-    if let Some(p) = path(&x.log_json) {
-        none.push(format!(
-            "plugin-logJSON: logfile = {p} (output.jsonl is the native event log)"
-        ));
     }
     if x.submit_postgres.is_some() {
         none.push("plugin-submitPostgres (no PostgreSQL output yet)".into());

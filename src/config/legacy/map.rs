@@ -529,7 +529,7 @@ impl Mapper {
                 self.warn(Some(pos), format!("`{key}` is not available yet: {why}"));
                 self.extras.submit_postgres = Some(options.clone());
             }
-            PluginKind::Output => self.output(canonical, &options),
+            PluginKind::Output => self.output(canonical, &options, pos),
             PluginKind::Analyzer(a) => self.analyzer_plugin(canonical, a, &options, pos),
         }
         if kind == PluginKind::Output {
@@ -551,19 +551,45 @@ impl Mapper {
         Ok(())
     }
 
-    fn output(&mut self, plugin: &str, options: &BTreeMap<String, String>) {
+    /// An output plugin turns on its native output (src/sink/legacy); a missing
+    /// file or directory keeps the native default under the data directory.
+    fn output(&mut self, plugin: &str, options: &BTreeMap<String, String>, pos: &Pos) {
         let path = |k: &str| options.get(k).map(PathBuf::from);
-        match plugin {
+        let o = &mut self.config.output;
+        let key = match plugin {
             "SaveFile" => {
                 self.extras.save_file = Some(SaveFile {
                     attacks_dir: path("attacks_dir"),
                     downloads_dir: path("downloads_dir"),
-                })
+                });
+                o.savefile.enabled = true;
+                if let Some(p) = path("attacks_dir") {
+                    o.savefile.attacks_dir = p;
+                }
+                if let Some(p) = path("downloads_dir") {
+                    o.savefile.downloads_dir = p;
+                }
+                "output.savefile"
             }
-            "logAttacker" => self.extras.log_attacker = path("logfile"),
-            "logJSON" => self.extras.log_json = path("logfile"),
-            _ => {}
-        }
+            "logAttacker" => {
+                self.extras.log_attacker = path("logfile");
+                o.attacker_log.enabled = true;
+                if let Some(p) = path("logfile") {
+                    o.attacker_log.path = p;
+                }
+                "output.attacker_log"
+            }
+            "logJSON" => {
+                self.extras.log_json = path("logfile");
+                o.logjson.enabled = true;
+                if let Some(p) = path("logfile") {
+                    o.logjson.path = p;
+                }
+                "output.logjson"
+            }
+            _ => return,
+        };
+        self.origin(key, format!("plugin-{plugin}"), pos);
     }
 
     /// A plugin that is one of our analyzers: options with no equivalent are
