@@ -17,6 +17,16 @@
 //! name private, loopback or documentation addresses, which `[downloads]` refuses
 //! before any connect (the harness checks every download record says `refused`).
 //! Each URL is unique, so the dedup window never short-cuts the check.
+//!
+//! `--set classifiers` (issue 6, point 8) turns every classifier on with fixtures the
+//! harness writes itself (a YARA ruleset, a fuzzy signature list, a clamd with its own
+//! database, see `anbench/classifiers.rs`), adds two classes (`exe`: executables
+//! embedded after exploit headers; `shellcode`: overflow requests with GetPC
+//! shellcode) and prints each classifier's MB/s alone on every class, beside the
+//! hashing baseline and the whole pipeline, and its µs on connbench's request.
+
+#[path = "anbench/classifiers.rs"]
+mod classifiers;
 
 use anyhow::{bail, Context as _, Result};
 use base64::Engine as _;
@@ -50,7 +60,24 @@ struct Args {
     /// Only this class (default: all).
     #[arg(long)]
     class: Option<String>,
+    /// Which analyzers: `default` (every analyzer with its defaults) or
+    /// `classifiers` (every classifier on with the harness's fixtures; per-classifier
+    /// tables).
+    #[arg(long, value_enum, default_value_t = Set::Default)]
+    set: Set,
+    /// With `--set classifiers`: do not start clamd (the clamav row says so).
+    #[arg(long)]
+    no_clamd: bool,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Set {
+    Default,
+    Classifiers,
+}
+
+/// The classifiers measured alone by `--set classifiers`, in table order.
+const CLASSIFIERS: &[&str] = &["exe", "fuzzy", "yara", "clamav", "shellcode"];
 
 // ---------------------------------------------------------------------------
 // Deterministic generator
@@ -137,6 +164,9 @@ const CLASSES: &[(&str, Gen)] = &[
     ("tls", gen_tls),
     ("commands", gen_commands),
 ];
+
+/// Classes added by `--set classifiers`.
+const CLASSIFIER_CLASSES: &[(&str, Gen)] = &[("exe", gen_exe), ("shellcode", gen_shellcode)];
 
 fn request_head(r: &mut Rng, method: &str, path: &str) -> String {
     format!(
@@ -406,6 +436,64 @@ fn gen_commands(r: &mut Rng, size: usize) -> Vec<u8> {
     })
 }
 
+/// Droppers and exploit bodies with executables embedded after a header: ELF32 ARM,
+/// ELF64 x86-64 or PE32 around random code with strings and, sometimes, shellcode.
+fn gen_exe(r: &mut Rng, size: usize) -> Vec<u8> {
+    fill(Vec::new(), size, |v| {
+        match r.below(3) {
+            0 => v.extend(request_head(r, "POST", "/upload.php").as_bytes()),
+            1 => v.extend(format!("echo -ne '\\x7f' > /tmp/{}; ", r.word(6)).as_bytes()),
+            _ => {
+                let n = 16 + r.below(200);
+                v.extend(r.bytes(n))
+            }
+        }
+        v.extend(b"\r\n\r\n");
+        let room = size.saturating_sub(v.len()).clamp(256, 256 << 10);
+        let n = room / 2 + r.below(room / 2);
+        let mut code = r.bytes(n);
+        if r.below(3) == 0 {
+            let at = r.below(code.len().saturating_sub(64).max(1));
+            let sc = classifiers::xor_shellcode(16, 1 + r.below(255) as u8);
+            let end = (at + sc.len()).min(code.len());
+            code[at..end].copy_from_slice(&sc[..end - at]);
+        }
+        code.extend(format!("/bin/busybox {}\0", r.word(6).to_uppercase()).as_bytes());
+        v.extend(match r.below(3) {
+            0 => classifiers::elf(true, &code),
+            1 => classifiers::elf(false, &code),
+            _ => classifiers::pe(&code),
+        });
+    })
+}
+
+/// Overflow requests: a long filler, a NOP sled, GetPC shellcode (XOR decoder,
+/// fnstenv or call/pop), return addresses; some with a random binary tail.
+fn gen_shellcode(r: &mut Rng, size: usize) -> Vec<u8> {
+    fill(Vec::new(), size, |v| {
+        v.extend(format!("GET /{}?q=", r.word(6)).as_bytes());
+        v.extend(b"A".repeat(64 + r.below(1024)));
+        v.extend(match r.below(3) {
+            0 => classifiers::xor_shellcode(16 + r.below(200), 1 + r.below(255) as u8),
+            1 => {
+                let mut s = vec![0x90; 16 + r.below(64)];
+                s.extend(classifiers::fnstenv_shellcode());
+                s
+            }
+            _ => classifiers::callpop_shellcode(),
+        });
+        let ret = (0x0804_0000u32 + r.below(0xffff) as u32).to_le_bytes();
+        for _ in 0..8 + r.below(32) {
+            v.extend(ret);
+        }
+        v.extend(b" HTTP/1.0\r\n\r\n");
+        if r.below(2) == 0 {
+            let n = r.below(4096);
+            v.extend(r.bytes(n));
+        }
+    })
+}
+
 // ---------------------------------------------------------------------------
 // Measurement
 
@@ -445,6 +533,8 @@ struct Yield {
     findings: u64,
     downloads: u64,
     refused: u64,
+    /// Executables cut out of payloads by `exe` (downloads that connect nowhere).
+    extracted: u64,
     failures: u64,
 }
 
@@ -492,7 +582,9 @@ impl Ctx {
             y.failures += a.analysis.failures.len() as u64;
             for d in &a.analysis.downloads {
                 let e = d.error.as_deref().unwrap_or("");
-                if !e.contains("refused: ") {
+                if d.analyzer == "exe" && d.url.starts_with("extracted:") {
+                    y.extracted += 1;
+                } else if !e.contains("refused: ") {
                     eprintln!(
                         "not refused: {} {} cached={} error={e:?}",
                         d.analyzer, d.url, d.cached
@@ -553,9 +645,20 @@ fn main() -> Result<()> {
         bail!("--inputs must be in 1..=10000");
     }
     let dir = tempfile::Builder::new().prefix("anbench-").tempdir()?;
-    let config =
-        honeytrap::config::parse(std::path::Path::new("<anbench>"), &config_text(dir.path()))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let fixtures = match args.set {
+        Set::Default => None,
+        Set::Classifiers => Some(
+            classifiers::Fixtures::new(&[classifiers::bench_elf()], args.no_clamd)
+                .context("classifier fixtures")?,
+        ),
+    };
+    let mut text = config_text(dir.path());
+    if let Some(f) = &fixtures {
+        text.push('\n');
+        text.push_str(&f.toml());
+    }
+    let config = honeytrap::config::parse(std::path::Path::new("<anbench>"), &text)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let set = AnalyzerSet::build(&config).context("building the analyzers")?;
     if set.names().contains(&"selftest") {
         bail!("selftest must be off");
@@ -575,6 +678,10 @@ fn main() -> Result<()> {
         "# analysis: max_depth={} max_downloads={}; downloads: default [downloads] (no allow-list)",
         ctx.limits.max_depth, ctx.limits.max_downloads
     );
+    if let Some(f) = &fixtures {
+        println!("# classifiers: {}", f.describe());
+        println!("# load average before: {}", load_average());
+    }
     println!();
     println!(
         "{:<9} {:>6} {:>8} {:>10} {:>11} {:>12} {:>9} {:>9} {:>10} {:>9}",
@@ -589,9 +696,14 @@ fn main() -> Result<()> {
         "downloads",
         "failures"
     );
+    let mut classes: Vec<(&str, Gen)> = CLASSES.to_vec();
+    if fixtures.is_some() {
+        classes.extend(CLASSIFIER_CLASSES);
+    }
     let mut rows = Vec::new();
+    let mut corpora = Vec::new();
     let mut all_corpus = Vec::new();
-    for (i, (name, gen)) in CLASSES.iter().enumerate() {
+    for (i, (name, gen)) in classes.iter().enumerate() {
         if args.class.as_deref().is_some_and(|c| c != *name) {
             continue;
         }
@@ -604,7 +716,8 @@ fn main() -> Result<()> {
             .collect();
         let row = run_class(&ctx, &args, name, &corpus);
         print_row(&row);
-        all_corpus.extend(corpus);
+        all_corpus.extend(corpus.iter().cloned());
+        corpora.push((*name, corpus));
         rows.push(row);
     }
     if rows.len() > 1 {
@@ -612,24 +725,131 @@ fn main() -> Result<()> {
         print_row(&row);
         rows.push(row);
     }
-    breakdown(&ctx, &all_corpus)?;
-    small_inputs(&ctx, &args)?;
-    let d: u64 = rows
-        .iter()
-        .filter(|r| r.class != "all")
-        .map(|r| r.y.downloads)
-        .sum();
-    let refused: u64 = rows
-        .iter()
-        .filter(|r| r.class != "all")
-        .map(|r| r.y.refused)
-        .sum();
+    if fixtures.is_some() {
+        classifier_table(&ctx, &args, &corpora, &all_corpus)?;
+    }
+    breakdown(&ctx, &all_corpus, "the whole corpus")?;
+    small_inputs(&ctx, &args, fixtures.is_some())?;
+    let classes = rows.iter().filter(|r| r.class != "all");
+    let (d, refused, extracted) = classes.fold((0, 0, 0), |(d, f, x), r| {
+        (d + r.y.downloads, f + r.y.refused, x + r.y.extracted)
+    });
     println!();
-    println!("# download records: {d}, refused before connecting: {refused}");
-    if d != refused {
+    println!(
+        "# download records: {d}, refused before connecting: {refused}, executables extracted by exe: {extracted}"
+    );
+    if d != refused + extracted {
         bail!("a download was not refused: the corpus must not reach anything");
     }
     println!("# counters: {}", counters(&ctx.stats));
+    if fixtures.is_some() {
+        println!("# load average after: {}", load_average());
+    }
+    Ok(())
+}
+
+/// /proc/loadavg's first three fields.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// One classifier run alone on `data` as a payload; its output.
+fn run_alone(a: &dyn Analyzer, attack: &Attack, data: &[u8]) -> Output {
+    let input = Input {
+        data,
+        kind: InputKind::Payload,
+        attack,
+        depth: 0,
+        deadline: Instant::now() + Duration::from_secs(60),
+        download: None,
+        downloads_left: 5,
+    };
+    let mut out = Output::default();
+    if let Err(e) = a.run(&input, &mut out) {
+        eprintln!("{} failed: {e:#}", a.name());
+    }
+    out
+}
+
+/// `--set classifiers`: each classifier alone on each class (MB/s of payload, one
+/// thread), the five together, and the findings each made per input.
+fn classifier_table(
+    ctx: &Ctx,
+    args: &Args,
+    corpora: &[(&str, Vec<Vec<u8>>)],
+    all: &[Vec<u8>],
+) -> Result<()> {
+    let present: Vec<Option<Arc<dyn Analyzer>>> = CLASSIFIERS
+        .iter()
+        .map(|n| ctx.set.analyze.iter().find(|a| a.name() == *n).cloned())
+        .collect();
+    println!();
+    println!("# each classifier alone on the payloads of each class (MB/s, one thread; clamav: clamd's time included)");
+    print!("{:<9} {:>8} {:>10}", "class", "MB", "hash MB/s");
+    for n in CLASSIFIERS {
+        print!(" {:>9}", n);
+    }
+    print!(" {:>11}", "all 5 MB/s");
+    for n in CLASSIFIERS {
+        print!(" {:>6}", format!("f:{}", &n[..3.min(n.len())]));
+    }
+    println!();
+    let mut sets: Vec<(&str, &[Vec<u8>])> = corpora.iter().map(|(n, c)| (*n, &c[..])).collect();
+    if corpora.len() > 1 {
+        sets.push(("all", all));
+    }
+    for (name, corpus) in sets {
+        let bytes: u64 = corpus.iter().map(|p| p.len() as u64).sum();
+        let sealed: Vec<Attack> = corpus.iter().map(|p| attack(p)).collect();
+        let (hash, _) = measure(args.seconds, bytes, || {
+            for p in corpus {
+                std::hint::black_box(Hashes::of(p));
+            }
+        });
+        let mut rates = Vec::new();
+        let mut found = Vec::new();
+        for a in &present {
+            let Some(a) = a else {
+                rates.push(None);
+                found.push(None);
+                continue;
+            };
+            let n: usize = sealed
+                .iter()
+                .zip(corpus)
+                .map(|(s, p)| run_alone(a.as_ref(), s, p).findings.len())
+                .sum();
+            found.push(Some(n as f64 / corpus.len() as f64));
+            let (rate, _) = measure(args.seconds, bytes, || {
+                for (s, p) in sealed.iter().zip(corpus) {
+                    std::hint::black_box(run_alone(a.as_ref(), s, p));
+                }
+            });
+            rates.push(Some(rate));
+        }
+        let together = 1.0 / rates.iter().flatten().map(|r| 1.0 / r).sum::<f64>();
+        print!("{:<9} {:>8.1} {:>10.0}", name, bytes as f64 / 1e6, hash);
+        for r in &rates {
+            match r {
+                Some(r) => print!(" {:>9.1}", r),
+                None => print!(" {:>9}", "n/a"),
+            }
+        }
+        print!(" {:>11.1}", together);
+        for f in &found {
+            match f {
+                Some(f) => print!(" {:>6.1}", f),
+                None => print!(" {:>6}", "n/a"),
+            }
+        }
+        println!();
+    }
+    if present[3].is_none() {
+        println!("# clamav: clamd not available (n/a)");
+    }
+    println!("# f:xxx: findings per input of that classifier alone (on the payload only)");
     Ok(())
 }
 
@@ -664,7 +884,7 @@ impl Analyzer for Timed {
 
 /// Where one pass over `corpus` spends its time: each analyzer, and the rest of
 /// `analyze` (copies, virtual attacks' hashes and ids, bookkeeping).
-fn breakdown(ctx: &Ctx, corpus: &[Vec<u8>]) -> Result<()> {
+fn breakdown(ctx: &Ctx, corpus: &[Vec<u8>], what: &str) -> Result<()> {
     let spent = Arc::new(Mutex::new(BTreeMap::new()));
     let wrap = |v: &[Arc<dyn Analyzer>]| -> Vec<Arc<dyn Analyzer>> {
         v.iter()
@@ -699,7 +919,7 @@ fn breakdown(ctx: &Ctx, corpus: &[Vec<u8>]) -> Result<()> {
     let in_analyzers: Duration = spent.values().sum();
     println!();
     println!(
-        "# where one pass over the whole corpus ({:.1} MB, {:.2} s) goes",
+        "# where one pass over {what} ({:.1} MB, {:.2} s) goes",
         bytes as f64 / 1e6,
         total.as_secs_f64()
     );
@@ -745,14 +965,17 @@ fn print_row(r: &Row) {
 /// Per-attack cost of small payloads (what a scanner sends): attacks/s of one
 /// thread for a request with a Negotiate blob, as connbench's analysis scenario
 /// sends it.
-fn small_inputs(ctx: &Ctx, args: &Args) -> Result<()> {
+fn small_inputs(ctx: &Ctx, args: &Args, classifiers: bool) -> Result<()> {
     let mut r = Rng(args.seed);
-    let samples: Vec<(&str, Vec<u8>)> = vec![
+    let mut samples: Vec<(&str, Vec<u8>)> = vec![
         ("GET / (18 B)", b"GET / HTTP/1.0\r\n\r\n".to_vec()),
         ("http ~300 B", gen_http(&mut r, 300)),
         ("ntlm ~600 B", gen_ntlm(&mut r, 600)),
         ("commands ~300 B", gen_commands(&mut r, 300)),
     ];
+    if classifiers {
+        samples.push(("connbench classif.", classifiers::bench_request()));
+    }
     println!();
     println!(
         "{:<18} {:>8} {:>12} {:>12}",
@@ -776,6 +999,39 @@ fn small_inputs(ctx: &Ctx, args: &Args) -> Result<()> {
             1.0 / per,
             per * 1e6
         );
+    }
+    if classifiers {
+        let req = classifiers::bench_request();
+        let a = attack(&req);
+        println!();
+        println!(
+            "# each classifier alone on connbench's classifiers request ({} B; its ELF is {} B)",
+            req.len(),
+            classifiers::bench_elf().len()
+        );
+        println!("{:<18} {:>12} {:>9}", "classifier", "us/attack", "findings");
+        for name in CLASSIFIERS {
+            let Some(c) = ctx.set.analyze.iter().find(|x| x.name() == *name) else {
+                println!("{:<18} {:>12} {:>9}", name, "n/a", "n/a");
+                continue;
+            };
+            let found = run_alone(c.as_ref(), &a, &req).findings.len();
+            let t0 = Instant::now();
+            let mut n = 0u64;
+            while t0.elapsed() < Duration::from_secs_f64(args.seconds) {
+                for _ in 0..20 {
+                    std::hint::black_box(run_alone(c.as_ref(), &a, &req));
+                }
+                n += 20;
+            }
+            let per = t0.elapsed().as_secs_f64() / n as f64;
+            println!("{:<18} {:>12.1} {:>9}", name, per * 1e6, found);
+        }
+        breakdown(
+            ctx,
+            &vec![req; 2000],
+            "connbench's classifiers request, 2000 times",
+        )?;
     }
     Ok(())
 }

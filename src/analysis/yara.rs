@@ -240,11 +240,14 @@ mod engine {
             }
             let max = usize::try_from(self.o.max_size).unwrap_or(usize::MAX);
             let data = &input.data[..input.data.len().min(max)];
-            // A scanner holds a WebAssembly store: cheap enough per input, and not
-            // shareable between the worker threads.
-            let mut scanner = yara_x::Scanner::new(&self.rules);
-            scanner.set_timeout(timeout);
-            let results = match scanner.scan(data) {
+            // This thread's scanner for these rules (made on first use), taken out
+            // while it scans: a scan that fails or panics drops it.
+            let mut cached = SCANNER
+                .with(|c| c.borrow_mut().take())
+                .filter(|c| Arc::ptr_eq(&c.rules, &self.rules))
+                .unwrap_or_else(|| Cached::new(&self.rules));
+            cached.scanner.set_timeout(timeout);
+            let results = match cached.scanner.scan(data) {
                 Ok(r) => r,
                 Err(yara_x::errors::ScanError::Timeout) => {
                     anyhow::bail!("scan timed out after {} ms", timeout.as_millis())
@@ -254,7 +257,38 @@ mod engine {
             for rule in results.matching_rules() {
                 finding(&rule, out);
             }
+            drop(results);
+            SCANNER.with(|c| *c.borrow_mut() = Some(cached));
             Ok(())
+        }
+    }
+
+    thread_local! {
+        /// The scanner of this analysis worker thread. Making one (a WebAssembly
+        /// store and instance, the rules' and modules' types) costs about a
+        /// millisecond, far more than scanning a small payload; a scanner may be
+        /// reused for scans one after the other, never by two threads at once.
+        static SCANNER: std::cell::RefCell<Option<Cached>> = const { std::cell::RefCell::new(None) };
+    }
+
+    /// A scanner with the rules it borrows. `scanner` is declared first so it is
+    /// dropped before `rules`.
+    struct Cached {
+        scanner: yara_x::Scanner<'static>,
+        rules: Arc<yara_x::Rules>,
+    }
+
+    impl Cached {
+        fn new(rules: &Arc<yara_x::Rules>) -> Cached {
+            let rules = Arc::clone(rules);
+            let scanner = yara_x::Scanner::new(rules.as_ref());
+            // SAFETY: the scanner borrows the `Rules` inside `rules`' allocation,
+            // which does not move and lives as long as this struct holds the Arc;
+            // the scanner is dropped first (field order) and never handed out.
+            let scanner = unsafe {
+                std::mem::transmute::<yara_x::Scanner<'_>, yara_x::Scanner<'static>>(scanner)
+            };
+            Cached { scanner, rules }
         }
     }
 
@@ -393,6 +427,37 @@ rule Never { strings: $x = "not in there" condition: $x }
         let out = scan(a.as_ref(), b"GET / HTTP/1.0\r\n\r\n", InputKind::Payload).unwrap();
         assert!(out.findings.is_empty());
     }
+
+    #[test]
+    fn the_reused_scanner_forgets_earlier_scans_and_follows_the_rules() {
+        let d = dir_with(&[("mirai.yar", RULES)]);
+        let a = build(&options(&table(d.path())).unwrap()).unwrap().unwrap();
+        let hit = b"/bin/busybox MIRAI".as_slice();
+        for (data, want) in [(hit, 1), (b"nothing here".as_slice(), 0), (hit, 1)] {
+            let out = scan(a.as_ref(), data, InputKind::Payload).unwrap();
+            assert_eq!(out.findings.len(), want, "{:?}", out.findings);
+        }
+        // Other rules on the same thread: their own scanner, their own matches.
+        let other = dir_with(&[("other.yar", LATER_RULE)]);
+        let b = build(&options(&table(other.path())).unwrap())
+            .unwrap()
+            .unwrap();
+        assert!(scan(b.as_ref(), hit, InputKind::Payload)
+            .unwrap()
+            .findings
+            .is_empty());
+        let out = scan(b.as_ref(), b"x added-later x", InputKind::Payload).unwrap();
+        assert_eq!(out.findings[0].meta["rule"], "Later");
+        assert_eq!(
+            scan(a.as_ref(), hit, InputKind::Payload)
+                .unwrap()
+                .findings
+                .len(),
+            1
+        );
+    }
+
+    const LATER_RULE: &str = "rule Later { strings: $x = \"added-later\" condition: $x }\n";
 
     #[test]
     fn max_size_limits_what_is_scanned() {
