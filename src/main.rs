@@ -1,5 +1,9 @@
 //! The `honeytrap` command: parses the command line, loads the configuration and
 //! hands over to the library. Exit codes: 0 ok, 1 runtime failure, 2 bad config.
+//! A command line that starts with an option other than `--help`/`--version` is
+//! the original honeytrap's (`honeytrap -D -C FILE ...`), handled by [`cli`].
+
+mod cli;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -109,7 +113,11 @@ fn load(
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if cli::legacy::is_legacy(&args) {
+        return cli::run_legacy(&args);
+    }
+    let cli = Cli::parse_from(args);
     match cli.command {
         Command::Firewall {
             action,
@@ -188,6 +196,12 @@ fn main() -> ExitCode {
                 )
                 .init();
             legacy_warnings(&loaded, |w| tracing::warn!("{w}"));
+            let monitor = honeytrap::monitor::build(&loaded.config).0.name();
+            if let Some(w) =
+                honeytrap::privileges::low_port_warning(&loaded.config, &loaded.policy, monitor)
+            {
+                tracing::warn!("{w}");
+            }
             let control: Option<honeytrap::LogControl> = (!fixed).then(|| {
                 Box::new(move |f: &str| {
                     honeytrap::config::check_log_filter(f)?;
