@@ -15,8 +15,10 @@ pub mod analysis;
 pub mod attack;
 pub mod config;
 pub mod context;
+pub mod db;
 pub mod event;
 pub mod firewall;
+pub mod metrics;
 pub mod mode;
 pub mod monitor;
 pub mod privileges;
@@ -51,6 +53,7 @@ pub fn run(loaded: Loaded, log: Option<LogControl>) -> anyhow::Result<()> {
     };
     // Before anything is bound (ports in use are excluded) and while still root.
     let firewall = firewall::setup(cfg, monitor.name())?;
+    let metrics = metrics::Endpoint::bind(&cfg.metrics)?;
     if let Some(who) = &who {
         let mut keep = monitor.capabilities();
         // Rules honeytrap added are removed at exit by running iptables (and `ip`
@@ -83,7 +86,7 @@ pub fn run(loaded: Loaded, log: Option<LogControl>) -> anyhow::Result<()> {
         open_files = nofile,
         "monitor chosen"
     );
-    let result = runtime.block_on(daemon(loaded, monitor, log));
+    let result = runtime.block_on(daemon(loaded, monitor, log, metrics));
     // Explicit removal once the daemon returned (the guard also removes the rules
     // on an early error return above, by being dropped).
     if let Some(guard) = firewall {
@@ -96,9 +99,14 @@ async fn daemon(
     loaded: Loaded,
     mut monitor: Box<dyn monitor::Monitor>,
     log: Option<LogControl>,
+    metrics: Option<metrics::Endpoint>,
 ) -> anyhow::Result<()> {
     let ctx = Context::start(loaded)?;
     let table = PortTable::new(Arc::clone(&ctx));
+    if let Some(m) = metrics {
+        let t = Arc::clone(&table);
+        m.start(Arc::clone(&ctx.stats), Arc::new(move || t.open_servers()))?;
+    }
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
@@ -187,8 +195,9 @@ fn reload(
                 || c.process.group != o.process.group
                 || c.monitor.kind != o.monitor.kind
                 || c.firewall != o.firewall
+                || c.metrics != o.metrics
             {
-                tracing::warn!("SIGHUP: changes to [network], [output], [firewall], sensor.data_dir, process.user, process.group and monitor.kind need a restart; they are kept as they were");
+                tracing::warn!("SIGHUP: changes to [network], [output], [firewall], [metrics], sensor.data_dir, process.user, process.group and monitor.kind need a restart; they are kept as they were");
             }
             if c.process.log_level != o.process.log_level {
                 match log {
@@ -209,6 +218,7 @@ fn reload(
             merged.config.process.group = o.process.group.clone();
             merged.config.monitor.kind = o.monitor.kind;
             merged.config.firewall = o.firewall.clone();
+            merged.config.metrics = o.metrics.clone();
             if old.overridden {
                 // The command line wins until restart.
                 merged.config.monitor.nfqueue.queue = o.monitor.nfqueue.queue;

@@ -224,17 +224,20 @@ impl Run<'_> {
         };
         self.analysis.runs += 1;
         Stats::inc(&self.stats.analyzer_runs);
+        self.stats.analyzer_runs_by.inc(&[a.name()]);
         let result = catch_unwind(AssertUnwindSafe(|| a.run(&input, &mut out)));
         let took = now.elapsed();
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 Stats::inc(&self.stats.analyzer_failures);
+                self.stats.analyzer_failures_by.inc(&[a.name()]);
                 limit_warn!(self.throttle, "analyzer_error", analyzer = a.name(), id = %self.attack.id, error = %format!("{e:#}"), "analyzer failed");
                 self.fail(a.name(), "error", format!("{e:#}"));
             }
             Err(panic) => {
                 Stats::inc(&self.stats.analyzer_failures);
+                self.stats.analyzer_failures_by.inc(&[a.name()]);
                 let msg = panic_message(&panic);
                 limit_warn!(self.throttle, "analyzer_panic", analyzer = a.name(), id = %self.attack.id, panic = %msg, "analyzer crashed");
                 self.fail(a.name(), "panic", msg);
@@ -253,6 +256,9 @@ impl Run<'_> {
             d.source = item.source.clone();
         }
         Stats::add(&self.stats.findings, out.findings.len() as u64);
+        if !out.findings.is_empty() {
+            (self.stats.findings_by).add(&[a.name()], out.findings.len() as u64);
+        }
         if let Some(v) = item.virtual_index {
             self.virtuals[v]
                 .analysis

@@ -46,6 +46,8 @@ pub struct Config {
     pub analyzer: std::collections::BTreeMap<String, toml::Table>,
     pub downloads: DownloadsConfig,
     pub output: OutputConfig,
+    /// The Prometheus endpoint (`src/metrics.rs`).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// Identity and storage of this sensor.
@@ -1007,6 +1009,7 @@ impl Config {
         crate::analysis::registry::check_and_fill(&mut tables)
             .map_err(|(key, msg)| Invalid::new(key, msg))?;
         self.validate_downloads()?;
+        crate::metrics::validate(&self.metrics)?;
         let o = &self.output;
         positive("output.queue_size", o.queue_size as u64)?;
         if o.queue_bytes < 1 << 20 {

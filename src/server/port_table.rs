@@ -159,14 +159,23 @@ impl PortTable {
         &self.ctx
     }
 
+    /// Servers listening now: (pinned, unpinned).
+    pub fn open_servers(&self) -> (usize, usize) {
+        let s = self.servers.lock().unwrap();
+        let pinned = s.map.values().filter(|e| e.pinned).count();
+        (pinned, s.map.len() - pinned)
+    }
+
     /// Handle a monitor's trigger: make sure a server runs for its port.
     pub fn trigger(self: &Arc<Self>, t: &Trigger) -> Ensured {
+        self.ctx.stats.triggers.inc(&[t.monitor]);
         self.ensure(t.protocol, t.local.port(), t.monitor, false)
     }
 
     /// Like [`PortTable::trigger`], but a new server's task is not started: it is
     /// added to `pending` for [`PortTable::launch`]. The port listens on return.
     pub fn trigger_deferred(&self, t: &Trigger, pending: &mut Pending) -> Ensured {
+        self.ctx.stats.triggers.inc(&[t.monitor]);
         self.ensure_deferred(t.protocol, t.local.port(), t.monitor, false, pending)
     }
 

@@ -44,6 +44,7 @@ pub fn on_connection(
     monitor: &Arc<str>,
 ) {
     Stats::inc(&ctx.stats.connections);
+    ctx.stats.connections_by_monitor.inc(&[monitor]);
     let Ok(local) = stream.local_addr() else {
         return;
     };
@@ -60,6 +61,8 @@ pub fn on_connection(
     ctx.sessions.spawn(async move {
         let captured = crate::mode::tcp(Arc::clone(&ctx2), stream, local, remote, spec).await;
         drop(permit);
+        let t = &captured.transcript;
+        (ctx2.stats).session_ended(captured.mode.as_str(), "tcp", t.bytes_in, t.bytes_out);
         ctx2.recorder.submit(captured);
     });
 }

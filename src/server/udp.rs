@@ -120,6 +120,7 @@ where
         return None;
     }
     Stats::inc(&ctx.stats.connections);
+    ctx.stats.connections_by_monitor.inc(&[monitor]);
     let permit = super::admit(ctx, &cfg, Protocol::Udp, local.port(), peer)?;
     let (tx, rx) = mpsc::channel(SESSION_QUEUE);
     let spec = super::session_spec(ctx, &cfg, Protocol::Udp, local.port(), monitor);
@@ -128,6 +129,8 @@ where
     ctx.sessions.spawn(async move {
         let captured = crate::mode::udp(Arc::clone(&ctx2), data, rx, out, local, peer, spec).await;
         drop(permit);
+        let t = &captured.transcript;
+        (ctx2.stats).session_ended(captured.mode.as_str(), "udp", t.bytes_in, t.bytes_out);
         ctx2.recorder.submit(captured);
     });
     Some(tx)

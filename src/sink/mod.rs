@@ -128,10 +128,17 @@ impl Recorder {
             let name = sink.name();
             let st = Arc::clone(&stats);
             let th = Arc::clone(&throttle);
+            let depth = stats.output_queue.handle(&[name]);
+            let d = Arc::clone(&depth);
             let handle = std::thread::Builder::new()
                 .name(format!("sink-{name}"))
-                .spawn(move || run_sink(sink, rx, st, th))?;
-            lanes.push(Lane { name, tx, handle });
+                .spawn(move || run_sink(sink, rx, st, th, d))?;
+            lanes.push(Lane {
+                name,
+                tx,
+                handle,
+                depth,
+            });
         }
         let (tx, rx) = sync_channel::<Msg>(queue);
         let pipeline = if set.is_empty() {
@@ -248,6 +255,8 @@ struct Lane {
     name: &'static str,
     tx: SyncSender<LaneMsg>,
     handle: JoinHandle<()>,
+    /// Records in `tx` not yet taken by the sink (a metric).
+    depth: Arc<AtomicU64>,
 }
 
 /// Writes attacks to the transcript store and the sinks' queues.
@@ -281,9 +290,11 @@ impl Writer {
             budget: Arc::clone(&self.budget),
         });
         for lane in &self.lanes {
+            lane.depth.fetch_add(1, Relaxed);
             if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
                 lane.tx.try_send(LaneMsg::Record(Arc::clone(&record)))
             {
+                lane.depth.fetch_sub(1, Relaxed);
                 Stats::inc(&self.stats.records_dropped);
                 limit_warn!(self.throttle, "sink_queue_full", sink = lane.name, id = %record.attack.id, "attack record not written: output queue full");
             }
@@ -369,6 +380,7 @@ fn run_sink(
     rx: Receiver<LaneMsg>,
     stats: Arc<Stats>,
     throttle: Arc<Throttle>,
+    depth: Arc<AtomicU64>,
 ) {
     let name = sink.name();
     let flush = |sink: &mut Box<dyn Sink>| {
@@ -390,7 +402,10 @@ fn run_sink(
             Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
         };
         let record = match msg {
-            LaneMsg::Record(r) => r,
+            LaneMsg::Record(r) => {
+                depth.fetch_sub(1, Relaxed);
+                r
+            }
             LaneMsg::Reopen => {
                 flush(&mut sink);
                 match sink.reopen() {
