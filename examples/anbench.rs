@@ -648,7 +648,7 @@ fn main() -> Result<()> {
     let fixtures = match args.set {
         Set::Default => None,
         Set::Classifiers => Some(
-            classifiers::Fixtures::new(&[classifiers::bench_elf()], args.no_clamd)
+            classifiers::Fixtures::new(&[classifiers::bench_elf()], args.no_clamd, 0)
                 .context("classifier fixtures")?,
         ),
     };
@@ -729,7 +729,7 @@ fn main() -> Result<()> {
         classifier_table(&ctx, &args, &corpora, &all_corpus)?;
     }
     breakdown(&ctx, &all_corpus, "the whole corpus")?;
-    small_inputs(&ctx, &args, fixtures.is_some())?;
+    small_inputs(&ctx, &args, fixtures.as_ref())?;
     let classes = rows.iter().filter(|r| r.class != "all");
     let (d, refused, extracted) = classes.fold((0, 0, 0), |(d, f, x), r| {
         (d + r.y.downloads, f + r.y.refused, x + r.y.extracted)
@@ -786,7 +786,9 @@ fn classifier_table(
         .map(|n| ctx.set.analyze.iter().find(|a| a.name() == *n).cloned())
         .collect();
     println!();
-    println!("# each classifier alone on the payloads of each class (MB/s, one thread; clamav: clamd's time included)");
+    println!(
+        "# each classifier alone on the payloads of each class (MB/s, one thread; clamav: clamd's time included)"
+    );
     print!("{:<9} {:>8} {:>10}", "class", "MB", "hash MB/s");
     for n in CLASSIFIERS {
         print!(" {:>9}", n);
@@ -965,7 +967,7 @@ fn print_row(r: &Row) {
 /// Per-attack cost of small payloads (what a scanner sends): attacks/s of one
 /// thread for a request with a Negotiate blob, as connbench's analysis scenario
 /// sends it.
-fn small_inputs(ctx: &Ctx, args: &Args, classifiers: bool) -> Result<()> {
+fn small_inputs(ctx: &Ctx, args: &Args, fixtures: Option<&classifiers::Fixtures>) -> Result<()> {
     let mut r = Rng(args.seed);
     let mut samples: Vec<(&str, Vec<u8>)> = vec![
         ("GET / (18 B)", b"GET / HTTP/1.0\r\n\r\n".to_vec()),
@@ -973,7 +975,7 @@ fn small_inputs(ctx: &Ctx, args: &Args, classifiers: bool) -> Result<()> {
         ("ntlm ~600 B", gen_ntlm(&mut r, 600)),
         ("commands ~300 B", gen_commands(&mut r, 300)),
     ];
-    if classifiers {
+    if fixtures.is_some() {
         samples.push(("connbench classif.", classifiers::bench_request()));
     }
     println!();
@@ -1000,7 +1002,7 @@ fn small_inputs(ctx: &Ctx, args: &Args, classifiers: bool) -> Result<()> {
             per * 1e6
         );
     }
-    if classifiers {
+    if let Some(fixtures) = fixtures {
         let req = classifiers::bench_request();
         let a = attack(&req);
         println!();
@@ -1009,13 +1011,18 @@ fn small_inputs(ctx: &Ctx, args: &Args, classifiers: bool) -> Result<()> {
             req.len(),
             classifiers::bench_elf().len()
         );
-        println!("{:<18} {:>12} {:>9}", "classifier", "us/attack", "findings");
+        println!(
+            "{:<18} {:>12} {:>9} {:>16}",
+            "classifier", "us/attack", "findings", "clamd CPU us/attack"
+        );
         for name in CLASSIFIERS {
             let Some(c) = ctx.set.analyze.iter().find(|x| x.name() == *name) else {
                 println!("{:<18} {:>12} {:>9}", name, "n/a", "n/a");
                 continue;
             };
             let found = run_alone(c.as_ref(), &a, &req).findings.len();
+            let clamd = fixtures.clamd.as_ref().filter(|_| *name == "clamav");
+            let cpu0 = clamd.and_then(|c| c.cpu());
             let t0 = Instant::now();
             let mut n = 0u64;
             while t0.elapsed() < Duration::from_secs_f64(args.seconds) {
@@ -1025,7 +1032,17 @@ fn small_inputs(ctx: &Ctx, args: &Args, classifiers: bool) -> Result<()> {
                 n += 20;
             }
             let per = t0.elapsed().as_secs_f64() / n as f64;
-            println!("{:<18} {:>12.1} {:>9}", name, per * 1e6, found);
+            let clamd_cpu = match (cpu0, clamd.and_then(|c| c.cpu())) {
+                (Some(a), Some(b)) => format!("{:.1}", (b - a).as_secs_f64() * 1e6 / n as f64),
+                _ => "-".into(),
+            };
+            println!(
+                "{:<18} {:>12.1} {:>9} {:>16}",
+                name,
+                per * 1e6,
+                found,
+                clamd_cpu
+            );
         }
         breakdown(
             ctx,

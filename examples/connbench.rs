@@ -36,6 +36,13 @@
 //!   counted without the virtual attacks' events; the analysis counters come from
 //!   the final counters line.
 //!
+//! * `classifiers` (issue 6, point 8): as `analysis`, but the "on" run also turns
+//!   every classifier on with fixtures the harness writes itself (a YARA ruleset, a
+//!   fuzzy signature list, a clamd it starts with its own database; see
+//!   `anbench/classifiers.rs`), and the clients send `--request classifiers`: an
+//!   exploit-like POST with a percent-encoded `wget`, GetPC shellcode and an
+//!   embedded ELF. Target: on/off at least 0.90x.
+//!
 //! Diagnostics: `--outputs jsonl|none` disables honeytrap's transcript files (and the
 //! event log) to show what they cost; `--data-parent DIR` puts its data directory on
 //! another file system (e.g. /dev/shm); `--honeytrap-first` swaps the order;
@@ -55,6 +62,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "anbench/classifiers.rs"]
+mod classifiers;
 
 /// What each rate-scenario client sends by default.
 const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
@@ -77,6 +87,8 @@ enum Scenario {
     Memory,
     /// Rate with analysis off, then on, in the same run (not part of `all`).
     Analysis,
+    /// As `analysis`, with every classifier on and the harness's fixtures.
+    Classifiers,
     All,
 }
 
@@ -111,6 +123,9 @@ enum Request {
     /// A request that gives every decoder and the http downloader work (see
     /// [`decoder_request`]).
     Decoders,
+    /// An exploit-like POST with shellcode and an embedded ELF (see
+    /// `classifiers::bench_request`).
+    Classifiers,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -212,6 +227,17 @@ struct Args {
     /// Run honeytrap before the bare server in the rate scenario.
     #[arg(long)]
     honeytrap_first: bool,
+    /// `classifiers` scenario: do not start clamd (clamav stays off).
+    #[arg(long)]
+    no_clamd: bool,
+    /// `classifiers` scenario: nice value of the clamd the harness starts (0: as
+    /// Debian's clamav-daemon service runs it).
+    #[arg(long, default_value_t = 0)]
+    clamd_nice: i32,
+    /// Extra `[analyzer.*]` tables of the generated config (set by the
+    /// `classifiers` scenario for its "on" runs).
+    #[arg(skip)]
+    extra_toml: String,
     /// Internal: run as the bare server on this port (used by the harness itself).
     #[arg(long, hide = true)]
     bare_server: Option<u16>,
@@ -261,6 +287,9 @@ fn main() -> Result<()> {
     }
     if args.scenario == Scenario::Analysis {
         scenario_analysis(&args, &mut rows)?;
+    }
+    if args.scenario == Scenario::Classifiers {
+        scenario_classifiers(&args, &mut rows)?;
     }
     print_table(&rows);
     Ok(())
@@ -911,6 +940,7 @@ fn run_rate(args: &Args, target: &Target) -> Result<RateResult> {
     let request: Arc<[u8]> = match request_kind(args) {
         Request::Plain => REQUEST.into(),
         Request::Decoders => decoder_request().into(),
+        Request::Classifiers => classifiers::bench_request().into(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(client_threads(args))
@@ -1087,9 +1117,10 @@ responses = 10
 [output]
 queue_size = 65536
 
-{analysis}{outputs}"#,
+{analysis}{extra}{outputs}"#,
         port = args.port,
         analysis = args.analysis.toml(),
+        extra = args.extra_toml,
         outputs = args.outputs.toml(args.transcript_layout)
     )
 }
@@ -1384,12 +1415,11 @@ fn scenario_memory(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
 // Analysis scenario
 
 fn request_kind(args: &Args) -> Request {
-    args.request
-        .unwrap_or(if args.scenario == Scenario::Analysis {
-            Request::Decoders
-        } else {
-            Request::Plain
-        })
+    args.request.unwrap_or(match args.scenario {
+        Scenario::Analysis => Request::Decoders,
+        Scenario::Classifiers => Request::Classifiers,
+        _ => Request::Plain,
+    })
 }
 
 /// An HTTP request that gives the decoders and a downloader work: a percent-encoded
@@ -1469,6 +1499,7 @@ fn scenario_analysis(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
         String::from_utf8_lossy(&match request_kind(args) {
             Request::Plain => REQUEST.to_vec(),
             Request::Decoders => decoder_request(),
+            Request::Classifiers => classifiers::bench_request(),
         })
         .escape_debug()
     );
@@ -1493,6 +1524,82 @@ fn scenario_analysis(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
         let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let max = ratios.iter().copied().fold(0.0, f64::max);
         let mut r = row("analysis", "on/off", format!("{} rounds", ratios.len()));
+        r.ratio = format!("{min:.2}-{max:.2}x");
+        r.goal = format!(
+            ">= 0.90x: {}",
+            if min >= 0.90 {
+                "met"
+            } else if max >= 0.90 {
+                "met in some"
+            } else {
+                "NOT met"
+            }
+        );
+        rows.push(r);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Classifiers scenario
+
+/// /proc/loadavg's first three fields.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Off/on pairs like `analysis`, the "on" run with every classifier on (exe,
+/// fuzzy with signatures, yara with the ruleset, clamav with the harness's clamd,
+/// shellcode) besides the default decoders and downloaders.
+fn scenario_classifiers(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
+    let fixtures =
+        classifiers::Fixtures::new(&[classifiers::bench_elf()], args.no_clamd, args.clamd_nice)
+            .context("classifier fixtures")?;
+    let req = match request_kind(args) {
+        Request::Plain => REQUEST.to_vec(),
+        Request::Decoders => decoder_request(),
+        Request::Classifiers => classifiers::bench_request(),
+    };
+    println!("# classifiers: {}", fixtures.describe());
+    println!(
+        "# request: {:?}, {} bytes; load average before: {}",
+        request_kind(args),
+        req.len(),
+        load_average()
+    );
+    let mut on_args = args.clone();
+    on_args.extra_toml = fixtures.toml();
+    let mut ratios = Vec::new();
+    for round in 0..args.rounds {
+        if round > 0 {
+            settle_pause();
+        }
+        let (off, mut off_row, off_rec) = honeytrap_rate(args, AnalysisMode::Off, "ht-off")?;
+        off_row.scenario = "classif.";
+        off_row
+            .notes
+            .push_str(&format!("; loadavg {}", load_average()));
+        settle_pause();
+        let (on, mut on_row, on_rec) = honeytrap_rate(&on_args, AnalysisMode::On, "ht-on")?;
+        on_row.scenario = "classif.";
+        on_row
+            .notes
+            .push_str(&format!("; loadavg {}", load_average()));
+        let ratio = on.rate / off.rate.max(1e-9);
+        ratios.push(ratio);
+        on_row.ratio = format!("{ratio:.2}x");
+        on_row.goal = format!(
+            ">= 0.90x: {}",
+            if ratio >= 0.90 { "met" } else { "NOT met" }
+        );
+        rows.extend([off_row, on_row, off_rec, on_rec]);
+    }
+    if ratios.len() > 1 {
+        let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = ratios.iter().copied().fold(0.0, f64::max);
+        let mut r = row("classif.", "on/off", format!("{} rounds", ratios.len()));
         r.ratio = format!("{min:.2}-{max:.2}x");
         r.goal = format!(
             ">= 0.90x: {}",

@@ -526,12 +526,15 @@ pub struct Clamd {
     child: Child,
     pub socket: PathBuf,
     pub signatures: usize,
+    /// clamd's TemporaryDirectory (each INSTREAM is written to a file there).
+    pub tmp: tempfile::TempDir,
+    pub nice: i32,
 }
 
 impl Clamd {
     /// Start clamd in `dir` (config, socket, database with `n` random signatures
-    /// of each kind); `Ok(None)` when clamd is not installed.
-    pub fn start(dir: &Path, n: usize) -> Result<Option<Clamd>> {
+    /// of each kind) at nice value `nice`; `Ok(None)` when clamd is not installed.
+    pub fn start(dir: &Path, n: usize, nice: i32) -> Result<Option<Clamd>> {
         let Some(bin) = clamd_binary() else {
             return Ok(None);
         };
@@ -540,6 +543,16 @@ impl Clamd {
         let signatures = write_clamav_db(&db, n)?;
         let socket = dir.join("clamd.sock");
         let log = dir.join("clamd.log");
+        // clamd writes every stream to a file before scanning it: on a disk file
+        // system the creating and deleting costs it more CPU than the scan itself.
+        // tmpfs, as /tmp is on current Debian (and as a sensor should give clamd).
+        let tmp = tempfile::Builder::new().prefix("clamd-tmp-").tempdir_in(
+            if Path::new("/dev/shm").is_dir() {
+                Path::new("/dev/shm")
+            } else {
+                dir
+            },
+        )?;
         let conf = dir.join("clamd.conf");
         std::fs::write(
             &conf,
@@ -550,12 +563,21 @@ impl Clamd {
                 socket.display(),
                 db.display(),
                 log.display(),
-                dir.display(),
+                tmp.path().display(),
                 dir.join("clamd.pid").display()
             ),
         )?;
         let _ = std::fs::remove_file(&socket);
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        // SAFETY: setpriority only reads its arguments (0: this process, the child
+        // before exec; clamd's threads inherit the value).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg("--foreground")
             .arg(format!("--config-file={}", conf.display()))
             .stdin(Stdio::null())
@@ -567,6 +589,8 @@ impl Clamd {
             child,
             socket,
             signatures,
+            tmp,
+            nice,
         };
         let t0 = Instant::now();
         while std::os::unix::net::UnixStream::connect(&c.socket).is_err() {
@@ -591,6 +615,16 @@ impl Clamd {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// CPU time clamd has used (all its threads).
+    pub fn cpu(&self) -> Option<Duration> {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        let f: Vec<&str> = s[s.rfind(')')? + 2..].split_whitespace().collect();
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        // SAFETY: sysconf only reads its argument.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+    }
 }
 
 impl Drop for Clamd {
@@ -611,8 +645,9 @@ pub struct Fixtures {
 }
 
 impl Fixtures {
-    /// Write the rules and signatures, start clamd (unless `no_clamd`).
-    pub fn new(near: &[Vec<u8>], no_clamd: bool) -> Result<Fixtures> {
+    /// Write the rules and signatures, start clamd at `clamd_nice` (unless
+    /// `no_clamd`).
+    pub fn new(near: &[Vec<u8>], no_clamd: bool, clamd_nice: i32) -> Result<Fixtures> {
         let dir = tempfile::Builder::new().prefix("classifiers-").tempdir()?;
         let rules_dir = dir.path().join("yara");
         let rules = write_yara_rules(&rules_dir, 5)?;
@@ -620,7 +655,7 @@ impl Fixtures {
         let clamd = if no_clamd {
             None
         } else {
-            Clamd::start(&dir.path().join("clamd"), 50)?
+            Clamd::start(&dir.path().join("clamd"), 50, clamd_nice)?
         };
         Ok(Fixtures {
             dir,
@@ -663,10 +698,12 @@ impl Fixtures {
             self.signatures.display(),
             match &self.clamd {
                 Some(c) => format!(
-                    "clamd pid {} with {} signatures of the harness ({})",
+                    "clamd pid {} (nice {}) with {} signatures of the harness ({}, TemporaryDirectory {})",
                     c.pid(),
+                    c.nice,
                     c.signatures,
-                    c.socket.display()
+                    c.socket.display(),
+                    c.tmp.path().display()
                 ),
                 None if clamd_binary().is_none() => "clamd not available".into(),
                 None => "off (--no-clamd)".into(),
