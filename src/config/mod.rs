@@ -568,6 +568,10 @@ pub struct OutputConfig {
     pub logjson: crate::sink::legacy::LogJsonConfig,
     pub attacker_log: crate::sink::legacy::AttackerLogConfig,
     pub savefile: crate::sink::legacy::SaveFileConfig,
+    /// The spool of the network outputs (src/sink/spool.rs).
+    pub spool: crate::sink::spool::SpoolConfig,
+    /// The PostgreSQL output (src/db, src/sink/postgres.rs).
+    pub postgres: crate::db::PostgresConfig,
 }
 
 impl Default for OutputConfig {
@@ -580,6 +584,8 @@ impl Default for OutputConfig {
             logjson: Default::default(),
             attacker_log: Default::default(),
             savefile: Default::default(),
+            spool: Default::default(),
+            postgres: Default::default(),
         }
     }
 }
@@ -1019,6 +1025,8 @@ impl Config {
             return Err(Invalid::new("output.jsonl.path", "must not be empty"));
         }
         crate::sink::legacy::validate(o)?;
+        o.spool.validate()?;
+        o.postgres.validate()?;
         if o.jsonl.payload_max > 1 << 20 {
             return Err(Invalid::new(
                 "output.jsonl.payload_max",

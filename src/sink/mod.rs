@@ -10,6 +10,7 @@
 
 pub mod jsonl;
 pub mod legacy;
+pub mod postgres;
 pub mod spool;
 pub mod transcripts;
 
@@ -55,6 +56,9 @@ pub fn build(config: &Config, stats: &Arc<Stats>) -> anyhow::Result<Vec<Box<dyn 
     }
     if config.output.savefile.enabled {
         sinks.push(Box::new(legacy::savefile::SaveFileSink::open(config)?));
+    }
+    if config.output.postgres.enabled {
+        sinks.push(Box::new(postgres::start(config, stats)?));
     }
     let _ = stats;
     Ok(sinks)

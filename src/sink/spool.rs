@@ -116,6 +116,97 @@ impl Default for SpoolLimits {
     }
 }
 
+/// The spool settings of `[output.spool]` (docs/configuration.md), shared by every
+/// network output; each has its own spool directory `<dir>/<output>`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Directory, relative to `sensor.data_dir`.
+    pub dir: PathBuf,
+    /// Most undelivered bytes per output; past it new events are dropped (counted).
+    #[serde(with = "crate::config::units::bytesize")]
+    pub max_bytes: u64,
+    #[serde(with = "crate::config::units::bytesize")]
+    pub segment_bytes: u64,
+    pub fsync: Fsync,
+    /// Most events per delivered batch (one transaction for PostgreSQL).
+    pub batch_max: usize,
+    #[serde(with = "crate::config::units::duration")]
+    pub retry_initial: Duration,
+    #[serde(with = "crate::config::units::duration")]
+    pub retry_max: Duration,
+    /// At shutdown, how long delivery goes on with what is spooled.
+    #[serde(with = "crate::config::units::duration")]
+    pub drain: Duration,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        let l = SpoolLimits::default();
+        SpoolConfig {
+            dir: PathBuf::from("spool"),
+            max_bytes: l.max_bytes,
+            segment_bytes: l.segment_bytes,
+            fsync: l.fsync,
+            batch_max: l.batch_max,
+            retry_initial: l.retry_initial,
+            retry_max: l.retry_max,
+            drain: l.drain,
+        }
+    }
+}
+
+impl SpoolConfig {
+    /// Checks for `Config::validate`.
+    pub fn validate(&self) -> Result<(), crate::config::Invalid> {
+        use crate::config::Invalid;
+        let key = |k: &str| format!("output.spool.{k}");
+        if self.dir.as_os_str().is_empty() {
+            return Err(Invalid::new(key("dir"), "must not be empty"));
+        }
+        if self.segment_bytes < 4096 {
+            return Err(Invalid::new(key("segment_bytes"), "must be at least 4KiB"));
+        }
+        if self.max_bytes < self.segment_bytes {
+            return Err(Invalid::new(
+                key("max_bytes"),
+                "must be at least segment_bytes",
+            ));
+        }
+        if self.batch_max == 0 {
+            return Err(Invalid::new(key("batch_max"), "must be at least 1"));
+        }
+        if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {
+            return Err(Invalid::new(
+                key("retry_max"),
+                "retry_initial must be longer than 0 and retry_max at least retry_initial",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SpoolLimits {
+    /// The limits of `[output.spool]` for an output with this event payload setting.
+    pub fn from_config(
+        c: &SpoolConfig,
+        payload_max: u64,
+        encoding: PayloadEncoding,
+    ) -> SpoolLimits {
+        SpoolLimits {
+            max_bytes: c.max_bytes,
+            segment_bytes: c.segment_bytes,
+            fsync: c.fsync,
+            batch_max: c.batch_max,
+            retry_initial: c.retry_initial,
+            retry_max: c.retry_max,
+            drain: c.drain,
+            payload_max,
+            encoding,
+        }
+    }
+}
+
 /// Records longer than this are treated as damage.
 const MAX_RECORD: u32 = 256 << 20;
 /// Header: length and crc32.
