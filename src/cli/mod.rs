@@ -59,10 +59,12 @@ pub fn run_legacy(args: &[OsString]) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let config_path = a
-        .config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    // Absolute: the daemon works in `/` and SIGHUP reads the file again.
+    let config_path = absolute(
+        a.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
+    );
     let mut loaded = match honeytrap::config::load(Some(&config_path)) {
         Ok(l) => l,
         Err(e) => {
