@@ -1582,11 +1582,21 @@ fn scenario_classifiers(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
             .notes
             .push_str(&format!("; loadavg {}", load_average()));
         settle_pause();
+        let clamd = fixtures.clamd.as_ref();
+        let (cpu0, t0) = (clamd.and_then(|c| c.cpu()), Instant::now());
         let (on, mut on_row, on_rec) = honeytrap_rate(&on_args, AnalysisMode::On, "ht-on")?;
         on_row.scenario = "classif.";
         on_row
             .notes
             .push_str(&format!("; loadavg {}", load_average()));
+        // clamd is a process of its own: its CPU is in "other load", shown apart.
+        if let (Some(a), Some(b)) = (cpu0, clamd.and_then(|c| c.cpu())) {
+            on_row.notes.push_str(&format!(
+                "; clamd CPU {:.2} s ({:.2} CPU over the run)",
+                (b - a).as_secs_f64(),
+                (b - a).as_secs_f64() / t0.elapsed().as_secs_f64()
+            ));
+        }
         let ratio = on.rate / off.rate.max(1e-9);
         ratios.push(ratio);
         on_row.ratio = format!("{ratio:.2}x");
