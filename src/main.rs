@@ -69,6 +69,20 @@ enum Command {
         #[arg(long, global = true)]
         queue: Option<u16>,
     },
+    /// The PostgreSQL database of [output.postgres] (docs/deployment.md).
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+        /// Configuration file (TOML, or an original honeytrap.conf); without it the embedded default is used.
+        #[arg(short = 'c', long = "config", global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+enum DbAction {
+    /// Create or upgrade the schema (the migrations this honeytrap knows) and exit.
+    Migrate,
 }
 
 #[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +133,29 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse_from(args);
     match cli.command {
+        Command::Db {
+            action: DbAction::Migrate,
+            config,
+        } => match load(config.as_deref(), &Overrides::default()) {
+            Ok(loaded) => match honeytrap::db::migrate_command(&loaded.config.output.postgres) {
+                Ok(v) if v.is_empty() => {
+                    println!("the database schema is up to date");
+                    ExitCode::SUCCESS
+                }
+                Ok(v) => {
+                    println!("schema migrations applied: {v:?}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("honeytrap: db migrate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(e) => {
+                eprintln!("honeytrap: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Firewall {
             action,
             config,
