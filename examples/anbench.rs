@@ -1,7 +1,7 @@
 //! anbench: throughput of the analysis pipeline on one core, in MB/s of payload.
 //!
 //! ```text
-//! cargo run --release --example anbench -- [--seconds 1] [--seed 1] [--class NAME]
+//! cargo run --release --example anbench -- [--seconds 1] [--seed 1] [--class NAME] [--set classifiers]
 //! ```
 //!
 //! Builds the analyzers from a config with every analyzer enabled except `selftest`

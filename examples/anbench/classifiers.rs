@@ -569,11 +569,13 @@ impl Clamd {
         )?;
         let _ = std::fs::remove_file(&socket);
         let mut cmd = Command::new(bin);
-        // SAFETY: setpriority only reads its arguments (0: this process, the child
-        // before exec; clamd's threads inherit the value).
+        // SAFETY: setpriority and prctl only read their arguments (0: this process,
+        // the child before exec; clamd's threads inherit the nice value).
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
                 libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+                // clamd dies with the harness, also when Drop does not run (Ctrl-C).
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
                 Ok(())
             });
         }
