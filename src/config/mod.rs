@@ -568,6 +568,8 @@ pub struct OutputConfig {
     pub logjson: crate::sink::legacy::LogJsonConfig,
     pub attacker_log: crate::sink::legacy::AttackerLogConfig,
     pub savefile: crate::sink::legacy::SaveFileConfig,
+    /// The hpfeeds output (src/sink/hpfeeds.rs).
+    pub hpfeeds: crate::sink::hpfeeds::HpfeedsConfig,
     /// The spool of the network outputs (src/sink/spool.rs).
     pub spool: crate::sink::spool::SpoolConfig,
     /// The PostgreSQL output (src/db, src/sink/postgres.rs).
@@ -584,6 +586,7 @@ impl Default for OutputConfig {
             logjson: Default::default(),
             attacker_log: Default::default(),
             savefile: Default::default(),
+            hpfeeds: Default::default(),
             spool: Default::default(),
             postgres: Default::default(),
         }
@@ -1025,6 +1028,7 @@ impl Config {
             return Err(Invalid::new("output.jsonl.path", "must not be empty"));
         }
         crate::sink::legacy::validate(o)?;
+        o.hpfeeds.validate()?;
         o.spool.validate()?;
         o.postgres.validate()?;
         if o.jsonl.payload_max > 1 << 20 {

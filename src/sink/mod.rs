@@ -8,6 +8,7 @@
 //!
 //! A new sink is one file implementing [`Sink`] plus one line in [`build`].
 
+pub mod hpfeeds;
 pub mod jsonl;
 pub mod legacy;
 pub mod postgres;
@@ -59,6 +60,9 @@ pub fn build(config: &Config, stats: &Arc<Stats>) -> anyhow::Result<Vec<Box<dyn 
     }
     if config.output.postgres.enabled {
         sinks.push(Box::new(postgres::start(config, stats)?));
+    }
+    if config.output.hpfeeds.enabled {
+        sinks.push(Box::new(hpfeeds::start(config, stats)?));
     }
     let _ = stats;
     Ok(sinks)
