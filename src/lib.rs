@@ -13,6 +13,7 @@
 
 pub mod analysis;
 pub mod attack;
+pub mod collect;
 pub mod config;
 pub mod context;
 pub mod db;

@@ -55,6 +55,16 @@ enum Command {
         #[arg(short = 'c', long = "config")]
         config: Option<PathBuf>,
     },
+    /// Read the NATS stream of a fleet into PostgreSQL ([collect], docs/deployment.md#fleet),
+    /// until SIGTERM or SIGINT.
+    Collect {
+        /// Configuration file with a [collect] section.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Log filter, overriding process.log_level (error, warn, info, debug, trace).
+        #[arg(long)]
+        log_level: Option<String>,
+    },
     /// Show, apply or remove the firewall rules of the chosen monitor (as root).
     Firewall {
         #[command(subcommand)]
@@ -133,6 +143,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse_from(args);
     match cli.command {
+        Command::Collect { config, log_level } => collect(config.as_deref(), log_level),
         Command::Db {
             action: DbAction::Migrate,
             config,
@@ -358,4 +369,36 @@ fn firewall(action: FirewallAction, config: &honeytrap::config::Config) -> ExitC
 fn use_color() -> bool {
     use std::io::IsTerminal;
     std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
+}
+
+/// `honeytrap collect`: logs to standard error; the logic is in `honeytrap::collect`.
+fn collect(config: Option<&std::path::Path>, log_level: Option<String>) -> ExitCode {
+    let loaded = match load(config, &Overrides::default()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("honeytrap: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = loaded.config.collect.check_runnable() {
+        eprintln!("honeytrap: invalid configuration: key `{}`: {}", e.key, e.message);
+        return ExitCode::from(2);
+    }
+    let filter = log_level.unwrap_or_else(|| loaded.config.process.log_level.clone());
+    if let Err(e) = honeytrap::config::check_log_filter(&filter) {
+        eprintln!("honeytrap: invalid --log-level `{filter}`: {e}");
+        return ExitCode::from(2);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(&filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(use_color())
+        .init();
+    match honeytrap::collect::run(&loaded.config) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -48,6 +48,8 @@ pub struct Config {
     pub output: OutputConfig,
     /// The Prometheus endpoint (`src/metrics.rs`).
     pub metrics: crate::metrics::MetricsConfig,
+    /// `honeytrap collect` (src/collect.rs).
+    pub collect: crate::collect::CollectConfig,
 }
 
 /// Identity and storage of this sensor.
@@ -574,6 +576,8 @@ pub struct OutputConfig {
     pub spool: crate::sink::spool::SpoolConfig,
     /// The PostgreSQL output (src/db, src/sink/postgres.rs).
     pub postgres: crate::db::PostgresConfig,
+    /// The NATS JetStream output (src/sink/nats.rs).
+    pub nats: crate::sink::nats::NatsConfig,
 }
 
 impl Default for OutputConfig {
@@ -589,6 +593,7 @@ impl Default for OutputConfig {
             hpfeeds: Default::default(),
             spool: Default::default(),
             postgres: Default::default(),
+            nats: Default::default(),
         }
     }
 }
@@ -1019,6 +1024,7 @@ impl Config {
             .map_err(|(key, msg)| Invalid::new(key, msg))?;
         self.validate_downloads()?;
         crate::metrics::validate(&self.metrics)?;
+        self.collect.validate()?;
         let o = &self.output;
         positive("output.queue_size", o.queue_size as u64)?;
         if o.queue_bytes < 1 << 20 {
@@ -1031,6 +1037,7 @@ impl Config {
         o.hpfeeds.validate()?;
         o.spool.validate()?;
         o.postgres.validate()?;
+        o.nats.validate("output.nats")?;
         if o.jsonl.payload_max > 1 << 20 {
             return Err(Invalid::new(
                 "output.jsonl.payload_max",

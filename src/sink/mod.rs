@@ -11,6 +11,7 @@
 pub mod hpfeeds;
 pub mod jsonl;
 pub mod legacy;
+pub mod nats;
 pub mod postgres;
 pub mod spool;
 pub mod transcripts;
@@ -60,6 +61,9 @@ pub fn build(config: &Config, stats: &Arc<Stats>) -> anyhow::Result<Vec<Box<dyn 
     }
     if config.output.postgres.enabled {
         sinks.push(Box::new(postgres::start(config, stats)?));
+    }
+    if config.output.nats.enabled {
+        sinks.push(Box::new(nats::start(config, stats)?));
     }
     if config.output.hpfeeds.enabled {
         sinks.push(Box::new(hpfeeds::start(config, stats)?));
