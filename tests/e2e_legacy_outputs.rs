@@ -8,6 +8,7 @@
 //! event), including the download (`download_count`, `downloads`) and the proxy
 //! connection (`proxy_connection`), and SaveFile's attack and download files.
 
+#[allow(unused_imports)] // not every helper the harness re-exports is used here
 mod support;
 
 use md5::Digest as _;

@@ -231,7 +231,7 @@ fn measure(dir: &Path) -> (u64, u64) {
 }
 
 /// The directories once each (attacks and downloads may be the same).
-fn dedup<'a>(dirs: [&'a PathBuf; 2]) -> Vec<&'a PathBuf> {
+fn dedup(dirs: [&PathBuf; 2]) -> Vec<&PathBuf> {
     if dirs[0] == dirs[1] {
         vec![dirs[0]]
     } else {
