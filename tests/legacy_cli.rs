@@ -193,13 +193,12 @@ fn kill(pid: u32, sig: nix::sys::signal::Signal) {
 fn lockable(path: &Path) -> bool {
     let f = std::fs::File::open(path).unwrap();
     // SAFETY: flock on a descriptor we own.
-    let ok = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    ok
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// The original's line layout: `[YYYY-MM-DD HH:MM:SS]  ` then, with `pid`, the pid
 /// right-aligned in five columns and two spaces. Returns the text after it.
-fn original_line<'a>(line: &'a str, pid: Option<u32>) -> &'a str {
+fn original_line(line: &str, pid: Option<u32>) -> &str {
     let b = line.as_bytes();
     assert!(b.len() > 23, "short line {line:?}");
     assert_eq!(b[0], b'[', "{line:?}");
@@ -401,6 +400,8 @@ fn levels_and_timeouts() {
         log.contains("started with the original command line"),
         "{log}"
     );
+    // A server was started, but that is a debug line (-t 5 and up).
+    assert!(!log.contains("server started"), "{log}");
     for l in log.lines() {
         let text = original_line(l, None);
         assert!(!text.starts_with(&format!("{pid:>5}  ")), "{l}");
@@ -683,6 +684,9 @@ fn tpot_command_unprivileged_with_nfqueue_rules() {
         assert_eq!(a["payload"]["data_hex"], hex::encode(data.as_bytes()));
         assert_eq!(a["payload"]["length"], data.len());
     }
+    // -t 5 (the original's LOG_NOISY): our debug lines, such as each new server.
+    let l = log();
+    assert!(l.contains("  server started proto=tcp port=445 "), "{l}");
     let meta = std::fs::metadata(&json_path).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
 

@@ -106,6 +106,13 @@ pub fn run_legacy(args: &[OsString]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = hand_over(&file, &loaded.config) {
+        eprintln!(
+            "honeytrap: cannot hand the log file {} to process.user: {e:#}",
+            logfile.display()
+        );
+        return ExitCode::FAILURE;
+    }
     let notifier = if a.foreground {
         None
     } else {
@@ -309,6 +316,18 @@ fn same_user(c: &mut honeytrap::config::Config) -> Result<Option<String>, String
     c.process.user.clear();
     c.process.group.clear();
     Ok(Some(note))
+}
+
+/// Started as root with a user to switch to: the log file becomes the user's, so
+/// the process can still reopen it on SIGHUP after dropping root.
+fn hand_over(file: &std::fs::File, c: &honeytrap::config::Config) -> anyhow::Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(());
+    }
+    if let Some(id) = honeytrap::privileges::resolve(&c.process.user, &c.process.group)? {
+        std::os::unix::fs::fchown(file, Some(id.uid.as_raw()), Some(id.gid.as_raw()))?;
+    }
+    Ok(())
 }
 
 /// `p` made absolute against the current directory (the daemon changes to `/`).
