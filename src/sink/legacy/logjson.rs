@@ -312,6 +312,24 @@ mod tests {
     }
 
     #[test]
+    fn reopen_follows_a_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.sensor.data_dir = dir.path().to_path_buf();
+        let mut sink = LogJsonSink::open(&config).unwrap();
+        sink.write(&attack(b"one", Mode::Normal)).unwrap();
+        sink.flush().unwrap();
+        let file = dir.path().join("attackers.json");
+        std::fs::rename(&file, dir.path().join("attackers.json.1")).unwrap();
+        sink.reopen().unwrap();
+        sink.write(&attack(b"two", Mode::Normal)).unwrap();
+        sink.flush().unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        assert!(text.contains(&hex::encode(b"two")));
+    }
+
+    #[test]
     fn virtual_attacks_are_skipped_unless_asked() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();

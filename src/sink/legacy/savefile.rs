@@ -314,6 +314,18 @@ mod tests {
     }
 
     #[test]
+    fn a_virtual_attack_saves_its_string_but_not_its_downloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = SaveFileSink::open(&setup(dir.path())).unwrap();
+        let mut v = attack(b"decoded copy", Mode::Normal);
+        v.analysis.is_virtual = true;
+        add_download(&mut v, dir.path(), "http", "http://h/x.exe", b"MZ");
+        sink.write(&v).unwrap();
+        assert_eq!(names(&dir.path().join("attacks")).len(), 1);
+        assert!(names(&dir.path().join("downloads")).is_empty());
+    }
+
+    #[test]
     fn names_from_urls_are_sanitised() {
         assert_eq!(
             download_name("m", "http://h/a/..%2f..%2fetc"),
