@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use md5::{Digest as _, Md5};
 use serde::Serialize;
 use sha2::{Sha256, Sha512};
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use uuid::Uuid;
 
@@ -84,6 +85,13 @@ impl Transcript {
     }
 
     fn push(&mut self, direction: Direction, data: &[u8]) {
+        // One copy, straight into the chunk it joins or starts.
+        let v = self.tail(direction);
+        v.extend_from_slice(data);
+    }
+
+    /// The chunk new data going `direction` belongs to: the last one, or a new one.
+    fn tail(&mut self, direction: Direction) -> &mut Vec<u8> {
         // Consecutive chunks the same way within one millisecond are merged: a
         // trickling attacker must not cost one Chunk per byte.
         // Past MAX_CHUNKS, data going the same way as the last chunk is always merged
@@ -91,18 +99,58 @@ impl Transcript {
         // data (outgoing chunks are bounded by the number of responses).
         let now = Utc::now();
         let full = self.chunks.len() >= MAX_CHUNKS;
-        if let Some(last) = self.chunks.last_mut() {
-            if last.direction == direction && (full || (now - last.at).num_milliseconds() < 1) {
-                // One copy, straight into the chunk it joins.
-                last.data.extend_from_slice(data);
-                return;
+        let merge = self.chunks.last().is_some_and(|last| {
+            last.direction == direction && (full || (now - last.at).num_milliseconds() < 1)
+        });
+        if !merge {
+            if let Some(last) = self.chunks.last_mut() {
+                // Room reserved for reads that did not come (realloc shrinks in place).
+                last.data.shrink_to_fit();
+            }
+            self.chunks.push(Chunk {
+                at: now,
+                direction,
+                data: Vec::new(),
+            });
+        }
+        &mut self.chunks.last_mut().expect("a chunk").data
+    }
+
+    /// Record up to `max` bytes going `direction` without an intermediate buffer:
+    /// `fill` writes them into the transcript's own memory and says how many;
+    /// `admit` sees them and may refuse them, and then nothing is kept. Returns the
+    /// bytes kept (0 when `fill` wrote none), None when `admit` refused. Unlike
+    /// [`push_in`](Self::push_in), no limit is applied: the caller sets `max`.
+    pub fn push_with(
+        &mut self,
+        direction: Direction,
+        max: usize,
+        fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> std::io::Result<usize>,
+        admit: impl FnOnce(&[u8]) -> bool,
+    ) -> std::io::Result<Option<usize>> {
+        let count = self.chunks.len();
+        let v = self.tail(direction);
+        let len = v.len();
+        v.reserve(max);
+        let r = fill(&mut v.spare_capacity_mut()[..max]).map(|n| n.min(max));
+        let n = *r.as_ref().unwrap_or(&0);
+        // SAFETY: `fill` initialised the first `n` bytes of the spare capacity.
+        unsafe { v.set_len(len + n) };
+        let admitted = n > 0 && admit(&v[len..]);
+        if !admitted {
+            v.truncate(len);
+        }
+        if !admitted && self.chunks.len() > count {
+            self.chunks.pop();
+        }
+        r?;
+        if n > 0 && admitted {
+            match direction {
+                Direction::In => self.bytes_in += n as u64,
+                Direction::Out => self.bytes_out += n as u64,
             }
         }
-        self.chunks.push(Chunk {
-            at: now,
-            direction,
-            data: data.to_vec(),
-        });
+        Ok((n == 0 || admitted).then_some(n))
     }
 
     /// The first `max` bytes received from the attacker.
@@ -391,6 +439,47 @@ mod tests {
         assert_eq!(t.payload_prefix(9), b"ac");
         assert_eq!(t.payload_prefix(0), b"");
         assert_eq!(t.bytes_out, 1);
+    }
+
+    #[test]
+    fn push_with_writes_in_place_and_takes_back_what_is_refused() {
+        let fill = |d: &'static [u8]| {
+            move |buf: &mut [MaybeUninit<u8>]| {
+                for (b, v) in buf.iter_mut().zip(d) {
+                    b.write(*v);
+                }
+                Ok(d.len().min(buf.len()))
+            }
+        };
+        let mut t = Transcript::default();
+        assert_eq!(
+            t.push_with(Direction::In, 8, fill(b"abc"), |_| true)
+                .unwrap(),
+            Some(3)
+        );
+        // At most `max` bytes are taken.
+        assert_eq!(
+            t.push_with(Direction::In, 2, fill(b"def"), |_| true)
+                .unwrap(),
+            Some(2)
+        );
+        assert_eq!(
+            t.push_with(Direction::Out, 8, fill(b"xy"), |_| false)
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            t.push_with(Direction::Out, 8, fill(b""), |_| true).unwrap(),
+            Some(0)
+        );
+        let err = |_: &mut [MaybeUninit<u8>]| Err(std::io::ErrorKind::WouldBlock.into());
+        assert!(t.push_with(Direction::Out, 8, err, |_| true).is_err());
+        // Refused, empty and failed pushes leave no trace.
+        assert_eq!(t.payload(), b"abcde");
+        assert_eq!((t.bytes_in, t.bytes_out), (5, 0));
+        assert!(t.chunks.iter().all(|c| c.direction == Direction::In));
+        t.push_out(b"ok");
+        assert_eq!(t.outgoing(), b"ok");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod normal;
 pub mod proxy;
 pub mod relay;
 pub mod relayed;
+pub mod splice;
 
 use crate::attack::{Captured, Mode};
 use crate::context::Context;

@@ -3,7 +3,7 @@
 //! `max_responses` times; then close the idle session. Services that speak first get
 //! the response right after connect (greeting).
 
-use crate::attack::{Captured, EndReason, Mode, Transcript};
+use crate::attack::{Captured, Direction, EndReason, Mode, Transcript};
 use crate::config::PortHandling;
 use crate::limit_warn;
 use crate::server::limits::{BufferBudget, BufferLease};
@@ -11,6 +11,7 @@ use crate::stats::{Stats, Throttle};
 use chrono::Utc;
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,16 +85,65 @@ impl Intake {
             t.push_out(&data[..room as usize]);
         }
         if t.bytes_out >= self.limit {
-            Stats::inc(&self.stats.limit_read);
-            limit_warn!(
-                self.throttle,
-                "read_limit",
-                limit = self.limit,
-                "session ended: limits.read_limit reached"
-            );
-            return Err(EndReason::ReadLimit);
+            return Err(self.read_limit_reached());
         }
         Ok(())
+    }
+
+    /// Record what `fill` writes straight into the transcript, at most `max` bytes
+    /// going `dir` (mirror and proxy mode, both directions; no intermediate buffer).
+    /// Limits as [`take`](Self::take) and [`take_out`](Self::take_out): at most
+    /// what fits under `read_limit` is asked for, and the bytes count against the
+    /// buffer budget. Returns the bytes kept (0: `fill` found the end of the
+    /// stream) and why the session must end, if it must.
+    pub fn take_with(
+        &mut self,
+        t: &mut Transcript,
+        dir: Direction,
+        max: usize,
+        fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> io::Result<usize>,
+    ) -> io::Result<(usize, Result<(), EndReason>)> {
+        let before = match dir {
+            Direction::In => t.bytes_in,
+            Direction::Out => t.bytes_out,
+        };
+        let room = self.limit.saturating_sub(before).min(max as u64) as usize;
+        if room == 0 {
+            return Ok((0, Err(self.read_limit_reached())));
+        }
+        let lease = &mut self.lease;
+        let Some(n) = t.push_with(dir, room, fill, |d| lease.grow(d.len() as u64))? else {
+            Stats::inc(&self.stats.limit_buffered);
+            limit_warn!(self.throttle, "max_buffered", "session ended: limits.max_buffered reached (all sessions together hold too much data)");
+            return Ok((0, Err(EndReason::BufferLimit)));
+        };
+        if dir == Direction::In && n > 0 {
+            let Transcript {
+                chunks, findings, ..
+            } = t;
+            let last = &chunks.last().expect("the chunk just kept").data;
+            for a in self.per_read.iter() {
+                a.on_chunk(before, &last[last.len() - n..], findings);
+            }
+        }
+        if before + n as u64 >= self.limit {
+            if dir == Direction::In {
+                t.truncated = true;
+            }
+            return Ok((n, Err(self.read_limit_reached())));
+        }
+        Ok((n, Ok(())))
+    }
+
+    fn read_limit_reached(&self) -> EndReason {
+        Stats::inc(&self.stats.limit_read);
+        limit_warn!(
+            self.throttle,
+            "read_limit",
+            limit = self.limit,
+            "session ended: limits.read_limit reached"
+        );
+        EndReason::ReadLimit
     }
 
     /// Record `data` from the attacker; Err says why the session must end.
@@ -110,14 +160,7 @@ impl Intake {
         if t.push_in(data, self.limit) {
             Ok(())
         } else {
-            Stats::inc(&self.stats.limit_read);
-            limit_warn!(
-                self.throttle,
-                "read_limit",
-                limit = self.limit,
-                "session ended: limits.read_limit reached"
-            );
-            Err(EndReason::ReadLimit)
+            Err(self.read_limit_reached())
         }
     }
 }

@@ -2,24 +2,31 @@
 //! (a TCP stream, or a UDP peer's datagrams) and a second connection to the target
 //! (TCP or UDP, whatever the attacker used), both directions copied and recorded.
 //!
-//! Each direction is a pump: read a chunk (at most [`CHUNK`] bytes), record it,
-//! write it out, and only then read again. So a slow side holds back the other
-//! side's reads instead of making honeytrap buffer (backpressure), and memory per
-//! relay is two chunk buffers plus the transcript, which `read_limit` bounds in each
-//! direction. The two pumps run concurrently in one task, so a full-duplex protocol
-//! cannot deadlock. The relay ends when both sides have closed (half-closes are
-//! passed on), after `relay.idle_timeout` without data either way, at
-//! `limits.session_timeout`, at a limit, or at shutdown.
+//! Each direction is a pump: take what one side sent, record it, pass it on, and
+//! only then take more. So a slow side holds back the other side's reads instead of
+//! making honeytrap buffer (backpressure), and memory per relay is one buffer per
+//! direction plus the transcript, which `read_limit` bounds in each direction.
+//! Between two TCP streams the pump is zero-copy ([`pump_spliced`]): the bytes are
+//! peeked straight into the transcript and spliced through a pipe (the buffer), so
+//! honeytrap copies each byte once, into the record. Otherwise (a UDP side, or no
+//! pipe to be had) it reads chunks of at most [`CHUNK`] bytes into a buffer, records
+//! and writes them. The two pumps run concurrently in one task, so a full-duplex
+//! protocol cannot deadlock. The relay ends when both sides have closed
+//! (half-closes are passed on), after `relay.idle_timeout` without data either way,
+//! at `limits.session_timeout`, at a limit, or at shutdown.
 
 use super::normal::{DatagramPeer, Intake};
+use super::splice;
 use crate::attack::{Direction, EndReason, Transcript};
 use crate::stats::Stats;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -29,6 +36,9 @@ use tokio_util::sync::CancellationToken;
 /// Largest chunk read and written at once in each direction; also the largest
 /// datagram a stream is cut into when the target protocol is UDP.
 pub const CHUNK: usize = 32 * 1024;
+
+/// The smallest round of a zero-copy pump (see [`pump_spliced`]).
+const MIN_ROUND: usize = 16 * 1024;
 
 /// The second connection.
 pub enum Upstream {
@@ -144,6 +154,28 @@ impl Shared<'_> {
     }
 }
 
+impl Shared<'_> {
+    /// Record what `fill` writes (at most `max` bytes going `dir`) straight into the
+    /// transcript, within the limits. Returns the bytes kept (0: end of stream) and
+    /// why the relay must end after passing them on, if it must. TCP only: no UDP
+    /// reply budget applies.
+    fn record_from(
+        &self,
+        dir: Direction,
+        max: usize,
+        fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> io::Result<usize>,
+    ) -> io::Result<(usize, Option<EndReason>)> {
+        debug_assert!(self.reply_ratio.is_none());
+        let mut g = self.record.lock().unwrap();
+        let (t, intake) = &mut *g;
+        let (n, r) = intake.take_with(t, dir, max, fill)?;
+        if dir == Direction::Out {
+            self.received.fetch_add(n as u64, Relaxed);
+        }
+        Ok((n, r.err()))
+    }
+}
+
 /// Where a pump reads from.
 enum Source<'a> {
     Stream(ReadHalf<'a>),
@@ -232,6 +264,85 @@ async fn pump<P: DatagramPeer>(
     }
 }
 
+/// Copy one direction between two TCP streams until `from` ends or something
+/// fails, without copying through user memory: each round peeks the waiting bytes
+/// into the transcript (what fits under the limits), then splices exactly those
+/// through `pipe` into `to`, and only then reads again (backpressure; the pipe is
+/// the only buffer).
+async fn pump_spliced(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: splice::Pipe,
+    dir: Direction,
+    sh: &Shared<'_>,
+) -> Result<(), Stop> {
+    let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
+    // The most one round takes: grows while the peer keeps the round full (a bulk
+    // transfer), shrinks again for small reads, so a chatty session does not
+    // reserve a pipe's worth of transcript per read.
+    let mut round = MIN_ROUND.min(pipe.size);
+    loop {
+        let record = || sh.record_from(dir, round, |buf| splice::peek(src, buf));
+        let (n, end) = when_ready(from, Interest::READABLE, record)
+            .await
+            .map_err(|e| failure(e, dir, sh))?;
+        round = if n == round {
+            (2 * round).min(pipe.size)
+        } else if n < round / 4 {
+            (round / 2).max(MIN_ROUND.min(pipe.size))
+        } else {
+            round
+        };
+        if n == 0 && end.is_none() {
+            splice::shutdown_write(dst);
+            return Ok(());
+        }
+        sh.touch();
+        let mut left = n;
+        while left > 0 {
+            let k = when_ready(from, Interest::READABLE, || pipe.fill(src, left))
+                .await
+                .map_err(|e| failure(e, dir, sh))?;
+            if k == 0 {
+                // Reset after the peek: the peer is gone.
+                return Err(Stop::End(EndReason::Closed));
+            }
+            let mut out = k;
+            while out > 0 {
+                let drained = when_ready(to, Interest::WRITABLE, || match pipe.drain(dst, out) {
+                    Ok(0) => Err(io::ErrorKind::BrokenPipe.into()),
+                    r => r,
+                });
+                out -= drained.await.map_err(|e| failure(e, dir.flip(), sh))?;
+            }
+            left -= k;
+            if dir == Direction::In {
+                sh.sent.fetch_add(k as u64, Relaxed);
+            }
+            sh.touch();
+        }
+        if let Some(reason) = end {
+            return Err(Stop::End(reason));
+        }
+    }
+}
+
+/// Run the non-blocking `op` on `s` once it is ready for `interest`, again after
+/// each spurious wake-up.
+async fn when_ready<R>(
+    s: &TcpStream,
+    interest: Interest,
+    mut op: impl FnMut() -> io::Result<R>,
+) -> io::Result<R> {
+    loop {
+        s.ready(interest).await?;
+        match s.try_io(interest, &mut op) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
 /// A socket error on the side `dir` reads from (In: attacker, Out: target).
 fn failure(e: io::Error, dir: Direction, sh: &Shared<'_>) -> Stop {
     let from_target = dir == Direction::Out;
@@ -269,6 +380,17 @@ pub async fn run<P: DatagramPeer>(
         received: AtomicU64::new(0),
         reply_ratio: limits.udp_reply_ratio,
     };
+    // Stream to stream: zero-copy, when two pipes can be had (else copying).
+    if let (Downstream::Tcp(d), Upstream::Tcp(u), None) = (&down, &*up, first) {
+        if let (Ok(p_in), Ok(p_out)) = (splice::Pipe::new(), splice::Pipe::new()) {
+            let (d, u): (&TcpStream, &TcpStream) = (d, u);
+            let to_target = pump_spliced(d, u, p_in, Direction::In, &sh);
+            let to_attacker = pump_spliced(u, d, p_out, Direction::Out, &sh);
+            let (reason, target_refused) =
+                drive(to_target, to_attacker, &sh, &limits, hard_stop, spec).await;
+            return sh.end(reason, target_refused);
+        }
+    }
     let (down_in, down_out) = match down {
         Downstream::Tcp(s) => {
             let (r, w) = s.split();
@@ -285,6 +407,31 @@ pub async fn run<P: DatagramPeer>(
     };
     let to_target = pump(down_in, up_out, Direction::In, &sh, first);
     let to_attacker = pump(up_in, down_out, Direction::Out, &sh, None);
+    let (reason, target_refused) =
+        drive(to_target, to_attacker, &sh, &limits, hard_stop, spec).await;
+    sh.end(reason, target_refused)
+}
+
+impl Shared<'_> {
+    fn end(&self, reason: EndReason, target_refused: bool) -> RelayEnd {
+        RelayEnd {
+            reason,
+            target_refused,
+            bytes_sent: self.sent.load(Relaxed),
+            bytes_received: self.received.load(Relaxed),
+        }
+    }
+}
+
+/// Run both pumps until the relay ends; why, and whether the target refused.
+async fn drive(
+    to_target: impl std::future::Future<Output = Result<(), Stop>>,
+    to_attacker: impl std::future::Future<Output = Result<(), Stop>>,
+    sh: &Shared<'_>,
+    limits: &RelayLimits,
+    hard_stop: &CancellationToken,
+    spec: &super::normal::SessionSpec,
+) -> (EndReason, bool) {
     tokio::pin!(to_target, to_attacker);
     let (mut in_done, mut out_done) = (false, false);
     let mut target_refused = false;
@@ -330,10 +477,136 @@ pub async fn run<P: DatagramPeer>(
             }
         }
     };
-    RelayEnd {
-        reason,
-        target_refused,
-        bytes_sent: sh.sent.load(Relaxed),
-        bytes_received: sh.received.load(Relaxed),
+    (reason, target_refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attack::Mode;
+    use crate::config::PortHandling;
+    use crate::mode::normal::{Resume, SessionSpec};
+    use crate::server::limits::BufferBudget;
+    use std::sync::Arc;
+    use tokio::net::TcpListener;
+
+    fn spec(read_limit: u64) -> SessionSpec {
+        SessionSpec {
+            handling: PortHandling {
+                mode: Mode::Proxy,
+                proxy: None,
+                response: Default::default(),
+                greeting: false,
+                max_responses: 0,
+            },
+            read_timeout: Duration::from_secs(1),
+            session_timeout: Duration::from_secs(60),
+            read_limit,
+            relay: Default::default(),
+            per_read: Arc::new(Vec::new()),
+            sensor: "t".into(),
+            monitor: "t".into(),
+            buffers: BufferBudget::new(4 * read_limit),
+            stats: Arc::new(Stats::default()),
+            throttle: Arc::new(Default::default()),
+        }
+    }
+
+    /// Two connected TCP streams: (ours, the peer's).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (l.accept().await.unwrap().0, c)
+    }
+
+    /// Bytes that differ from position to position, so a lost or repeated
+    /// round shows.
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8 ^ seed).collect()
+    }
+
+    /// Write `data`, half-close, read to end: what the other end sent (so far, when
+    /// the relay cut the connection).
+    async fn talk(mut s: TcpStream, data: Vec<u8>) -> Vec<u8> {
+        let (mut r, mut w) = s.split();
+        let send = async {
+            if w.write_all(&data).await.is_ok() {
+                let _ = w.shutdown().await;
+            }
+        };
+        let mut got = Vec::new();
+        let recv = r.read_to_end(&mut got);
+        let _ = tokio::join!(send, recv);
+        got
+    }
+
+    /// Relay between an attacker and a target stream, both talking at once.
+    async fn relay(
+        read_limit: u64,
+        up_bytes: usize,
+        down_bytes: usize,
+    ) -> (RelayEnd, Transcript, Vec<u8>, Vec<u8>) {
+        let (mut down, attacker) = pair().await;
+        let (up, target) = pair().await;
+        let mut up = Upstream::Tcp(up);
+        let relayed = async move {
+            let sp = spec(read_limit);
+            let mut r = Resume::new(&sp);
+            let limits = RelayLimits {
+                idle_timeout: Duration::from_secs(10),
+                deadline: Instant::now() + Duration::from_secs(60),
+                udp_reply_ratio: None,
+            };
+            let stop = CancellationToken::new();
+            let end = run::<crate::mode::relayed::NoPeer>(
+                Downstream::Tcp(&mut down),
+                None,
+                &mut up,
+                &mut r.transcript,
+                &mut r.intake,
+                &sp,
+                limits,
+                &stop,
+            )
+            .await;
+            // Closing both ends lets the peers see the end of their streams.
+            drop((up, down));
+            (end, r.transcript)
+        };
+        let a = talk(attacker, pattern(up_bytes, 0x11));
+        let t = talk(target, pattern(down_bytes, 0x22));
+        let ((end, transcript), at_attacker, at_target) = tokio::join!(relayed, a, t);
+        (end, transcript, at_attacker, at_target)
+    }
+
+    #[tokio::test]
+    async fn both_directions_are_relayed_and_recorded_byte_for_byte() {
+        let (up_n, down_n) = (6 << 20, 5 << 20);
+        let (end, t, at_attacker, at_target) = relay(64 << 20, up_n, down_n).await;
+        assert_eq!(end.reason, EndReason::Closed);
+        assert_eq!(at_target, pattern(up_n, 0x11));
+        assert_eq!(at_attacker, pattern(down_n, 0x22));
+        assert_eq!(t.payload(), at_target);
+        assert_eq!(t.outgoing(), at_attacker);
+        assert_eq!(
+            (end.bytes_sent, end.bytes_received),
+            (up_n as u64, down_n as u64)
+        );
+        assert!(!t.truncated);
+    }
+
+    #[tokio::test]
+    async fn read_limit_cuts_each_direction_and_ends_the_relay() {
+        let limit = 300_000;
+        let (end, t, at_attacker, at_target) = relay(limit, 2 << 20, 2 << 20).await;
+        assert_eq!(end.reason, EndReason::ReadLimit);
+        // Never more than read_limit kept either way; what was kept is exact, and
+        // nothing was passed on that was not kept.
+        assert!(t.bytes_in <= limit && t.bytes_out <= limit);
+        assert!(t.bytes_in == limit || t.bytes_out == limit);
+        assert_eq!(t.payload(), pattern(t.bytes_in as usize, 0x11));
+        assert_eq!(t.outgoing(), pattern(t.bytes_out as usize, 0x22));
+        assert!(at_target.len() as u64 <= t.bytes_in);
+        assert!(at_attacker.len() as u64 <= t.bytes_out);
     }
 }

@@ -301,7 +301,7 @@ pub async fn udp<P: DatagramPeer>(
 }
 
 /// The UDP peer type of a TCP relay, which has none.
-struct NoPeer;
+pub(super) struct NoPeer;
 
 impl DatagramPeer for NoPeer {
     async fn send(&self, _: &[u8]) -> io::Result<()> {
