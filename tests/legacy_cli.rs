@@ -414,8 +414,25 @@ fn daemonizes_without_d() {
     let site = Site::new();
     let pidfile = site.path("run/honeytrap.pid");
     std::fs::create_dir_all(site.path("run")).unwrap();
+    // Started as root, switching to nobody: the pid file's directory is the
+    // user's, so the pid file can be removed after the switch.
+    nix::unistd::chown(
+        &site.path("run"),
+        Some(nix::unistd::Uid::from_raw(65534)),
+        Some(nix::unistd::Gid::from_raw(65534)),
+    )
+    .unwrap();
     let conf = site.conf();
-    let args = ["-C", conf.as_str(), "-P", pidfile.to_str().unwrap()];
+    let args = [
+        "-C",
+        conf.as_str(),
+        "-P",
+        pidfile.to_str().unwrap(),
+        "-u",
+        "nobody",
+        "-g",
+        "nogroup",
+    ];
     let mut c = net.in_honeypot(BIN);
     c.args(args);
     let started = Instant::now();
@@ -442,6 +459,13 @@ fn daemonizes_without_d() {
     assert!(started.elapsed() < Duration::from_secs(60));
     let status = support::daemon::proc_status(pid);
     assert!(status.contains("honeytrap"), "{status}");
+    assert!(
+        status.contains("Uid:\t65534\t65534\t65534\t65534"),
+        "{status}"
+    );
+    // The log file was opened as root and handed to the user.
+    let meta = std::fs::metadata(site.path("log/honeytrap.log")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
     // Detached: its own session (not the leader: it forked twice), no terminal.
     let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid as i32))).unwrap();
     assert_ne!(sid.as_raw(), pid as i32);
