@@ -6,6 +6,7 @@ pub mod clients;
 pub mod daemon;
 pub mod firewall;
 pub mod netns;
+pub mod pg;
 pub mod schema;
 
 pub use daemon::{base_config, Daemon};
