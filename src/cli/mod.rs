@@ -337,3 +337,80 @@ fn absolute(p: PathBuf) -> PathBuf {
     }
     std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use honeytrap::config::MonitorKind;
+
+    fn loaded() -> (tempfile::TempDir, Loaded) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("honeytrap.conf");
+        std::fs::write(&path, "// original\nportconf_default = \"normal\"\n").unwrap();
+        let l = honeytrap::config::load(Some(&path)).unwrap();
+        (dir, l)
+    }
+
+    fn args(v: &[&str]) -> Args {
+        match legacy::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>()) {
+            Ok(Action::Run(a)) => *a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn nfqueue_on_queue_0_by_default() {
+        let (_d, mut l) = loaded();
+        l.config.monitor.nfqueue.queue = 7;
+        let notes = apply(&args(&["-D"]), &mut l).unwrap();
+        assert_eq!(l.config.monitor.kind, MonitorKind::Nfqueue);
+        assert_eq!(l.config.monitor.nfqueue.queue, 0);
+        assert!(l.overridden);
+        assert!(
+            notes[0].starts_with("monitor: nfqueue on queue 0"),
+            "{notes:?}"
+        );
+        let (_d, mut l) = loaded();
+        apply(&args(&["--queue", "3"]), &mut l).unwrap();
+        assert_eq!(l.config.monitor.nfqueue.queue, 3);
+    }
+
+    #[test]
+    fn options_map_onto_the_configuration() {
+        let (_d, mut l) = loaded();
+        let a = args(&[
+            "--monitor",
+            "sniff",
+            "-i",
+            "eth0",
+            "-a",
+            "192.0.2.1",
+            "-p",
+            "-l",
+            "30",
+            "-r",
+            "2",
+        ]);
+        let notes = apply(&a, &mut l).unwrap();
+        let c = &l.config;
+        assert_eq!(c.monitor.kind, MonitorKind::Sniff);
+        assert_eq!(c.monitor.sniff.interfaces, ["eth0"]);
+        assert_eq!(
+            c.monitor.sniff.addresses,
+            ["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(c.monitor.sniff.promiscuous);
+        assert_eq!(c.limits.conn_timeout, Duration::from_secs(30));
+        assert_eq!(c.limits.read_timeout, Duration::from_secs(2));
+        assert!(c.sensor.data_dir.is_absolute());
+        assert_eq!(notes, ["monitor: sniff (chosen with --monitor)"]);
+        // `any` is every interface; sniff options with another monitor are noted.
+        let (_d, mut l) = loaded();
+        let notes = apply(&args(&["-i", "any", "-m"]), &mut l).unwrap();
+        assert!(l.config.monitor.sniff.interfaces.is_empty());
+        assert!(notes.iter().any(|n| n.contains("sniff monitor only")));
+        assert!(notes.iter().any(|n| n.contains("-m is ignored")));
+        let (_d, mut l) = loaded();
+        assert!(apply(&args(&["-i", "a/b"]), &mut l).is_err());
+    }
+}
