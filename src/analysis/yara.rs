@@ -257,7 +257,6 @@ mod engine {
             for rule in results.matching_rules() {
                 finding(&rule, out);
             }
-            drop(results);
             SCANNER.with(|c| *c.borrow_mut() = Some(cached));
             Ok(())
         }
