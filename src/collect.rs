@@ -131,6 +131,10 @@ pub struct Collected {
 /// `honeytrap collect`: run until SIGTERM or SIGINT.
 pub fn run(config: &Config) -> anyhow::Result<Collected> {
     let c = config.collect.clone();
+    // Made and dropped outside the runtime: the synchronous PostgreSQL client
+    // blocks on a runtime of its own when its connections close.
+    let pool = db::pool(&c.postgres)?;
+    let pool = &pool;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -147,13 +151,16 @@ pub fn run(config: &Config) -> anyhow::Result<Collected> {
             tracing::info!("collect: stopping (signal)");
             s.cancel();
         });
-        collect(&c, stop).await
+        collect(&c, pool, stop).await
     })
 }
 
 /// The collector loop, until `stop` is cancelled.
-pub async fn collect(c: &CollectConfig, stop: CancellationToken) -> anyhow::Result<Collected> {
-    let pool = db::pool(&c.postgres)?;
+pub async fn collect(
+    c: &CollectConfig,
+    pool: &db::Pool,
+    stop: CancellationToken,
+) -> anyhow::Result<Collected> {
     let client = nats::connect(&c.nats, format!("honeytrap collect {}", c.durable)).await?;
     let js = nats::jetstream(&c.nats, client.clone());
     let mut backoff = Backoff::new(c);
@@ -190,7 +197,7 @@ pub async fn collect(c: &CollectConfig, stop: CancellationToken) -> anyhow::Resu
             continue;
         }
         let (events, poison) = parse(&msgs);
-        let stored = store_until_done(c, &pool, &events, &msgs, &mut migrated, &stop).await;
+        let stored = store_until_done(c, pool, &events, &msgs, &mut migrated, &stop).await;
         let Some(n) = stored else {
             // Stopping with the batch unstored: give it back at once.
             for m in &msgs {

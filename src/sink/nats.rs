@@ -325,6 +325,7 @@ pub async fn connect(c: &NatsConfig, name: String) -> anyhow::Result<async_nats:
             match e {
                 async_nats::Event::Connected => tracing::info!("nats: connected"),
                 async_nats::Event::Disconnected => tracing::warn!("nats: disconnected"),
+                async_nats::Event::Closed => tracing::debug!("nats: connection closed"),
                 other => tracing::warn!(event = %other, "nats"),
             }
         });
