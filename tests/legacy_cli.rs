@@ -560,9 +560,13 @@ fn tpot_site(root: &Path, caps: &str) -> (PathBuf, PathBuf) {
     .replace("/opt/honeytrap", opt.to_str().unwrap());
     let conf_path = opt.join("etc/honeytrap/honeytrap.conf");
     std::fs::write(&conf_path, conf).unwrap();
+    // As T-Pot's compose file: only the volumes (and the tmpfs) are the user's;
+    // `var` itself belongs to the read-only image.
     let status = Command::new("chown")
         .args(["-R", "nobody:nogroup"])
-        .arg(opt.join("var"))
+        .arg(opt.join("var/attacks"))
+        .arg(opt.join("var/downloads"))
+        .arg(opt.join("var/log"))
         .arg(root.join("tmp/honeytrap"))
         .status()
         .unwrap();
@@ -663,6 +667,10 @@ fn tpot_command_unprivileged_with_nfqueue_rules() {
     assert!(l.contains("monitor: nfqueue on queue 0"), "{l}");
     assert!(l.contains("already running as user nobody"), "{l}");
     assert!(!l.contains("cannot bind ports below"), "{l}");
+    assert!(
+        l.contains("the native outputs there (events.jsonl, transcripts) are off"),
+        "{l}"
+    );
     for line in l.lines() {
         original_line(line, None);
     }
@@ -711,6 +719,21 @@ fn tpot_command_unprivileged_with_nfqueue_rules() {
     // -t 5 (the original's LOG_NOISY): our debug lines, such as each new server.
     let l = log();
     assert!(l.contains("  server started proto=tcp port=445 "), "{l}");
+    // SaveFile's attack files, in T-Pot's attacks volume.
+    let attacks = opt.join("var/attacks");
+    let saved = || -> Vec<String> {
+        std::fs::read_dir(&attacks)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || saved()
+            .iter()
+            .any(|n| n.starts_with("from_port_445-tcp_"))),
+        "{:?}",
+        saved()
+    );
     let meta = std::fs::metadata(&json_path).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
 

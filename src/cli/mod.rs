@@ -79,6 +79,7 @@ pub fn run_legacy(args: &[OsString]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let data_dir_note = native_outputs_fit(&mut loaded.config);
     let monitor = honeytrap::monitor::build(&loaded.config).0.name();
     let low_ports =
         honeytrap::privileges::low_port_warning(&loaded.config, &loaded.policy, monitor);
@@ -167,6 +168,9 @@ pub fn run_legacy(args: &[OsString]) -> ExitCode {
         tracing::warn!("{s}");
     }
     for w in extras.iter().flat_map(|x| x.warnings.iter()) {
+        tracing::warn!("{w}");
+    }
+    if let Some(w) = data_dir_note {
         tracing::warn!("{w}");
     }
     if let Some(w) = low_ports {
@@ -262,6 +266,41 @@ fn apply(a: &Args, l: &mut Loaded) -> Result<Vec<String>, String> {
     }
     l.overridden = true;
     Ok(notes)
+}
+
+/// T-Pot's container is read-only except its volumes (`var/attacks`,
+/// `var/downloads`, `var/log`), while the data directory of its configuration is
+/// `var` itself. The original wrote only its plugins' files; so when the data
+/// directory exists but cannot be written, the native outputs that live there
+/// (events.jsonl, transcripts) are turned off with a warning instead of failing
+/// the start. Returns the warning.
+fn native_outputs_fit(c: &mut honeytrap::config::Config) -> Option<String> {
+    let dir = &c.sensor.data_dir;
+    let (jsonl, transcripts) = (
+        &mut c.output.jsonl.enabled,
+        &mut c.output.transcripts.enabled,
+    );
+    if !(*jsonl || *transcripts) || !dir.is_dir() {
+        return None;
+    }
+    let probe = dir.join(format!(".honeytrap-probe-{}", std::process::id()));
+    let err = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            return None;
+        }
+        Err(e) => e,
+    };
+    *jsonl = false;
+    *transcripts = false;
+    Some(format!(
+        "the data directory {} cannot be written ({err}): the native outputs there (events.jsonl, transcripts) are off; the original outputs (logJSON, logAttacker, SaveFile) are written as configured. Make it writable (a volume) to have both",
+        dir.display()
+    ))
 }
 
 /// A host name or address for `-a`.
