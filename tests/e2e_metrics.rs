@@ -1,7 +1,8 @@
 //! End-to-end: the Prometheus endpoint of the real binary. Attacks over TCP and UDP
 //! (one of them cut at `limits.read_limit`) show up in `/metrics` as scraped by
 //! curl; malformed, oversized and idle requests to the metrics port are refused
-//! and leave the daemon capturing.
+//! and leave the daemon capturing. With the sniff monitor, attempts and dynamic
+//! listeners are counted per monitor.
 
 mod support;
 
@@ -269,5 +270,47 @@ fn bad_requests_to_the_metrics_port_are_refused_without_harm() {
     assert_eq!(events.len(), 1);
     let text = scrape(&net);
     assert_eq!(value(&text, "honeytrap_attacks_total"), 1.0);
+    assert!(d.stop().success(), "{}", d.log());
+}
+
+#[test]
+fn sniff_attempts_and_dynamic_listeners_are_counted_per_monitor() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("mets");
+    let base = base_config(std::path::Path::new("@DATA@"), "", "");
+    let config = format!(
+        "{}[limits]\nread_timeout = \"300ms\"\n\n[metrics]\nenabled = true\nlisten = \"{METRICS}\"\n",
+        base.replace("kind = \"listen\"", "kind = \"sniff\"")
+    );
+    let mut d = Daemon::start(&net, &config);
+    let probe = || {
+        net.attack("nc", &["-z", "-w", "1", &net.hp_v4, "7300"], b"", 4)
+            .status
+            .success()
+    };
+    // Refused (the RST is the sniffer's trigger), then accepted by the new server.
+    assert!(!probe(), "nothing listens on 7300 before the first attempt");
+    let caught = wait_until(Duration::from_secs(5), probe);
+    assert!(caught, "{}", d.log());
+    d.wait_events(1, Duration::from_secs(10));
+    let mut text = String::new();
+    let counted = wait_until(Duration::from_secs(5), || {
+        text = scrape(&net);
+        sample(&text, "honeytrap_attacks_total") >= Some(1.0)
+    });
+    assert!(counted, "{text}");
+    assert!(value(&text, "honeytrap_attempts_total{monitor=\"sniff\"}") >= 1.0);
+    assert!(value(&text, "honeytrap_connections_total{monitor=\"sniff\"}") >= 1.0);
+    assert_eq!(
+        value(&text, "honeytrap_listeners_open{kind=\"dynamic\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "honeytrap_listeners_open{kind=\"pinned\"}"),
+        0.0
+    );
+    assert!(value(&text, "honeytrap_listeners_started_total") >= 1.0);
     assert!(d.stop().success(), "{}", d.log());
 }
