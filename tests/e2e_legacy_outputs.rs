@@ -153,10 +153,11 @@ fn logjson_logattacker_and_savefile_from_an_original_config() {
         files.path().display()
     ));
     wait_listening(&net.attacker, "tcp", 8000, 1);
-    // The proxy map's target answers with one line and closes.
+    // The proxy map's target reads a line, answers with one and closes (reading
+    // first: socat writing to an exited child could end before the answer).
     let target_reply = b"proxied target\n";
     let _target = net.background_attacker(&format!(
-        "exec socat TCP4-LISTEN:{TARGET_PORT},bind={},reuseaddr,fork SYSTEM:'echo proxied target'",
+        "exec socat TCP4-LISTEN:{TARGET_PORT},bind={},reuseaddr,fork SYSTEM:'read l; echo proxied target'",
         net.at_v4
     ));
     wait_listening(&net.attacker, "tcp", TARGET_PORT, 1);
@@ -197,9 +198,16 @@ fn logjson_logattacker_and_savefile_from_an_original_config() {
     assert_eq!(dls[0]["size"], sample.len(), "{e1:#}");
     // 2. Proxy mode: relayed to the target, which answers.
     let attack2 = b"proxy me\n".to_vec();
-    let out = nc_once(&net, &hp, PROXY_PORT, &attack2);
-    assert_eq!(out.stdout, target_reply, "{}", d.log());
+    // Without -N: the attacker keeps its side open until the target has answered
+    // and closed (a half-close could race the target's reply).
+    let out = net.attack(
+        "nc",
+        &["-w", "3", &hp, &PROXY_PORT.to_string()],
+        &attack2,
+        8,
+    );
     let e2 = event(&d, &attack2);
+    assert_eq!(out.stdout, target_reply, "{e2:#}\n{}", d.log());
     assert_eq!(e2["honeytrap"]["relay"]["connected"], true, "{e2:#}");
 
     let log_dir = d.data().join("log");
