@@ -6,7 +6,7 @@
 //! only then take more. So a slow side holds back the other side's reads instead of
 //! making honeytrap buffer (backpressure), and memory per relay is one buffer per
 //! direction plus the transcript, which `read_limit` bounds in each direction.
-//! Between two TCP streams the pump is zero-copy ([`pump_spliced`]): the bytes are
+//! Between two TCP streams the pump is zero-copy ([`pump_stream`]): the bytes are
 //! peeked straight into the transcript and spliced through a pipe (the buffer), so
 //! honeytrap copies each byte once, into the record. Otherwise (a UDP side, or no
 //! pipe to be had) it reads chunks of at most [`CHUNK`] bytes into a buffer, records
@@ -37,8 +37,11 @@ use tokio_util::sync::CancellationToken;
 /// datagram a stream is cut into when the target protocol is UDP.
 pub const CHUNK: usize = 32 * 1024;
 
-/// The smallest round of a zero-copy pump (see [`pump_spliced`]).
+/// A stream pump's rounds (see [`pump_stream`]): up to this, copied through a
+/// buffer; above it, zero-copy.
 const MIN_ROUND: usize = 16 * 1024;
+/// The largest round, if the pipe gets that big.
+const MAX_ROUND: usize = splice::PIPE_SIZE;
 
 /// The second connection.
 pub enum Upstream {
@@ -159,20 +162,34 @@ impl Shared<'_> {
     /// transcript, within the limits. Returns the bytes kept (0: end of stream) and
     /// why the relay must end after passing them on, if it must. TCP only: no UDP
     /// reply budget applies.
+    /// With `copy`, the bytes kept are also copied there (at most `max` bytes).
     fn record_from(
         &self,
         dir: Direction,
         max: usize,
         fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> io::Result<usize>,
+        copy: Option<&mut [u8]>,
     ) -> io::Result<(usize, Option<EndReason>)> {
         debug_assert!(self.reply_ratio.is_none());
         let mut g = self.record.lock().unwrap();
         let (t, intake) = &mut *g;
         let (n, r) = intake.take_with(t, dir, max, fill)?;
+        if let (Some(out), true) = (copy, n > 0) {
+            let last = &t.chunks.last().expect("the chunk just kept").data;
+            out[..n].copy_from_slice(&last[last.len() - n..]);
+        }
         if dir == Direction::Out {
             self.received.fetch_add(n as u64, Relaxed);
         }
         Ok((n, r.err()))
+    }
+
+    /// `n` bytes went on to the other side.
+    fn moved(&self, dir: Direction, n: usize) {
+        if dir == Direction::In {
+            self.sent.fetch_add(n as u64, Relaxed);
+        }
+        self.touch();
     }
 }
 
@@ -265,66 +282,108 @@ async fn pump<P: DatagramPeer>(
 }
 
 /// Copy one direction between two TCP streams until `from` ends or something
-/// fails, without copying through user memory: each round peeks the waiting bytes
-/// into the transcript (what fits under the limits), then splices exactly those
-/// through `pipe` into `to`, and only then reads again (backpressure; the pipe is
-/// the only buffer).
-async fn pump_spliced(
+/// fails. Each round takes at most `round` bytes into the transcript (what fits
+/// under the limits) and passes exactly those on before the next round
+/// (backpressure). Small rounds (a chatty protocol, a short exchange) are received
+/// into the transcript and sent from a small buffer: two system calls. Once rounds
+/// come full they grow, and a round above [`MIN_ROUND`] is zero-copy: the bytes are
+/// peeked into the transcript and spliced through a pipe (made then, the only
+/// buffer), so they are copied once, into the record.
+async fn pump_stream(
     from: &TcpStream,
     to: &TcpStream,
-    pipe: splice::Pipe,
     dir: Direction,
     sh: &Shared<'_>,
 ) -> Result<(), Stop> {
     let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
-    // The most one round takes: grows while the peer keeps the round full (a bulk
-    // transfer), shrinks again for small reads, so a chatty session does not
-    // reserve a pipe's worth of transcript per read.
-    let mut round = MIN_ROUND.min(pipe.size);
+    let mut pipe: Option<splice::Pipe> = None;
+    let mut small = vec![0u8; MIN_ROUND];
+    let mut round = MIN_ROUND;
     loop {
-        let record = || sh.record_from(dir, round, |buf| splice::peek(src, buf));
+        if round > MIN_ROUND && pipe.is_none() {
+            // No pipe to be had (descriptors): stay with copying.
+            pipe = splice::Pipe::new().ok();
+            round = pipe.as_ref().map_or(MIN_ROUND, |p| round.min(p.size));
+        }
+        let zero_copy = round > MIN_ROUND;
+        let record = || {
+            if zero_copy {
+                sh.record_from(dir, round, |b| splice::peek(src, b), None)
+            } else {
+                sh.record_from(dir, round, |b| splice::recv(src, b), Some(&mut small))
+            }
+        };
         let (n, end) = when_ready(from, Interest::READABLE, record)
             .await
             .map_err(|e| failure(e, dir, sh))?;
-        round = if n == round {
-            (2 * round).min(pipe.size)
-        } else if n < round / 4 {
-            (round / 2).max(MIN_ROUND.min(pipe.size))
-        } else {
-            round
-        };
         if n == 0 && end.is_none() {
             splice::shutdown_write(dst);
             return Ok(());
         }
         sh.touch();
-        let mut left = n;
-        while left > 0 {
-            let k = when_ready(from, Interest::READABLE, || pipe.fill(src, left))
-                .await
-                .map_err(|e| failure(e, dir, sh))?;
-            if k == 0 {
-                // Reset after the peek: the peer is gone.
-                return Err(Stop::End(EndReason::Closed));
-            }
-            let mut out = k;
-            while out > 0 {
-                let drained = when_ready(to, Interest::WRITABLE, || match pipe.drain(dst, out) {
-                    Ok(0) => Err(io::ErrorKind::BrokenPipe.into()),
-                    r => r,
-                });
-                out -= drained.await.map_err(|e| failure(e, dir.flip(), sh))?;
-            }
-            left -= k;
-            if dir == Direction::In {
-                sh.sent.fetch_add(k as u64, Relaxed);
-            }
-            sh.touch();
+        if let (true, Some(p)) = (zero_copy, &pipe) {
+            splice_on(from, to, p, n, dir, sh).await?;
+        } else {
+            send_on(to, &small[..n], dir, sh).await?;
         }
+        let max = pipe.as_ref().map_or(MAX_ROUND, |p| p.size);
+        round = if n == round {
+            (2 * round).min(max)
+        } else if n < round / 4 {
+            (round / 2).max(MIN_ROUND)
+        } else {
+            round
+        };
         if let Some(reason) = end {
             return Err(Stop::End(reason));
         }
     }
+}
+
+/// Move the `n` bytes at the head of `from` (already recorded) through `pipe` to `to`.
+async fn splice_on(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: &splice::Pipe,
+    n: usize,
+    dir: Direction,
+    sh: &Shared<'_>,
+) -> Result<(), Stop> {
+    let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
+    let mut left = n;
+    while left > 0 {
+        let k = when_ready(from, Interest::READABLE, || pipe.fill(src, left))
+            .await
+            .map_err(|e| failure(e, dir, sh))?;
+        if k == 0 {
+            // Reset after the peek: the peer is gone.
+            return Err(Stop::End(EndReason::Closed));
+        }
+        let mut out = k;
+        while out > 0 {
+            let drained = when_ready(to, Interest::WRITABLE, || match pipe.drain(dst, out) {
+                Ok(0) => Err(io::ErrorKind::BrokenPipe.into()),
+                r => r,
+            });
+            out -= drained.await.map_err(|e| failure(e, dir.flip(), sh))?;
+        }
+        left -= k;
+        sh.moved(dir, k);
+    }
+    Ok(())
+}
+
+/// Write `data` (already recorded) to `to`.
+async fn send_on(to: &TcpStream, data: &[u8], dir: Direction, sh: &Shared<'_>) -> Result<(), Stop> {
+    let mut done = 0;
+    while done < data.len() {
+        let sent = when_ready(to, Interest::WRITABLE, || {
+            splice::send(to.as_raw_fd(), &data[done..])
+        });
+        done += sent.await.map_err(|e| failure(e, dir.flip(), sh))?;
+    }
+    sh.moved(dir, data.len());
+    Ok(())
 }
 
 /// Run the non-blocking `op` on `s` once it is ready for `interest`, again after
@@ -380,16 +439,14 @@ pub async fn run<P: DatagramPeer>(
         received: AtomicU64::new(0),
         reply_ratio: limits.udp_reply_ratio,
     };
-    // Stream to stream: zero-copy, when two pipes can be had (else copying).
+    // Stream to stream: zero-copy for bulk (see pump_stream).
     if let (Downstream::Tcp(d), Upstream::Tcp(u), None) = (&down, &*up, first) {
-        if let (Ok(p_in), Ok(p_out)) = (splice::Pipe::new(), splice::Pipe::new()) {
-            let (d, u): (&TcpStream, &TcpStream) = (d, u);
-            let to_target = pump_spliced(d, u, p_in, Direction::In, &sh);
-            let to_attacker = pump_spliced(u, d, p_out, Direction::Out, &sh);
-            let (reason, target_refused) =
-                drive(to_target, to_attacker, &sh, &limits, hard_stop, spec).await;
-            return sh.end(reason, target_refused);
-        }
+        let (d, u): (&TcpStream, &TcpStream) = (d, u);
+        let to_target = pump_stream(d, u, Direction::In, &sh);
+        let to_attacker = pump_stream(u, d, Direction::Out, &sh);
+        let (reason, target_refused) =
+            drive(to_target, to_attacker, &sh, &limits, hard_stop, spec).await;
+        return sh.end(reason, target_refused);
     }
     let (down_in, down_out) = match down {
         Downstream::Tcp(s) => {

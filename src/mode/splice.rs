@@ -12,7 +12,7 @@ use std::ptr::null_mut;
 /// Size asked for each pipe: the most one round of a pump moves. 1 MiB is the
 /// kernel's default `fs.pipe-max-size`, allowed without privileges; when the
 /// per-user pipe quota is used up the pipe keeps its default size (64 KiB).
-const PIPE_SIZE: usize = 1 << 20;
+pub const PIPE_SIZE: usize = 1 << 20;
 
 /// A non-blocking pipe, closed on drop.
 pub struct Pipe {
@@ -73,6 +73,30 @@ pub fn peek(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
     let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
     // SAFETY: recv writes at most `buf.len()` bytes into `buf`.
     let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Receive the bytes waiting on socket `fd` into `buf` (at most its length).
+/// 0: end of stream.
+pub fn recv(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+    // SAFETY: recv writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Send what socket `fd` takes of `data` now.
+pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    // SAFETY: send reads at most `data.len()` bytes from `data`.
+    let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), flags) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
