@@ -21,18 +21,24 @@ const SENSOR_IDENT: &str = "e2e-sensor";
 const SENSOR_SECRET: &str = "sensor-secret";
 const METRICS: &str = "127.0.0.1:9465";
 
+/// Debian's python, into which `.ci/run` installs the `hpfeeds` package (not
+/// whatever `python3` comes first on PATH, e.g. a pyenv shim without it).
+const PY: &str = "/usr/bin/python3";
+/// Where pip (as root, Debian's python) puts the broker's script.
+const BROKER: &str = "/usr/local/bin/hpfeeds-broker";
+
 /// The broker must be installed: a missing broker is a failure, not a skip.
 fn broker_program() -> String {
-    let out = std::process::Command::new("sh")
-        .args(["-c", "command -v hpfeeds-broker"])
+    let ok = std::process::Command::new(PY)
+        .args(["-c", "import hpfeeds.scripts.broker"])
         .output()
-        .expect("sh");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     assert!(
-        out.status.success() && !path.is_empty(),
-        "hpfeeds-broker is not installed: `pip install 'hpfeeds[broker]==3.1.0'` (.ci/run does it)"
+        ok && Path::new(BROKER).exists(),
+        "hpfeeds-broker is not installed for {PY}: `{PY} -m pip install --break-system-packages 'hpfeeds[broker]==3.1.0'` (.ci/run does it)"
     );
-    path
+    BROKER.to_string()
 }
 
 /// Run a statement on the broker's sqlite auth database in `dir` (created with
@@ -50,7 +56,7 @@ fn sql(dir: &Path, statement: &str) {
     );
     let out = run(
         {
-            let mut c = std::process::Command::new("python3");
+            let mut c = std::process::Command::new(PY);
             c.args(["-c", &script]);
             c
         },
@@ -114,7 +120,7 @@ fn start_subscriber(net: &NetPair, dir: &Path, out: &Path) -> Background {
     let bg = support::clients::background_in(
         &net.honeypot,
         &format!(
-            "exec python3 {script} {PORT} {CHANNEL} {} subscriber subscriber-secret >>{}/subscriber.log 2>&1",
+            "exec {PY} {script} {PORT} {CHANNEL} {} subscriber subscriber-secret >>{}/subscriber.log 2>&1",
             out.display(),
             dir.display()
         ),
