@@ -310,14 +310,19 @@ fn insert_rows(
     let mut tx = client.transaction()?;
     let st = row::Statements::prepare(&mut tx)?;
     row::upsert_sensors(&mut tx, &st, rows)?;
-    let mut new = 0;
-    for r in rows {
-        if row::insert(&mut tx, &st, r, opts)? {
-            new += 1;
-        }
+    let new = row::insert_attacks(&mut tx, rows)?;
+    // Children only for attacks that were new (and once, should a batch hold an id twice).
+    let mut seen = std::collections::HashSet::new();
+    let fresh: Vec<&AttackRow> = rows
+        .iter()
+        .filter(|r| new.contains(&r.id) && seen.insert(r.id))
+        .collect();
+    row::insert_findings(&mut tx, &fresh)?;
+    for r in &fresh {
+        row::insert_children(&mut tx, &st, r, opts)?;
     }
     tx.commit()?;
-    Ok(new)
+    Ok(new.len())
 }
 
 /// Read a stored download for `downloads.content`, if it is there and small enough.

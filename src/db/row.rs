@@ -329,9 +329,7 @@ fn parse_download(v: &Ev) -> anyhow::Result<DownloadRow> {
 /// The statements of one batch, prepared once per transaction.
 pub struct Statements {
     sensor: Statement,
-    attack: Statement,
     relay: Statement,
-    finding: Statement,
     download: Statement,
     attack_download: Statement,
 }
@@ -346,29 +344,12 @@ impl Statements {
                    last_seen = GREATEST(sensors.last_seen, EXCLUDED.last_seen),
                    version = EXCLUDED.version",
             )?,
-            attack: tx.prepare(
-                "INSERT INTO attacks (id, sensor, start_time, end_time, duration_ns,
-                   source_ip, source_port, destination_ip, destination_port, protocol,
-                   monitor, mode, end_reason, responses_sent, bytes_in, bytes_out,
-                   payload_md5, payload_sha256, payload_sha512, payload_prefix,
-                   payload_truncated, read_limit_reached, transcript_path,
-                   transcript_offset, transcript_length, is_virtual, parent_id, decoder,
-                   analysis_done, event)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                   $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)
-                 ON CONFLICT (id) DO NOTHING",
-            )?,
             relay: tx.prepare(
                 "INSERT INTO relays (attack_id, kind, map, target_host, target_ip,
                    target_port, target_transport, connected, local_ip, local_port,
                    bytes_sent, bytes_received, received_md5, received_sha256,
                    received_sha512, fallback, fallback_reason)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-            )?,
-            finding: tx.prepare(
-                "INSERT INTO findings (attack_id, ordinal, analyzer, kind, detail, \"offset\",
-                   length, source_kind, source_id, source_sha256, meta)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )?,
             download: tx.prepare(
                 "INSERT INTO downloads (sha256, md5, sha512, size, truncated, first_seen, content)
@@ -408,51 +389,131 @@ pub fn upsert_sensors(
     Ok(())
 }
 
-/// Insert one attack and its rows; false when it was already there.
-pub fn insert(
+/// Insert the attacks of a batch with one statement (arrays unnested); returns the
+/// ids that were new (an attack already there is skipped).
+pub fn insert_attacks(
+    tx: &mut Transaction,
+    rows: &[AttackRow],
+) -> anyhow::Result<std::collections::HashSet<Uuid>> {
+    macro_rules! col {
+        ($f:ident) => {
+            rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
+        };
+    }
+    let (id, sensor, start, end, duration) = (
+        col!(id),
+        col!(sensor),
+        col!(start),
+        col!(end),
+        col!(duration_ns),
+    );
+    let (sip, sport, dip, dport, proto) = (
+        col!(source_ip),
+        col!(source_port),
+        col!(destination_ip),
+        col!(destination_port),
+        col!(protocol),
+    );
+    let (monitor, mode, reason, responses, bin, bout) = (
+        col!(monitor),
+        col!(mode),
+        col!(end_reason),
+        col!(responses_sent),
+        col!(bytes_in),
+        col!(bytes_out),
+    );
+    let (md5, sha256, sha512, prefix, truncated, limit) = (
+        col!(md5),
+        col!(sha256),
+        col!(sha512),
+        col!(payload_prefix),
+        col!(truncated),
+        col!(read_limit_reached),
+    );
+    let (tpath, toff, tlen, virt, parent, decoder, done, event) = (
+        col!(transcript_path),
+        col!(transcript_offset),
+        col!(transcript_length),
+        col!(is_virtual),
+        col!(parent_id),
+        col!(decoder),
+        col!(analysis_done),
+        col!(event),
+    );
+    let new = tx.query(
+        "INSERT INTO attacks (id, sensor, start_time, end_time, duration_ns,
+           source_ip, source_port, destination_ip, destination_port, protocol,
+           monitor, mode, end_reason, responses_sent, bytes_in, bytes_out,
+           payload_md5, payload_sha256, payload_sha512, payload_prefix,
+           payload_truncated, read_limit_reached, transcript_path,
+           transcript_offset, transcript_length, is_virtual, parent_id, decoder,
+           analysis_done, event)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[],
+           $5::bigint[], $6::inet[], $7::integer[], $8::inet[], $9::integer[], $10::text[],
+           $11::text[], $12::text[], $13::text[], $14::integer[], $15::bigint[], $16::bigint[],
+           $17::text[], $18::text[], $19::text[], $20::bytea[], $21::boolean[], $22::boolean[],
+           $23::text[], $24::bigint[], $25::bigint[], $26::boolean[], $27::uuid[], $28::text[],
+           $29::boolean[], $30::jsonb[])
+         ON CONFLICT (id) DO NOTHING
+         RETURNING id",
+        &[
+            &id, &sensor, &start, &end, &duration, &sip, &sport, &dip, &dport, &proto, &monitor,
+            &mode, &reason, &responses, &bin, &bout, &md5, &sha256, &sha512, &prefix, &truncated,
+            &limit, &tpath, &toff, &tlen, &virt, &parent, &decoder, &done, &event,
+        ],
+    )?;
+    Ok(new.iter().map(|r| r.get(0)).collect())
+}
+
+/// Insert the findings of (new) attacks with one statement.
+pub fn insert_findings(tx: &mut Transaction, rows: &[&AttackRow]) -> anyhow::Result<()> {
+    let all: Vec<(Uuid, i32, &FindingRow)> = rows
+        .iter()
+        .flat_map(|r| {
+            r.findings
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (r.id, i as i32, f))
+        })
+        .collect();
+    if all.is_empty() {
+        return Ok(());
+    }
+    macro_rules! col {
+        ($e:expr) => {
+            all.iter().map($e).collect::<Vec<_>>()
+        };
+    }
+    let id = col!(|x| x.0);
+    let ord = col!(|x| x.1);
+    let analyzer = col!(|x| x.2.analyzer.as_str());
+    let kind = col!(|x| x.2.kind.as_str());
+    let detail = col!(|x| x.2.detail.as_str());
+    let offset = col!(|x| x.2.offset);
+    let length = col!(|x| x.2.length);
+    let skind = col!(|x| x.2.source.kind.as_str());
+    let sid = col!(|x| x.2.source.id);
+    let ssha = col!(|x| x.2.source.sha256.as_deref());
+    let meta = col!(|x| x.2.meta.clone());
+    tx.execute(
+        "INSERT INTO findings (attack_id, ordinal, analyzer, kind, detail, \"offset\",
+           length, source_kind, source_id, source_sha256, meta)
+         SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::text[], $5::text[],
+           $6::bigint[], $7::bigint[], $8::text[], $9::uuid[], $10::text[], $11::jsonb[])",
+        &[
+            &id, &ord, &analyzer, &kind, &detail, &offset, &length, &skind, &sid, &ssha, &meta,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Insert the relay and downloads of a new attack (rarer: one statement each).
+pub fn insert_children(
     tx: &mut Transaction,
     st: &Statements,
     r: &AttackRow,
     opts: &InsertOptions,
-) -> anyhow::Result<bool> {
-    let n = tx.execute(
-        &st.attack,
-        &[
-            &r.id,
-            &r.sensor,
-            &r.start,
-            &r.end,
-            &r.duration_ns,
-            &r.source_ip,
-            &r.source_port,
-            &r.destination_ip,
-            &r.destination_port,
-            &r.protocol,
-            &r.monitor,
-            &r.mode,
-            &r.end_reason,
-            &r.responses_sent,
-            &r.bytes_in,
-            &r.bytes_out,
-            &r.md5,
-            &r.sha256,
-            &r.sha512,
-            &r.payload_prefix,
-            &r.truncated,
-            &r.read_limit_reached,
-            &r.transcript_path,
-            &r.transcript_offset,
-            &r.transcript_length,
-            &r.is_virtual,
-            &r.parent_id,
-            &r.decoder,
-            &r.analysis_done,
-            &r.event,
-        ],
-    )?;
-    if n == 0 {
-        return Ok(false);
-    }
+) -> anyhow::Result<()> {
     if let Some(x) = &r.relay {
         let h = |i: usize| x.received.as_ref().map(|h| h[i].as_str());
         tx.execute(
@@ -475,24 +536,6 @@ pub fn insert(
                 &h(2),
                 &x.fallback,
                 &x.fallback_reason,
-            ],
-        )?;
-    }
-    for (i, f) in r.findings.iter().enumerate() {
-        tx.execute(
-            &st.finding,
-            &[
-                &r.id,
-                &(i as i32),
-                &f.analyzer,
-                &f.kind,
-                &f.detail,
-                &f.offset,
-                &f.length,
-                &f.source.kind,
-                &f.source.id,
-                &f.source.sha256,
-                &f.meta,
             ],
         )?;
     }
@@ -536,7 +579,7 @@ pub fn insert(
             ],
         )?;
     }
-    Ok(true)
+    Ok(())
 }
 
 #[cfg(test)]
