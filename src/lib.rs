@@ -55,7 +55,14 @@ pub fn run(loaded: Loaded, log: Option<LogControl>) -> anyhow::Result<()> {
     // Before anything is bound (ports in use are excluded) and while still root.
     let firewall = firewall::setup(cfg, monitor.name())?;
     let metrics = metrics::Endpoint::bind(&cfg.metrics)?;
-    if let Some(who) = &who {
+    let already = |w: &privileges::Identity| {
+        !nix::unistd::Uid::effective().is_root() && nix::unistd::getuid() == w.uid
+    };
+    if let Some(who) = who.as_ref().filter(|w| already(w)) {
+        // Started unprivileged as that user already (file capabilities, as T-Pot
+        // does): there is nothing to switch.
+        tracing::info!(user = %who.name, uid = %who.uid, "already running as process.user: no switch needed");
+    } else if let Some(who) = &who {
         let mut keep = monitor.capabilities();
         // Rules honeytrap added are removed at exit by running iptables (and `ip`
         // for the tproxy policy routing), after the drop: they need CAP_NET_ADMIN

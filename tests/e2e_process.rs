@@ -278,6 +278,81 @@ fn drops_root_and_keeps_only_net_bind_service() {
     assert_eq!(events[0]["destination"]["port"], 21);
 }
 
+/// Started unprivileged as `process.user` already (what T-Pot does with file
+/// capabilities): nothing to switch, so it starts and captures instead of refusing.
+#[test]
+fn started_as_process_user_already_runs_without_a_switch() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("same");
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("honeytrap.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[sensor]\ndata_dir = \"{}\"\n[process]\nuser = \"nobody\"\nshutdown_grace = \"1s\"\n[monitor]\nkind = \"listen\"\n[monitor.listen]\ntcp = [7310]\nudp = []\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("honeytrap.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = net
+        .in_honeypot("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "run",
+            "-c",
+        ])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .env("NO_COLOR", "1")
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let ready =
+        support::daemon::wait_until(Duration::from_secs(15), || read_log().contains("ready"));
+    let served = ready && {
+        let out = net.attack(
+            "socat",
+            &["-t", "1", "-", &format!("TCP:{}:7310", net.hp_v4)],
+            b"hello as nobody\n",
+            5,
+        );
+        out.status.success()
+    };
+    let events_path = data.join("events.jsonl");
+    let recorded = served
+        && support::daemon::wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&events_path)
+                .unwrap_or_default()
+                .contains("\"port\":7310")
+        });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    let text = read_log();
+    assert!(
+        ready,
+        "did not start as nobody with process.user = nobody:\n{text}"
+    );
+    assert!(text.contains("no switch needed"), "{text}");
+    assert!(recorded, "attack not recorded:\n{text}");
+}
+
 #[test]
 fn a_second_signal_cuts_the_grace_period_short() {
     if !require_root() {
