@@ -31,9 +31,14 @@ fn attack(i: usize) -> honeytrap::attack::Attack {
         mode: Mode::Normal,
         protocol: honeytrap::proto::Protocol::Tcp,
         local: "10.0.0.1:8080".parse().unwrap(),
-        remote: format!("198.51.{}.{}:{}", i / 65536 % 256, i / 256 % 256, 1024 + i % 60000)
-            .parse()
-            .unwrap(),
+        remote: format!(
+            "198.51.{}.{}:{}",
+            i / 65536 % 256,
+            i / 256 % 256,
+            1024 + i % 60000
+        )
+        .parse()
+        .unwrap(),
         transcript: t,
         responses_sent: 1,
         relay: None,
@@ -112,7 +117,9 @@ fn main() -> anyhow::Result<()> {
     }
     let total = t.elapsed();
     drop(sink);
-    let rows: i64 = client.query_one("SELECT count(*) FROM attacks", &[])?.get(0);
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM attacks", &[])?
+        .get(0);
     println!(
         "postgres output: {n} events spooled in {:.2} s ({:.0} events/s), in the database after {:.2} s = {:.0} events/s sustained ({rows} rows)",
         spooled.as_secs_f64(),
