@@ -381,7 +381,10 @@ fn collect(config: Option<&std::path::Path>, log_level: Option<String>) -> ExitC
         }
     };
     if let Err(e) = loaded.config.collect.check_runnable() {
-        eprintln!("honeytrap: invalid configuration: key `{}`: {}", e.key, e.message);
+        eprintln!(
+            "honeytrap: invalid configuration: key `{}`: {}",
+            e.key, e.message
+        );
         return ExitCode::from(2);
     }
     let filter = log_level.unwrap_or_else(|| loaded.config.process.log_level.clone());
