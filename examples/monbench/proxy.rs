@@ -62,7 +62,8 @@ pub struct ProxyArgs {
     /// copying relay that records nothing, for reference.
     #[arg(long)]
     pub socat: bool,
-    /// Proxy scenario: socat's buffer (`-b`), bytes; 32768 is honeytrap's relay chunk.
+    /// Proxy scenario: socat's buffer (`-b`), bytes (32768: the chunk of honeytrap's
+    /// copying relay, which it uses for UDP; TCP to TCP it splices).
     #[arg(long, default_value_t = 32768)]
     pub socat_buffer: usize,
     /// Internal: a child role of the proxy scenario (`target ADDR`, `upload ADDR PORT
