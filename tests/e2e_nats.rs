@@ -546,13 +546,13 @@ fn db_attacks(pg: &Pg) -> BTreeMap<String, String> {
 }
 
 #[test]
-fn the_collector_acknowledges_nothing_before_postgresql_has_stored_it() {
+fn the_collector_acknowledges_nothing_before_postgresql_has_stored_it_and_rides_out_outages() {
     if !require_root() {
         return;
     }
     let pg = Pg::start(None, None);
     let net = NetPair::new("natscoll");
-    let _nats = NatsServer::start(&net.honeypot, "127.0.0.1");
+    let mut nats = NatsServer::start(&net.honeypot, "127.0.0.1");
     let url = format!("nats://127.0.0.1:{PORT}");
     let d = Daemon::start(&net, &sensor_config("coll", &url));
     let mut c = Collector::start(&net.honeypot, &url, &pg.url(), "pgdown");
@@ -600,7 +600,30 @@ fn the_collector_acknowledges_nothing_before_postgresql_has_stored_it() {
         "{:#}",
         consumer_info(&net.honeypot, &url, "HONEYTRAP", "pgdown")
     );
-    assert_eq!(c.stop(), 8);
+    // NATS restarted: the sensor's spool and the collector both carry on.
+    nats.stop();
+    for i in 0..4 {
+        clients::nc_once(&net, &net.hp_v4, 8080, format!("natsdown {i}").as_bytes());
+    }
+    let events = d.wait_events(12, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(1));
+    nats.start_again();
+    let want: BTreeMap<String, String> = ids(&events)
+        .into_iter()
+        .map(|id| (id, "coll".to_string()))
+        .collect();
+    wait_until(Duration::from_secs(30), || {
+        got = db_attacks(&pg);
+        got.len() >= want.len()
+    });
+    assert_eq!(
+        got,
+        want,
+        "collector log:\n{}\nsensor log:\n{}",
+        c.log(),
+        d.log()
+    );
+    assert_eq!(c.stop(), 12, "each attack inserted once");
 }
 
 #[test]
