@@ -93,7 +93,7 @@ fn main() -> anyhow::Result<()> {
         fsync: Fsync::Batch,
         ..SpoolLimits::default()
     };
-    let delivery = PostgresDelivery::new(&config, InsertOptions::default())?;
+    let delivery = PostgresDelivery::new(&config, InsertOptions::default(), Arc::clone(&stats))?;
     let mut sink = SpoolSink::start(
         "postgres",
         dir.path(),

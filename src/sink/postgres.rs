@@ -17,14 +17,21 @@ pub struct PostgresDelivery {
     opts: InsertOptions,
     /// Migrations still to be checked (once per run).
     migrate: bool,
+    /// For the delivery latency (`Stats::delivered`).
+    stats: Arc<Stats>,
 }
 
 impl PostgresDelivery {
-    pub fn new(c: &PostgresConfig, opts: InsertOptions) -> anyhow::Result<PostgresDelivery> {
+    pub fn new(
+        c: &PostgresConfig,
+        opts: InsertOptions,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<PostgresDelivery> {
         Ok(PostgresDelivery {
             pool: db::pool(c)?,
             opts,
             migrate: c.migrate,
+            stats,
         })
     }
 }
@@ -35,6 +42,7 @@ impl Delivery for PostgresDelivery {
     }
 
     fn deliver(&mut self, batch: &[Spooled]) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
         let mut conn = self.pool.get()?;
         if self.migrate {
             let applied = db::migrate(&mut conn)?;
@@ -54,6 +62,7 @@ impl Delivery for PostgresDelivery {
             })
             .collect();
         let n = db::insert_events(&mut conn, &events, &self.opts)?;
+        self.stats.delivered("postgres", started.elapsed());
         tracing::debug!(
             inserted = n.inserted,
             duplicates = n.duplicates,
@@ -77,7 +86,7 @@ pub fn start(config: &Config, stats: &Arc<Stats>) -> anyhow::Result<SpoolSink> {
         "postgres",
         &config.data_path(&config.output.spool.dir).join("postgres"),
         limits,
-        Box::new(PostgresDelivery::new(c, opts)?),
+        Box::new(PostgresDelivery::new(c, opts, Arc::clone(stats))?),
         Arc::clone(stats),
         Arc::new(Throttle::default()),
     )
