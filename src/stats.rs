@@ -82,6 +82,9 @@ pub struct Stats {
     pub spool_delivery_failures: AtomicU64,
     /// A gauge, not a counter: undelivered bytes in all spools now.
     pub spool_bytes: AtomicU64,
+    /// Sniffed RSTs / port unreachables the `monitor.sniff.filter` expression
+    /// rejected (not acted on).
+    pub sniff_filtered: AtomicU64,
     /// Bytes received from / sent to attackers, counted when a session ends.
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -239,6 +242,7 @@ impl Stats {
             c("spool_delivered", &self.spool_delivered),
             c("spool_delivery_failures", &self.spool_delivery_failures),
             c("spool_bytes", &self.spool_bytes),
+            c("sniff_filtered", &self.sniff_filtered),
             c("bytes_in", &self.bytes_in),
             c("bytes_out", &self.bytes_out),
         ]

@@ -248,6 +248,9 @@ pub struct SniffConfig {
     /// Receive buffer of each packet socket; past it the kernel drops (counted).
     #[serde(with = "units::bytesize")]
     pub rcvbuf: u64,
+    /// Extra filter in a subset of pcap syntax on the outgoing RST / ICMP error
+    /// (`crate::monitor::filter`); empty: none.
+    pub filter: String,
 }
 
 impl Default for SniffConfig {
@@ -257,6 +260,7 @@ impl Default for SniffConfig {
             promiscuous: false,
             addresses: Vec::new(),
             rcvbuf: 8 << 20,
+            filter: String::new(),
         }
     }
 }
@@ -861,6 +865,8 @@ impl Config {
                 "must be between 64KiB and 1GiB",
             ));
         }
+        crate::monitor::filter::parse(&s.filter)
+            .map_err(|e| Invalid::new("monitor.sniff.filter", e.to_string()))?;
         let q = &self.monitor.nfqueue;
         positive("monitor.nfqueue.queue_maxlen", q.queue_maxlen.into())?;
         if !(64 << 10..=1 << 30).contains(&q.rcvbuf) {
@@ -1219,8 +1225,12 @@ mod tests {
         assert_eq!(c.monitor.sniff.addresses.len(), 2);
         let e = err("[monitor]\nkind = \"pcap\"\n");
         assert_eq!(e.line, Some(2), "{e}");
-        let e = err("[monitor.sniff]\nfilter = \"tcp\"\n");
-        assert!(e.to_string().contains("filter"), "{e}");
+        let e = err("[monitor.sniff]\nfilter = \"tcp[13]\"\n");
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("monitor.sniff.filter", Some(2)),
+            "{e}"
+        );
         let e = err("[monitor.sniff]\ninterfaces = [\"eth0\", \"eth0\"]\n");
         assert_eq!(
             (e.key.as_str(), e.line),

@@ -3,6 +3,7 @@
 //! flows itself and hands them to the servers' per-connection path). One file per monitor; [`build`] is the registry.
 
 pub mod listen;
+pub mod filter;
 pub mod nfqueue;
 pub mod packet;
 pub mod sniff;

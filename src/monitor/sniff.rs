@@ -22,10 +22,16 @@
 //! The reader drains the socket until it is empty on each wake-up, into one reused
 //! buffer.
 //!
+//! An extra expression (`monitor.sniff.filter`, a pcap-syntax subset: see
+//! [`super::filter`]) is evaluated in user space on each hit, on the packet itself
+//! (the RST or ICMP error, as the original's libpcap filter was): a hit it rejects
+//! is counted (`filtered`, and `sniff_filtered` in the stats) and not acted on.
+//!
 //! Limits: IPv6 packets with extension headers between the IPv6 header and TCP /
 //! ICMPv6 are not recognised (the kernel does not add any to a RST or an ICMPv6
 //! error); IPv4 fragments other than the first are ignored.
 
+use super::filter::Filter;
 use super::packet::{be16, be32, ipv4, ipv6, IpHeader, PacketError};
 use super::Monitor;
 use crate::proto::Protocol;
@@ -355,6 +361,8 @@ struct Counters {
     tcp_resets: AtomicU64,
     port_unreachables: AtomicU64,
     not_ours: AtomicU64,
+    /// Rejected by `monitor.sniff.filter`.
+    filtered: AtomicU64,
     malformed: AtomicU64,
     other: AtomicU64,
     started: AtomicU64,
@@ -374,6 +382,8 @@ struct Counters {
 struct Shared {
     /// Our addresses: a RST or ICMP error from any other source is not ours.
     addresses: ArcSwap<HashSet<IpAddr>>,
+    /// `monitor.sniff.filter`, parsed (None: no filter).
+    filter: ArcSwap<Option<Filter>>,
     counters: Counters,
     /// Reading tasks still running (the last one logs the summary).
     readers: AtomicUsize,
@@ -397,6 +407,7 @@ impl SniffMonitor {
         SniffMonitor {
             shared: Arc::new(Shared {
                 addresses: ArcSwap::from_pointee(HashSet::new()),
+                filter: ArcSwap::from_pointee(None),
                 counters: Counters::default(),
                 readers: AtomicUsize::new(0),
             }),
@@ -417,6 +428,14 @@ impl SniffMonitor {
         }
         self.shared.addresses.store(Arc::new(set));
         n
+    }
+
+    /// Set the filter from the config (validated when the config was loaded).
+    fn refresh_filter(&self, cfg: &crate::config::SniffConfig) -> anyhow::Result<()> {
+        let f = super::filter::parse(&cfg.filter)
+            .map_err(|e| anyhow::anyhow!("monitor.sniff.filter: {e}"))?;
+        self.shared.filter.store(Arc::new(f));
+        Ok(())
     }
 }
 
@@ -565,6 +584,14 @@ impl Shared {
             tracing::debug!(sender = %hit.sender, local = %hit.local, "sniff: not from an address of this host; ignored");
             return;
         }
+        if let Some(f) = self.filter.load().as_ref() {
+            if !f.matches(packet) {
+                c.filtered.fetch_add(1, Relaxed);
+                crate::stats::Stats::inc(&table.context().stats.sniff_filtered);
+                tracing::debug!(protocol = %hit.protocol, local = %hit.local, remote = %hit.remote, "sniff: rejected by monitor.sniff.filter; ignored");
+                return;
+            }
+        }
         match hit.protocol {
             Protocol::Tcp => c.tcp_resets.fetch_add(1, Relaxed),
             Protocol::Udp => c.port_unreachables.fetch_add(1, Relaxed),
@@ -636,6 +663,7 @@ impl Shared {
             ignored_ports = g(&c.ignored),
             unavailable = g(&c.unavailable),
             not_ours = g(&c.not_ours),
+            filtered = g(&c.filtered),
             malformed = g(&c.malformed),
             other = g(&c.other),
             errors = g(&c.errors),
@@ -739,6 +767,7 @@ impl Monitor for SniffMonitor {
 
     fn start(&mut self, table: &Arc<PortTable>) -> anyhow::Result<()> {
         let cfg = table.context().config().config.monitor.sniff.clone();
+        self.refresh_filter(&cfg)?;
         // Resolve every name first: a missing interface is an error naming it.
         let mut watched = Vec::new();
         for name in &cfg.interfaces {
@@ -810,6 +839,7 @@ impl Monitor for SniffMonitor {
             promiscuous = cfg.promiscuous,
             addresses,
             rcvbuf,
+            filter = %cfg.filter,
             "sniffing for outgoing TCP RST and ICMP port unreachable; no port is bound before it is hit"
         );
         self.started = Some(cfg);
@@ -828,6 +858,12 @@ impl Monitor for SniffMonitor {
         }
         let n = self.refresh_addresses(&cfg);
         tracing::info!(addresses = n, "sniff: addresses of this host refreshed");
+        match self.refresh_filter(&cfg) {
+            Ok(()) => tracing::info!(filter = %cfg.filter, "sniff: filter expression applied"),
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP: the new filter is refused; the old one is kept")
+            }
+        }
     }
 }
 
@@ -1046,6 +1082,39 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn filter_is_validated_at_load_and_applies_to_the_hits() {
+        let parse = |t: &str| crate::config::parse(std::path::Path::new("t"), t);
+        assert_eq!(parse("").unwrap().monitor.sniff.filter, "");
+        let c = parse("[monitor.sniff]\nfilter = \"not port 22\"\n").unwrap();
+        assert_eq!(c.monitor.sniff.filter, "not port 22");
+        let e = parse("[monitor.sniff]\nrcvbuf = \"1MiB\"\nfilter = \"tcp[13] & 4 != 0\"\n")
+            .unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("monitor.sniff.filter", Some(3)),
+            "{e}"
+        );
+        assert!(e.to_string().contains("column 4, `[`"), "{e}");
+        // On the packets the kernel filter keeps: src is us, dst the attacker; the
+        // ICMP error has no ports (pcap's meaning).
+        let f = |s: &str| super::super::filter::parse(s).unwrap().unwrap();
+        for p in [rst4(), unreach4(), rst6(), unreach6()] {
+            assert!(parse_ok(&p));
+            assert!(f("not port 22").matches(&p));
+            assert!(f("src host 10.0.0.1 or src host fd00::1").matches(&p));
+            assert!(!f("dst host 10.0.0.1 or dst host fd00::1").matches(&p));
+        }
+        assert!(f("port 2222").matches(&rst4()));
+        assert!(!f("port 5060").matches(&unreach4()));
+        assert!(f("port 5060 or icmp").matches(&unreach4()));
+        assert!(!f("port 5060 or icmp").matches(&unreach6()));
+    }
+
+    fn parse_ok(p: &[u8]) -> bool {
+        parse(p).is_ok()
     }
 
     #[test]
