@@ -27,11 +27,17 @@ struct NatsServer {
     ns: String,
     listen: String,
     store: tempfile::TempDir,
+    /// More command-line options (TLS).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl NatsServer {
     fn start(ns: &str, listen: &str) -> NatsServer {
+        Self::start_with(ns, listen, &[])
+    }
+
+    fn start_with(ns: &str, listen: &str, extra: &[String]) -> NatsServer {
         match Command::new("nats-server").arg("--version").output() {
             Ok(o) if o.status.success() => {}
             Ok(o) => panic!("nats-server --version failed: {o:?}"),
@@ -41,6 +47,7 @@ impl NatsServer {
             ns: ns.into(),
             listen: listen.into(),
             store: tempfile::tempdir().unwrap(),
+            extra: extra.to_vec(),
             child: None,
         };
         s.start_again();
@@ -66,6 +73,7 @@ impl NatsServer {
             .arg(self.store.path().join("js"))
             .arg("-l")
             .arg(self.log_path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -127,6 +135,19 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The test's own client; `tls://HOST:PORT#ca=FILE` connects with TLS, trusting FILE.
+async fn test_client(url: &str) -> async_nats::Client {
+    let mut o = async_nats::ConnectOptions::new();
+    let url = match url.split_once("#ca=") {
+        Some((u, ca)) => {
+            o = o.require_tls(true).add_root_certificates(ca.into());
+            u
+        }
+        None => url,
+    };
+    o.connect(url).await.expect("test client")
+}
+
 /// One message of the stream.
 #[derive(Debug, Clone)]
 struct Stored {
@@ -140,7 +161,7 @@ fn stream_messages(ns: &str, url: &str, name: &str) -> Vec<Stored> {
     let (url, name) = (url.to_string(), name.to_string());
     in_netns(ns, move || {
         runtime().block_on(async move {
-            let client = async_nats::connect(&url).await.expect("test client");
+            let client = test_client(&url).await;
             let js = async_nats::jetstream::new(client);
             let Ok(mut stream) = js.get_stream(&name).await else {
                 return Vec::new();
@@ -174,7 +195,7 @@ fn publish_again(ns: &str, url: &str, subject: &str, msg_id: &str, payload: Vec<
     let (url, subject, msg_id) = (url.to_string(), subject.to_string(), msg_id.to_string());
     in_netns(ns, move || {
         runtime().block_on(async move {
-            let client = async_nats::connect(&url).await.expect("test client");
+            let client = test_client(&url).await;
             let js = async_nats::jetstream::new(client);
             let msg = async_nats::jetstream::message::PublishMessage::build()
                 .payload(payload.into())
@@ -197,7 +218,7 @@ fn consumer_info(ns: &str, url: &str, stream: &str, durable: &str) -> Value {
     );
     in_netns(ns, move || {
         runtime().block_on(async move {
-            let client = async_nats::connect(&url).await.expect("test client");
+            let client = test_client(&url).await;
             let r = client
                 .request(subject, "".into())
                 .await
@@ -709,4 +730,55 @@ fn a_three_sensor_fleet_reaches_postgresql_through_nats_and_two_collectors() {
         inserted.iter().all(|&n| n > 0),
         "both collectors inserted: {inserted:?}"
     );
+}
+
+#[test]
+fn tls_with_a_verified_certificate_and_a_wrong_ca_refused() {
+    if !require_root() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = support::pg::certificates(certs.path(), "nats");
+    let (other, _, _) = support::pg::certificates(certs.path(), "other");
+    let net = NetPair::new("natstls");
+    let tls: Vec<String> = vec![
+        "--tls".into(),
+        "--tlscert".into(),
+        cert.display().to_string(),
+        "--tlskey".into(),
+        key.display().to_string(),
+    ];
+    let _nats = NatsServer::start_with(&net.honeypot, "127.0.0.1", &tls);
+    let url = format!("tls://127.0.0.1:{PORT}");
+    let conf = |ca: &Path| {
+        sensor_config("tls", &url).replace(
+            "[output.nats]\n",
+            &format!(
+                "[output.nats]\ntls = true\nca_file = \"{}\"\n",
+                ca.display()
+            ),
+        )
+    };
+    let reader = format!("{url}#ca={}", ca.display());
+    // A CA that did not sign the server's certificate: nothing is delivered, the
+    // event stays in the spool.
+    let mut d1 = Daemon::start(&net, &conf(&other));
+    clients::nc_once(&net, &net.hp_v4, 8080, b"over tls");
+    let events = d1.wait_events(1, Duration::from_secs(20));
+    assert!(
+        d1.wait_log("spool: delivery failed", Duration::from_secs(20)),
+        "{}",
+        d1.log()
+    );
+    d1.stop();
+    assert!(stream_messages(&net.honeypot, &reader, "HONEYTRAP").is_empty());
+    // The right CA, same data directory: the spooled event goes out over TLS.
+    let d2 = Daemon::start(
+        &net,
+        &conf(&ca).replace("@DATA@", &d1.data().display().to_string()),
+    );
+    let got = wait_stream(&net.honeypot, &reader, 1, Duration::from_secs(20));
+    assert_eq!(got.len(), 1, "{}", d2.log());
+    assert_eq!(got[0].msg_id, events[0]["event"]["id"].as_str().unwrap());
+    assert_eq!(got[0].subject, "honeytrap.tls.attack");
 }
