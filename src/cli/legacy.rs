@@ -38,7 +38,8 @@ pub struct Args {
     pub monitor: Option<String>,
     /// `--queue N` (ours): the NFQUEUE queue instead of 0.
     pub queue: Option<u16>,
-    /// The trailing filter expression (pcap syntax in the original).
+    /// The trailing filter expression (pcap syntax; our subset: `monitor::filter`),
+    /// the words joined with spaces as libpcap's `copy_argv` did.
     pub filter: Vec<String>,
     /// `-m`: accepted and ignored, as the original did.
     pub mirror_flag: bool,
@@ -235,7 +236,8 @@ pub fn usage(prog: &str) -> String {
          \t-P:\tpid file, default is the configuration's pidfile, else /var/run/honeytrap.pid\n\
          \t--monitor:\tauto, listen, sniff, nfqueue or tproxy; default is nfqueue (queue 0)\n\
          \t--queue:\tNFQUEUE queue number, default is 0\n\
-         \texpression:\tnot supported (the sniff monitor's filter is fixed); refused\n\
+         \texpression:\tfilter for the sniff monitor, a subset of pcap syntax (host, net, port,\n\
+         \t\t\tportrange, tcp, udp, icmp, icmp6, ip, ip6, and, or, not); see docs/migration.md\n\
          The native command line: {prog} --help\n"
     )
 }

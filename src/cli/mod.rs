@@ -52,9 +52,11 @@ pub fn run_legacy(args: &[OsString]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !a.filter.is_empty() {
+    // The trailing expression (pcap syntax in the original): checked before anything
+    // else, so an unsupported one is refused at once.
+    if let Err(e) = honeytrap::monitor::filter::parse(&a.filter.join(" ")) {
         eprintln!(
-            "honeytrap: the filter expression `{}` is not supported: the sniff monitor's packet filter is fixed (docs/migration.md); leave ports alone with `portconf` ignore blocks instead",
+            "honeytrap: the filter expression `{}` is not supported: {e}",
             a.filter.join(" ")
         );
         return ExitCode::from(2);
@@ -252,9 +254,19 @@ fn apply(a: &Args, l: &mut Loaded) -> Result<Vec<String>, String> {
     if a.promisc {
         c.monitor.sniff.promiscuous = true;
     }
-    let sniff_opts = a.interface.is_some() || a.address.is_some() || a.promisc;
+    if !a.filter.is_empty() {
+        let expr = a.filter.join(" ");
+        honeytrap::monitor::filter::parse(&expr)
+            .map_err(|e| format!("the filter expression `{expr}` is not supported: {e}"))?;
+        c.monitor.sniff.filter = expr;
+    }
+    let sniff_opts =
+        a.interface.is_some() || a.address.is_some() || a.promisc || !a.filter.is_empty();
     if sniff_opts && c.monitor.kind != honeytrap::config::MonitorKind::Sniff {
-        notes.push("-i, -a and -p apply to the sniff monitor only (--monitor sniff)".into());
+        notes.push(
+            "-i, -a, -p and the filter expression apply to the sniff monitor only (--monitor sniff)"
+                .into(),
+        );
     }
     if a.mirror_flag {
         notes.push("-m is ignored: mirror mode is set per port (portconf)".into());
@@ -451,5 +463,37 @@ mod tests {
         assert!(notes.iter().any(|n| n.contains("-m is ignored")));
         let (_d, mut l) = loaded();
         assert!(apply(&args(&["-i", "a/b"]), &mut l).is_err());
+    }
+
+    #[test]
+    fn the_trailing_expression_is_the_sniff_filter() {
+        let (_d, mut l) = loaded();
+        let a = args(&[
+            "--monitor",
+            "sniff",
+            "-D",
+            "not",
+            "port",
+            "22",
+            "and",
+            "tcp",
+        ]);
+        let notes = apply(&a, &mut l).unwrap();
+        assert_eq!(l.config.monitor.sniff.filter, "not port 22 and tcp");
+        assert_eq!(notes, ["monitor: sniff (chosen with --monitor)"]);
+        // Without --monitor sniff it is kept, with a note.
+        let (_d, mut l) = loaded();
+        let notes = apply(&args(&["-D", "host 10.0.0.1"]), &mut l).unwrap();
+        assert_eq!(l.config.monitor.sniff.filter, "host 10.0.0.1");
+        assert!(notes
+            .iter()
+            .any(|n| n.contains("filter expression apply to the sniff monitor only")));
+        let (_d, mut l) = loaded();
+        let e = apply(&args(&["-D", "tcp[13]", "&", "4", "!=", "0"]), &mut l).unwrap_err();
+        assert!(
+            e.contains("`tcp[13] & 4 != 0` is not supported: column 4, `[`"),
+            "{e}"
+        );
+        assert!(l.config.monitor.sniff.filter.is_empty());
     }
 }

@@ -26,6 +26,7 @@
 //! [`super::filter`]) is evaluated in user space on each hit, on the packet itself
 //! (the RST or ICMP error, as the original's libpcap filter was): a hit it rejects
 //! is counted (`filtered`, and `sniff_filtered` in the stats) and not acted on.
+//! It is set at start; a change needs a restart (like the interfaces).
 //!
 //! Limits: IPv6 packets with extension headers between the IPv6 header and TCP /
 //! ICMPv6 are not recognised (the kernel does not add any to a RST or an ICMPv6
@@ -858,11 +859,14 @@ impl Monitor for SniffMonitor {
         }
         let n = self.refresh_addresses(&cfg);
         tracing::info!(addresses = n, "sniff: addresses of this host refreshed");
-        match self.refresh_filter(&cfg) {
-            Ok(()) => tracing::info!(filter = %cfg.filter, "sniff: filter expression applied"),
-            Err(e) => {
-                tracing::warn!(error = %e, "SIGHUP: the new filter is refused; the old one is kept")
-            }
+        // The filter stays as started: it may come from the original command line,
+        // which a reload of the file does not see.
+        if self
+            .started
+            .as_ref()
+            .is_some_and(|old| old.filter != cfg.filter)
+        {
+            tracing::warn!("SIGHUP: monitor.sniff.filter differs from the expression in force (set at start from the configuration or the original command line); a change needs a restart, the expression in force is kept");
         }
     }
 }
