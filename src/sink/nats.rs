@@ -336,7 +336,7 @@ pub async fn connect(c: &NatsConfig, name: String) -> anyhow::Result<async_nats:
 pub fn jetstream(c: &NatsConfig, client: async_nats::Client) -> jetstream::Context {
     jetstream::ContextBuilder::new()
         .timeout(c.ack_timeout)
-        .max_ack_inflight(8192)
+        .max_ack_inflight(2 * ACK_WINDOW)
         .backpressure_on_inflight(true)
         .build(client)
 }
@@ -350,6 +350,11 @@ pub async fn ensure_stream(
         .await
         .with_context(|| format!("getting or creating the JetStream stream {}", c.stream.name))
 }
+
+/// Messages in flight before their acknowledgements are awaited (a spool batch of
+/// more is sent in windows of this size; below the context's in-flight limit, so
+/// sending never waits for an acknowledgement nobody awaits).
+const ACK_WINDOW: usize = 1024;
 
 /// Publishes spooled events to JetStream.
 pub struct NatsDelivery {
@@ -406,9 +411,20 @@ impl Publisher {
             ensure_stream(&self.config, &js).await?;
             self.stream_ready = true;
         }
-        // Send the whole batch, then wait for every acknowledgement.
-        let mut acks = Vec::with_capacity(batch.len());
-        for s in batch {
+        for window in batch.chunks(ACK_WINDOW) {
+            self.publish_window(&js, window).await?;
+        }
+        Ok(())
+    }
+
+    /// Send every message of `window`, then wait for every acknowledgement.
+    async fn publish_window(
+        &self,
+        js: &jetstream::Context,
+        window: &[Spooled],
+    ) -> anyhow::Result<()> {
+        let mut acks = Vec::with_capacity(window.len());
+        for s in window {
             let subject = format!("{}.{}", self.subject_base, subject_token(&s.kind));
             let msg = jetstream::message::PublishMessage::build()
                 .payload(s.body.clone().into())
