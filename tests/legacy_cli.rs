@@ -60,8 +60,12 @@ fn help_version_and_refused_options() {
         (&["-D", "-x"][..], "unknown option -x"),
         (&["-D", "--monitor", "pcap"][..], "must be one of"),
         (
-            &["-D", "tcp", "port", "80"][..],
-            "`tcp port 80` is not supported",
+            &["-D", "tcp[13]", "&", "4", "!=", "0"][..],
+            "the filter expression `tcp[13] & 4 != 0` is not supported: column 4, `[`",
+        ),
+        (
+            &["-D", "ether", "host", "x"][..],
+            "supported: [src|dst] host",
         ),
     ] {
         let o = quick(args);
@@ -73,6 +77,18 @@ fn help_version_and_refused_options() {
     let o = quick(&["-D", "-C", "/nonexistent/honeytrap.conf"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/honeytrap.conf"));
+    // A supported trailing expression is accepted: the configuration is read next.
+    let o = quick(&[
+        "-D",
+        "-C",
+        "/nonexistent/honeytrap.conf",
+        "tcp",
+        "port",
+        "80",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/nonexistent/honeytrap.conf"), "{err}");
+    assert!(!err.contains("filter expression"), "{err}");
 }
 
 /// A directory for one run: an original-syntax honeytrap.conf whose log file is
@@ -325,6 +341,66 @@ fn foreground_pidfile_and_log_file() {
         log.trim_end().ends_with("---- honeytrap stopped ----"),
         "{log}"
     );
+}
+
+/// nc -z from the attacker: true when the connection was accepted.
+fn accepted(net: &NetPair, port: u16) -> bool {
+    net.attack(
+        "nc",
+        &["-z", "-w", "1", &net.hp_v4, &port.to_string()],
+        b"",
+        4,
+    )
+    .status
+    .success()
+}
+
+#[test]
+fn trailing_expression_filters_the_sniffer() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("lcflt");
+    let site = Site::new();
+    let pid_s = site.path("h.pid").display().to_string();
+    let conf = site.conf();
+    let mut d = Fg::start(
+        &net,
+        &site,
+        "flt",
+        &[
+            "-D",
+            "-C",
+            &conf,
+            "-P",
+            &pid_s,
+            "-t",
+            "4",
+            "--monitor",
+            "sniff",
+            "not",
+            "port",
+            "21101",
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || site
+            .read("log/honeytrap.log")
+            .contains("  ready ")),
+        "not ready: {}\n{}",
+        site.read("log/honeytrap.log"),
+        d.stderr()
+    );
+    // Excluded by the expression: the sniffer never binds 21101.
+    for _ in 0..2 {
+        assert!(!accepted(&net, 21101), "{}", site.read("log/honeytrap.log"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Any other port: refused once, caught on the retry.
+    assert!(!accepted(&net, 21102));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(accepted(&net, 21102), "{}", site.read("log/honeytrap.log"));
+    assert_eq!(d.stop(), Some(0));
 }
 
 #[test]
