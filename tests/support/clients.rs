@@ -129,13 +129,14 @@ pub fn socat_service(ns: &str, proto: &str, port: u16, script: &std::path::Path)
 }
 
 /// One UDP exchange from `sourceport`: sends `data` as one datagram (socat) and
-/// returns what came back within 2 s of the end of input.
+/// returns what came back within 4 s of the end of input (a relayed reply passes a
+/// forked socat and a shell on the target: seconds on a loaded machine).
 pub fn udp_once(net: &NetPair, host: &str, port: u16, sourceport: u16, data: &[u8]) -> Output {
     net.attack(
         "socat",
         &[
             "-t",
-            "2",
+            "4",
             "-",
             &format!("UDP:{},sourceport={sourceport}", host_port(host, port)),
         ],
