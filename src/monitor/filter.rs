@@ -353,12 +353,12 @@ impl Parser {
             None if dir.is_some() => Kind::Host,
             None => return Err(self.error_at(start, self.unknown_word(start))),
         };
-        let fits = match (proto, kind) {
-            (None, _) => true,
-            (Some(Proto::Tcp | Proto::Udp), Kind::Port | Kind::PortRange) => true,
-            (Some(Proto::Ip | Proto::Ip6), Kind::Host | Kind::Net) => true,
-            _ => false,
-        };
+        let fits = matches!(
+            (proto, kind),
+            (None, _)
+                | (Some(Proto::Tcp | Proto::Udp), Kind::Port | Kind::PortRange)
+                | (Some(Proto::Ip | Proto::Ip6), Kind::Host | Kind::Net)
+        );
         if !fits {
             return Err(self.error_at(
                 kind_at.min(self.tokens.len() - 1),
