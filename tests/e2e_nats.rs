@@ -2,9 +2,11 @@
 //! `nats-server` (started by the test, JetStream on, a temporary store, inside a
 //! network namespace the test created) and the real binary. Attacks land in the
 //! stream under `honeytrap.<sensor>.attack` with the attack id as `Nats-Msg-Id`; an
-//! outage of NATS during a burst loses and duplicates nothing; collectors hold a
-//! batch unacknowledged while PostgreSQL is down; and a fleet of three sensors in
-//! three namespaces reaches one PostgreSQL through one NATS and two collectors.
+//! outage of NATS during a burst, and SIGKILL of honeytrap while its spool holds
+//! events, lose and duplicate nothing; TLS with a verified certificate; collectors
+//! hold a batch unacknowledged while PostgreSQL is down and ride out a restart of
+//! NATS; and a fleet of three sensors in three network namespaces reaches one
+//! PostgreSQL through one NATS (in a fourth, "hub" namespace) and two collectors.
 //! The test reads the stream itself from a thread that joined the namespace.
 
 mod support;
@@ -555,6 +557,20 @@ fn field(line: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name}= in {line}"))
 }
 
+/// A counter from the final summary of a daemon's log (counters that stayed 0 are
+/// not listed).
+fn final_counter(log: &str, name: &str) -> u64 {
+    let last = log
+        .lines()
+        .rfind(|l| l.contains("final counters"))
+        .unwrap_or_else(|| panic!("no final counters:\n{log}"));
+    if last.contains(&format!(" {name}=")) {
+        field(last, name)
+    } else {
+        0
+    }
+}
+
 /// Attack id → sensor, in PostgreSQL.
 fn db_attacks(pg: &Pg) -> BTreeMap<String, String> {
     match pg
@@ -781,4 +797,59 @@ fn tls_with_a_verified_certificate_and_a_wrong_ca_refused() {
     assert_eq!(got.len(), 1, "{}", d2.log());
     assert_eq!(got[0].msg_id, events[0]["event"]["id"].as_str().unwrap());
     assert_eq!(got[0].subject, "honeytrap.tls.attack");
+}
+
+#[test]
+fn sigkill_while_the_spool_holds_events_and_nats_is_down_loses_and_duplicates_nothing() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("natskill");
+    let mut nats = NatsServer::start(&net.honeypot, "127.0.0.1");
+    let url = format!("nats://127.0.0.1:{PORT}");
+    nats.stop();
+    let conf = sensor_config("killed", &url);
+    let mut d1 = Daemon::start(&net, &conf);
+    for i in 0..10 {
+        clients::nc_once(&net, &net.hp_v4, 8080, format!("kill {i}").as_bytes());
+    }
+    let events = d1.wait_events(10, Duration::from_secs(20));
+    assert!(
+        d1.wait_log("spool: delivery failed", Duration::from_secs(20)),
+        "{}",
+        d1.log()
+    );
+    d1.signal(nix::sys::signal::Signal::SIGKILL);
+    d1.wait_exit(Duration::from_secs(10));
+    nats.start_again();
+    // The same data directory, so the same spool.
+    let same = conf.replace("@DATA@", &d1.data().display().to_string());
+    let mut d2 = Daemon::start(&net, &same);
+    let got = wait_stream(&net.honeypot, &url, 10, Duration::from_secs(30));
+    let stored: Vec<String> = got.iter().map(|m| m.msg_id.clone()).collect();
+    assert_eq!(
+        stored.iter().cloned().collect::<BTreeSet<_>>(),
+        ids(&events),
+        "{}",
+        d2.log()
+    );
+    assert_eq!(stored.len(), 10, "nothing twice");
+    d2.stop();
+    assert_eq!(
+        final_counter(&d2.log(), "spool_delivered"),
+        10,
+        "{}",
+        d2.log()
+    );
+    // Started once more: nothing is published again.
+    let mut d3 = Daemon::start(&net, &same);
+    std::thread::sleep(Duration::from_secs(2));
+    d3.stop();
+    assert_eq!(
+        final_counter(&d3.log(), "spool_delivered"),
+        0,
+        "{}",
+        d3.log()
+    );
+    assert_eq!(stream_messages(&net.honeypot, &url, "HONEYTRAP").len(), 10);
 }
