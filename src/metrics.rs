@@ -265,6 +265,13 @@ impl Collector for StatsCollector {
         )?;
         family(
             &mut e,
+            "sniff_filtered",
+            "Attempts the sniff monitor saw but its filter expression (monitor.sniff.filter) excluded.",
+            c,
+            one(v(&s.sniff_filtered)),
+        )?;
+        family(
+            &mut e,
             "sessions",
             "Sessions ended, by the mode of their port and protocol.",
             c,

@@ -303,6 +303,8 @@ fn sniff_attempts_and_dynamic_listeners_are_counted_per_monitor() {
     assert!(counted, "{text}");
     assert!(value(&text, "honeytrap_attempts_total{monitor=\"sniff\"}") >= 1.0);
     assert!(value(&text, "honeytrap_connections_total{monitor=\"sniff\"}") >= 1.0);
+    // No filter expression: nothing excluded, and the family is exported.
+    assert_eq!(value(&text, "honeytrap_sniff_filtered_total"), 0.0);
     assert_eq!(
         value(&text, "honeytrap_listeners_open{kind=\"dynamic\"}"),
         1.0
