@@ -41,7 +41,10 @@ fn stays_closed(d: &Daemon, net: &NetPair, host: &str, port: u16) {
 
 /// First attempt refused, the retry accepted.
 fn caught_on_retry(d: &Daemon, net: &NetPair, host: &str, port: u16) {
-    assert!(!probe(net, host, port), "first attempt on {port} is refused");
+    assert!(
+        !probe(net, host, port),
+        "first attempt on {port} is refused"
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         probe(net, host, port),
@@ -89,7 +92,10 @@ fn a_port_filter_excludes_tcp_attempts_and_keeps_the_others() {
     assert!(d.stop().success());
     let log = d.log();
     assert!(log.contains("sniff monitor stopped"), "{log}");
-    assert!(log.contains(" filtered=2 "), "two RSTs of 21011 filtered: {log}");
+    assert!(
+        log.contains(" filtered=2 "),
+        "two RSTs of 21011 filtered: {log}"
+    );
     assert!(log.contains("servers_started=2"), "{log}");
     assert!(log.contains("sniff_filtered=2"), "{log}");
 }

@@ -2,8 +2,8 @@
 //! make sure a server is up (the `tproxy` monitor instead receives the diverted
 //! flows itself and hands them to the servers' per-connection path). One file per monitor; [`build`] is the registry.
 
-pub mod listen;
 pub mod filter;
+pub mod listen;
 pub mod nfqueue;
 pub mod packet;
 pub mod sniff;

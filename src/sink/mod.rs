@@ -54,7 +54,9 @@ pub fn build(config: &Config, stats: &Arc<Stats>) -> anyhow::Result<Vec<Box<dyn 
         sinks.push(Box::new(legacy::logjson::LogJsonSink::open(config)?));
     }
     if config.output.attacker_log.enabled {
-        sinks.push(Box::new(legacy::attacker_log::AttackerLogSink::open(config)?));
+        sinks.push(Box::new(legacy::attacker_log::AttackerLogSink::open(
+            config,
+        )?));
     }
     if config.output.savefile.enabled {
         sinks.push(Box::new(legacy::savefile::SaveFileSink::open(config)?));

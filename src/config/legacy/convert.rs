@@ -76,7 +76,10 @@ pub fn to_toml(l: &Legacy) -> String {
     let o = &c.output;
     w.section(
         "output.logjson",
-        &[("enabled", value(&o.logjson.enabled)), ("path", value(&o.logjson.path))],
+        &[
+            ("enabled", value(&o.logjson.enabled)),
+            ("path", value(&o.logjson.path)),
+        ],
     );
     w.section(
         "output.attacker_log",
