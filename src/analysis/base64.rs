@@ -237,7 +237,7 @@ fn scan(data: &[u8], start: usize, lines: bool) -> Run {
             i += 1;
             pad += 1;
         }
-        text.extend(std::iter::repeat(b'=').take(pad));
+        text.extend(std::iter::repeat_n(b'=', pad));
         if !lines || pad > 0 || i == line || (i - line) % 4 != 0 {
             break;
         }

@@ -586,7 +586,7 @@ impl Reader {
             });
         }
         let f = self.file.as_mut().expect("opened above");
-        if limit.map_or(true, |l| l > f.len) {
+        if limit.is_none_or(|l| l > f.len) {
             // A segment the writer has left (or is writing) may have grown.
             f.len = f.r.get_ref().metadata().map_or(f.len, |m| m.len());
         }
