@@ -340,6 +340,10 @@ fn server_notes(
             "tcp_connections",
             "tcp_resets",
             "malformed",
+            "batches",
+            "busy_us",
+            "bind_us",
+            "verdict_us",
         ];
         let kv: Vec<&str> = l
             .split_whitespace()
@@ -391,12 +395,23 @@ fn peak_note(p: &Peak, kind: Kind) -> String {
     } else {
         "honeytrap"
     };
+    let c = &p.cpu;
+    let queue = if c.queue_cpu_ms > 0.0 {
+        format!(
+            "queue thread cpu {:.1} ms (run-queue wait {:.1} ms), ",
+            c.queue_cpu_ms, c.queue_wait_ms
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{what} peak RSS {:.1} MiB (VmHWM {:.1}), max fds {} ({} samples)",
+        "{what} peak RSS {:.1} MiB (VmHWM {:.1}), max fds {} ({} samples); {queue}other threads cpu {:.1} ms (wait {:.1} ms)",
         p.max_rss_kib as f64 / 1024.0,
         p.hwm_kib as f64 / 1024.0,
         p.max_fds,
-        p.samples
+        p.samples,
+        c.other_cpu_ms,
+        c.other_wait_ms
     )
 }
 

@@ -272,6 +272,66 @@ pub struct Peak {
     pub hwm_kib: u64,
     pub max_fds: u64,
     pub samples: u64,
+    /// CPU and run-queue wait of the target's threads between the first and the
+    /// last sample (`/proc/PID/task/*/schedstat`), in ms: the `nfqueue` queue
+    /// thread(s) and all the other threads.
+    pub cpu: ThreadTimes,
+}
+
+/// CPU and run-queue wait (ms) of the queue thread(s) and of the other threads.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ThreadTimes {
+    pub queue_cpu_ms: f64,
+    pub queue_wait_ms: f64,
+    pub other_cpu_ms: f64,
+    pub other_wait_ms: f64,
+}
+
+/// Per-thread (cpu ns, wait ns, is a queue thread) of `pid` now, by thread id.
+fn thread_times(pid: u32) -> std::collections::HashMap<u32, (u64, u64, bool)> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
+        let dir = e.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        let mut f = stat
+            .split_whitespace()
+            .filter_map(|v| v.parse::<u64>().ok());
+        if let (Some(cpu), Some(wait)) = (f.next(), f.next()) {
+            out.insert(tid, (cpu, wait, comm.trim() == "nfqueue"));
+        }
+    }
+    out
+}
+
+/// What the threads of `last` used since `first` (threads born meanwhile count
+/// from zero).
+fn times_between(
+    first: &std::collections::HashMap<u32, (u64, u64, bool)>,
+    last: &std::collections::HashMap<u32, (u64, u64, bool)>,
+) -> ThreadTimes {
+    let mut t = ThreadTimes::default();
+    for (tid, &(cpu, wait, queue)) in last {
+        let (c0, w0, _) = first.get(tid).copied().unwrap_or((0, 0, queue));
+        let (dc, dw) = (
+            cpu.saturating_sub(c0) as f64 / 1e6,
+            wait.saturating_sub(w0) as f64 / 1e6,
+        );
+        if queue {
+            t.queue_cpu_ms += dc;
+            t.queue_wait_ms += dw;
+        } else {
+            t.other_cpu_ms += dc;
+            t.other_wait_ms += dw;
+        }
+    }
+    t
 }
 
 /// Polls `/proc/PID` every 50 ms until stopped.
@@ -286,6 +346,7 @@ impl Sampler {
         let s2 = Arc::clone(&stop);
         let handle = std::thread::spawn(move || {
             let mut p = Peak::default();
+            let first = thread_times(pid);
             // Bounded: one sample per 50 ms, at most one hour.
             for _ in 0..72_000 {
                 sample(pid, &mut p);
@@ -294,6 +355,7 @@ impl Sampler {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
+            p.cpu = times_between(&first, &thread_times(pid));
             p
         });
         Sampler { stop, handle }

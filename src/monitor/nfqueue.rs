@@ -13,7 +13,11 @@
 //! The `nfq` crate (pure Rust netlink) is blocking, so the queue is read on a
 //! dedicated OS thread that enters the tokio runtime (the port table spawns tasks).
 //! Every attempt on a new port waits for this thread, so it runs at a higher
-//! priority than the rest of the process when allowed (root or CAP_SYS_NICE).
+//! priority than the rest of the process when allowed (root or CAP_SYS_NICE):
+//! real-time (SCHED_RR) with two CPUs or more, see [`raise_priority`]. It also
+//! grows its malloc arena at start ([`warm_allocator`]), and the port table grows
+//! the descriptor table ([`crate::server::bind::reserve_descriptors`]), so that
+//! neither grows on the verdict path in a burst.
 //!
 //! Bursts. The thread reads what is queued (up to [`BATCH`] packets, without
 //! waiting for more), binds the ports they need (only the kernel-visible part:
@@ -158,6 +162,14 @@ struct Counters {
     overflow_packets: AtomicU64,
     errors: AtomicU64,
     verdict_errors: AtomicU64,
+    /// Batches handled, and the wall time from a batch's first packet read to its
+    /// verdict sent (`busy_us`), of which in the verdict system call (`verdict_us`:
+    /// the kernel re-injects the packets there, and on a host where the attacker is
+    /// local, it runs the whole handshake too).
+    batches: AtomicU64,
+    busy_us: AtomicU64,
+    bind_us: AtomicU64,
+    verdict_us: AtomicU64,
 }
 
 /// The `nfqueue` monitor.
@@ -418,9 +430,30 @@ fn send_batch_verdict(fd: RawFd, queue: u16, last: u32) -> io::Result<()> {
 /// runtime's work (sessions, records) is not on the attacker's handshake path.
 const THREAD_PRIORITY_BOOST: libc::c_int = 10;
 
-/// Raise the calling thread's priority by [`THREAD_PRIORITY_BOOST`] if allowed
-/// (root, or CAP_SYS_NICE); otherwise it keeps the process's priority.
+/// Raise the calling thread's priority if allowed (root, or CAP_SYS_NICE):
+/// real-time round-robin at the lowest real-time priority on a host with two CPUs
+/// or more, else [`THREAD_PRIORITY_BOOST`] nice steps; otherwise it keeps the
+/// process's priority.
+///
+/// A nice value does not stop preemption: in bursts on a busy 2-CPU host the
+/// thread waited for a CPU about as long as it ran (docs/benchmarks.md, "nfqueue
+/// burst: where the verdict time goes"). SCHED_RR makes it run as soon as a packet
+/// is queued. It is one thread that sleeps whenever the queue is empty, so even
+/// a flood takes at most one CPU from the rest, and the kernel's real-time
+/// throttling keeps a share of that CPU for ordinary threads. With one CPU the
+/// whole honeypot would be left that share, so the nice boost is used there.
 fn raise_priority() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus >= 2 {
+        // SAFETY: sched_param is plain data; pid 0 is the calling thread.
+        let rc = unsafe {
+            let param = libc::sched_param { sched_priority: 1 };
+            libc::sched_setscheduler(0, libc::SCHED_RR, &param)
+        };
+        if rc == 0 {
+            return;
+        }
+    }
     // SAFETY: gettid, getpriority and setpriority take no pointers. getpriority
     // returns the nice value itself (-20..19), errors are not expected for our
     // own thread.
@@ -436,6 +469,23 @@ fn raise_priority() {
     if rc != 0 {
         tracing::debug!(error = %io::Error::last_os_error(), "nfqueue: cannot raise the queue thread's priority; it keeps the process's");
     }
+}
+
+/// Bytes the queue thread allocates (and frees) once at start: see
+/// [`warm_allocator`].
+const ARENA_WARM: usize = 4 << 20;
+
+/// Grow this thread's malloc arena once, at start. glibc grows a thread's arena
+/// by exactly what an allocation lacks, one `mprotect` per few pages; a burst of
+/// new ports (each keeps a few hundred bytes of state allocated here) made a few
+/// hundred of them on the verdict path, and `mprotect` takes the address space
+/// lock for writing, so it also waits for the other threads' page faults. A freed
+/// arena keeps its protection (the pages are only given back), so this is paid once.
+fn warm_allocator() {
+    let blocks: Vec<Box<[u8; 4096]>> = (0..ARENA_WARM / 4096)
+        .map(|_| Box::new([0u8; 4096]))
+        .collect();
+    drop(std::hint::black_box(blocks));
 }
 
 /// What the thread needs.
@@ -500,6 +550,7 @@ impl Loop {
     /// packets, without waiting): bind the ports they need, hand the new servers to
     /// the runtime, then accept them all (also if the handler panics).
     fn batch(&mut self, first: nfq::Message) {
+        let t0 = std::time::Instant::now();
         let mut pending = Pending::default();
         let mut last = self.take(first, &mut pending);
         for _ in 1..BATCH {
@@ -521,7 +572,15 @@ impl Loop {
             self.counters.errors.fetch_add(1, Relaxed);
             tracing::error!("nfqueue: starting the new servers panicked; the packets are accepted");
         }
+        let t1 = std::time::Instant::now();
         self.accept_through(last);
+        let t2 = std::time::Instant::now();
+        let c = &self.counters;
+        c.batches.fetch_add(1, Relaxed);
+        c.bind_us.fetch_add((t1 - t0).as_micros() as u64, Relaxed);
+        c.verdict_us
+            .fetch_add((t2 - t1).as_micros() as u64, Relaxed);
+        c.busy_us.fetch_add((t2 - t0).as_micros() as u64, Relaxed);
     }
 
     /// Count and handle one message; its verdict waits for the end of the batch.
@@ -661,6 +720,10 @@ impl Loop {
             overflow_packets = g(&c.overflow_packets),
             errors = g(&c.errors),
             verdict_errors = g(&c.verdict_errors),
+            batches = g(&c.batches),
+            busy_us = g(&c.busy_us),
+            bind_us = g(&c.bind_us),
+            verdict_us = g(&c.verdict_us),
             "nfqueue monitor stopped"
         );
     }
@@ -701,6 +764,7 @@ impl Monitor for NfqueueMonitor {
                 // The port table spawns tokio tasks (the servers).
                 let _entered = runtime.enter();
                 raise_priority();
+                warm_allocator();
                 lp.run();
             })?;
         // Stop with the servers: on shutdown the thread accepts what is queued and

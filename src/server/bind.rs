@@ -46,3 +46,36 @@ fn socket(ip: IpAddr, port: u16, proto: Protocol) -> io::Result<Socket> {
     sock.bind(&addr.into())?;
     Ok(sock)
 }
+
+/// Grow the process's descriptor table now to hold `n` descriptors (at most the
+/// soft RLIMIT_NOFILE), so it does not grow while the servers' sockets are being
+/// created. Linux doubles the table when a descriptor beyond it is needed and, in
+/// a process with several threads, waits for an RCU grace period each time
+/// (`expand_fdtable` in fs/file.c: milliseconds on a busy host), meanwhile every
+/// thread that allocates a descriptor waits too. On the nfqueue monitor's verdict
+/// path that stalls every queued attempt, several times in a fresh process's first
+/// burst. The table never shrinks, so this is paid once, at start. Returns the
+/// size reserved.
+pub fn reserve_descriptors(n: usize) -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let n = n.min(usize::try_from(soft).unwrap_or(usize::MAX));
+    if n < 2 {
+        return 0;
+    }
+    // F_DUPFD takes the lowest free descriptor >= n - 1: the table is grown to
+    // cover it. The copy is closed at once. Any open standard stream will do.
+    let min = libc::c_int::try_from(n - 1).unwrap_or(libc::c_int::MAX);
+    // SAFETY: fcntl duplicates a descriptor (and fails harmlessly if it is closed);
+    // the copy is ours and closed right away.
+    let Some(fd) = (0..3)
+        .map(|std| unsafe { libc::fcntl(std, libc::F_DUPFD_CLOEXEC, min) })
+        .find(|&fd| fd >= 0)
+    else {
+        return 0;
+    };
+    // SAFETY: `fd` was just created by us.
+    unsafe { libc::close(fd) };
+    n
+}

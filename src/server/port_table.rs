@@ -144,6 +144,16 @@ pub struct PortTable {
 
 impl PortTable {
     pub fn new(ctx: Arc<Context>) -> Arc<PortTable> {
+        // Listeners plus sessions, and some for the process itself (see
+        // bind::reserve_descriptors: a table growing during a burst stalls it).
+        let limits = &ctx.config().config.limits;
+        let reserved = bind::reserve_descriptors(
+            limits
+                .max_listeners
+                .saturating_add(limits.max_sessions)
+                .saturating_add(64),
+        );
+        tracing::debug!(reserved, "descriptor table grown");
         Arc::new(PortTable {
             ctx,
             servers: Mutex::new(Servers::default()),
