@@ -43,6 +43,10 @@
 //!   exploit-like POST with a percent-encoded `wget`, GetPC shellcode and an
 //!   embedded ELF. Target: on/off at least 0.90x.
 //!
+//! * `outputs` (issue 8, point 7): off/on pairs, "on" with the PostgreSQL, NATS and
+//!   hpfeeds outputs (servers the harness starts on loopback; see
+//!   `connbench/outputs.rs`); target on/off at least 0.90x, 0 records lost.
+//!
 //! Diagnostics: `--outputs jsonl|none` disables honeytrap's transcript files (and the
 //! event log) to show what they cost; `--data-parent DIR` puts its data directory on
 //! another file system (e.g. /dev/shm); `--honeytrap-first` swaps the order;
@@ -65,6 +69,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "anbench/classifiers.rs"]
 mod classifiers;
+#[path = "connbench/outputs.rs"]
+mod outputs;
 
 /// What each rate-scenario client sends by default.
 const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
@@ -89,6 +95,9 @@ enum Scenario {
     Analysis,
     /// As `analysis`, with every classifier on and the harness's fixtures.
     Classifiers,
+    /// Rate with only the default outputs, then with PostgreSQL + NATS + hpfeeds on
+    /// (issue 8, point 7; servers started by the harness).
+    Outputs,
     All,
 }
 
@@ -287,6 +296,9 @@ fn main() -> Result<()> {
     }
     if args.scenario == Scenario::Analysis {
         scenario_analysis(&args, &mut rows)?;
+    }
+    if args.scenario == Scenario::Outputs {
+        outputs::scenario_outputs(&args, &mut rows)?;
     }
     if args.scenario == Scenario::Classifiers {
         scenario_classifiers(&args, &mut rows)?;
