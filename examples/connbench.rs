@@ -243,6 +243,13 @@ struct Args {
     /// Debian's clamav-daemon service runs it).
     #[arg(long, default_value_t = 0)]
     clamd_nice: i32,
+    /// `outputs` scenario: the network outputs of its "on" runs (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "postgres,nats,hpfeeds")]
+    with_outputs: Vec<String>,
+    /// `outputs` scenario, diagnostic: `output.spool.fsync` of the "on" runs
+    /// (`always`, `batch`, `never`; default: honeytrap's).
+    #[arg(long)]
+    spool_fsync: Option<String>,
     /// Extra `[analyzer.*]` tables of the generated config (set by the
     /// `classifiers` scenario for its "on" runs).
     #[arg(skip)]

@@ -20,6 +20,8 @@ const PG_USER: &str = "honeytrap";
 const HP_IDENT: &str = "bench";
 const HP_SECRET: &str = "bench-secret";
 const HP_CHANNEL: &str = "honeytrap.events";
+/// The network outputs, in the order of the delivered rows.
+const NAMES: [&str; 3] = ["postgres", "nats", "hpfeeds"];
 
 /// A server child process, SIGTERM then SIGKILL by its PID on drop.
 struct Proc {
@@ -319,14 +321,19 @@ struct Servers {
 }
 
 impl Servers {
-    fn toml(&self, metrics: u16) -> String {
+    /// The "on" config: metrics and the outputs in `with` (`--with-outputs`).
+    fn toml(&self, metrics: u16, with: &[String]) -> String {
+        let on = |o: &str| with.iter().any(|w| w == o);
         format!(
             "[metrics]\nenabled = true\nlisten = \"127.0.0.1:{metrics}\"\n\n\
-             [output.postgres]\nenabled = true\nurl = \"{}\"\n\n\
-             [output.nats]\nenabled = true\nurls = [\"nats://127.0.0.1:{}\"]\n\n\
-             [output.hpfeeds]\nenabled = true\nport = {}\nident = \"{HP_IDENT}\"\nsecret = \"{HP_SECRET}\"\nchannel = \"{HP_CHANNEL}\"\n\n",
+             [output.postgres]\nenabled = {}\nurl = \"{}\"\n\n\
+             [output.nats]\nenabled = {}\nurls = [\"nats://127.0.0.1:{}\"]\n\n\
+             [output.hpfeeds]\nenabled = {}\nport = {}\nident = \"{HP_IDENT}\"\nsecret = \"{HP_SECRET}\"\nchannel = \"{HP_CHANNEL}\"\n\n",
+            on("postgres"),
             self.pg.url("honeytrap"),
+            on("nats"),
             self.nats.port,
+            on("hpfeeds"),
             self.hp.port
         )
     }
@@ -351,7 +358,13 @@ fn run_one(
     let metrics = free_port()?;
     let mut a = args.clone();
     a.extra_toml = match servers {
-        Some(s) => s.toml(metrics),
+        Some(s) => {
+            let mut t = s.toml(metrics, &args.with_outputs);
+            if let Some(f) = &args.spool_fsync {
+                t.push_str(&format!("[output.spool]\nfsync = \"{f}\"\n\n"));
+            }
+            t
+        }
         None => format!("[metrics]\nenabled = true\nlisten = \"127.0.0.1:{metrics}\"\n\n"),
     };
     eprintln!("[outputs] honeytrap, {label}: starting");
@@ -368,7 +381,8 @@ fn run_one(
     let load = t0.elapsed();
     let mut rate = rate_row(label, &r);
     rate.scenario = "outputs";
-    rate.notes.push_str(&format!("; loadavg {}", load_average()));
+    rate.notes
+        .push_str(&format!("; loadavg {}", load_average()));
     eprintln!("[outputs] honeytrap, {label}: {:.0} conn/s", r.rate);
     let mut drain_note = String::new();
     if let Some(s) = servers {
@@ -391,12 +405,19 @@ fn run_one(
                 }
             }
             first = false;
-            if d.iter().all(|x| x.done.is_some()) || t0.elapsed() > load + DRAIN_MAX {
+            let waiting = NAMES
+                .iter()
+                .zip(&d)
+                .any(|(o, x)| args.with_outputs.iter().any(|w| w == o) && x.done.is_none());
+            if !waiting || t0.elapsed() > load + DRAIN_MAX {
                 break;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        for (name, x) in ["postgres", "nats", "hpfeeds"].iter().zip(d) {
+        for (name, x) in NAMES.iter().zip(d) {
+            if !args.with_outputs.iter().any(|w| w == name) {
+                continue;
+            }
             let mut o = row("outputs", "delivered", format!("{name}: {}/{n}", x.last));
             o.ratio = match x.done {
                 Some(t) => format!("{:.0} ev/s", n as f64 / t.as_secs_f64()),
@@ -441,7 +462,7 @@ fn run_one(
     }
     rows.push(rate);
     rows.push(rec);
-    if let Some(s) = servers {
+    if let Some(s) = servers.filter(|_| args.with_outputs.iter().any(|w| w == "postgres")) {
         rows.push(lost_row(&s.pg, &data.join("events.jsonl"))?);
     }
     drop(t);
@@ -479,6 +500,13 @@ fn lost_row(pg: &Pg, events: &Path) -> Result<Row> {
 }
 
 pub(super) fn scenario_outputs(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
+    if let Some(w) = args
+        .with_outputs
+        .iter()
+        .find(|w| !NAMES.contains(&w.as_str()))
+    {
+        bail!("--with-outputs: unknown output {w:?} (postgres, nats, hpfeeds)");
+    }
     eprintln!("[outputs] starting PostgreSQL, nats-server -js, hpfeeds-broker on 127.0.0.1");
     let servers = Servers {
         pg: Pg::start().context("PostgreSQL")?,
