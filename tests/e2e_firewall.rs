@@ -482,7 +482,12 @@ fn tproxy_real_services_and_ssh_ports_are_excluded() {
         let out = nc_once(&net, &net.hp_v4, 23030, b"");
         assert!(out.status.success(), "{out:?}\n{}", d.log());
         assert_eq!(String::from_utf8_lossy(&out.stdout), "real service\n");
-        assert_eq!(udp_once(&net, &net.hp_v4, 23031, b"hi\n"), "real udp\n");
+        // UDP: socat's RECVFROM,fork re-arms after each child, and on a loaded
+        // machine a datagram can land in that gap; a real client retries too.
+        let udp = (0..3)
+            .map(|_| udp_once(&net, &net.hp_v4, 23031, b"hi\n"))
+            .find(|r| r == "real udp\n");
+        assert_eq!(udp.as_deref(), Some("real udp\n"), "{}", d.log());
     }
     // SSH ports with nothing listening are refused, not caught.
     for port in [22, 2222] {
