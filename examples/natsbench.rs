@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let bytes: usize = events.iter().map(|e| e.body.len()).sum();
-    let mut d = NatsDelivery::new(&config, "bench")?;
+    let mut d = NatsDelivery::new(&config, "bench", 0)?;
     d.deliver(&events[..1])?; // connect and create the stream outside the clock
     let t = Instant::now();
     for chunk in events[1..].chunks(500) {
@@ -114,7 +114,7 @@ fn main() -> anyhow::Result<()> {
         "nats",
         dir.path(),
         limits,
-        Box::new(NatsDelivery::new(&config, "bench")?),
+        Box::new(NatsDelivery::new(&config, "bench", 0)?),
         Arc::clone(&stats),
         Arc::new(Throttle::default()),
     )?;

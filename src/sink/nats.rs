@@ -377,10 +377,13 @@ struct Publisher {
 }
 
 impl NatsDelivery {
-    pub fn new(c: &NatsConfig, sensor: &str) -> anyhow::Result<NatsDelivery> {
+    /// `nice`: the client thread's nice value, as the spool's threads
+    /// (`output.spool.nice`).
+    pub fn new(c: &NatsConfig, sensor: &str, nice: i32) -> anyhow::Result<NatsDelivery> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("nats-client")
+            .on_thread_start(move || super::spool::lower_priority(nice))
             .enable_all()
             .build()?;
         Ok(NatsDelivery {
@@ -469,7 +472,11 @@ pub fn start(config: &Config, stats: &Arc<Stats>) -> anyhow::Result<SpoolSink> {
         "nats",
         &config.data_path(&config.output.spool.dir).join("nats"),
         limits,
-        Box::new(NatsDelivery::new(c, &config.sensor.name)?),
+        Box::new(NatsDelivery::new(
+            c,
+            &config.sensor.name,
+            config.output.spool.nice,
+        )?),
         Arc::clone(stats),
         Arc::new(Throttle::default()),
     )

@@ -95,6 +95,8 @@ pub struct SpoolLimits {
     pub retry_max: Duration,
     /// At shutdown, how long the delivery thread keeps delivering what is spooled.
     pub drain: Duration,
+    /// Nice value of the spool's writer and delivery threads (0 = as capture).
+    pub nice: i32,
     /// Payload bytes in the event (`honeytrap.payload.data`) and their encoding.
     pub payload_max: u64,
     pub encoding: PayloadEncoding,
@@ -110,6 +112,7 @@ impl Default for SpoolLimits {
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
             drain: Duration::from_secs(5),
+            nice: 10,
             payload_max: 4096,
             encoding: PayloadEncoding::Base64,
         }
@@ -138,6 +141,9 @@ pub struct SpoolConfig {
     /// At shutdown, how long delivery goes on with what is spooled.
     #[serde(with = "crate::config::units::duration")]
     pub drain: Duration,
+    /// Nice value (0-19) of the spool writer and delivery threads: capture and the
+    /// connection handlers (nice 0) come first when the CPU is short.
+    pub nice: i32,
 }
 
 impl Default for SpoolConfig {
@@ -152,6 +158,7 @@ impl Default for SpoolConfig {
             retry_initial: l.retry_initial,
             retry_max: l.retry_max,
             drain: l.drain,
+            nice: l.nice,
         }
     }
 }
@@ -175,6 +182,9 @@ impl SpoolConfig {
         }
         if self.batch_max == 0 {
             return Err(Invalid::new(key("batch_max"), "must be at least 1"));
+        }
+        if !(0..=19).contains(&self.nice) {
+            return Err(Invalid::new(key("nice"), "must be between 0 and 19"));
         }
         if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {
             return Err(Invalid::new(
@@ -201,9 +211,18 @@ impl SpoolLimits {
             retry_initial: c.retry_initial,
             retry_max: c.retry_max,
             drain: c.drain,
+            nice: c.nice,
             payload_max,
             encoding,
         }
+    }
+}
+
+/// Lower the calling thread's priority to `nice` (Linux nice values are per
+/// thread). Output work yields the CPU to capture; failure only costs priority.
+pub fn lower_priority(nice: i32) {
+    if nice > 0 && unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        tracing::debug!(nice, "spool: cannot set the thread's nice value");
     }
 }
 
@@ -250,6 +269,9 @@ pub struct SpoolSink {
     stats: Arc<Stats>,
     throttle: Arc<Throttle>,
     thread: Option<JoinHandle<()>>,
+    /// The sink thread's priority is lowered on its first event (the sink is
+    /// created on the main thread, then runs on its own).
+    niced: bool,
 }
 
 impl SpoolSink {
@@ -311,6 +333,7 @@ impl SpoolSink {
             stats,
             throttle,
             thread: Some(thread),
+            niced: false,
         })
     }
 
@@ -377,6 +400,10 @@ impl Sink for SpoolSink {
     }
 
     fn write(&mut self, attack: &Attack) -> anyhow::Result<()> {
+        if !self.niced {
+            lower_priority(self.limits.nice);
+            self.niced = true;
+        }
         let body = serde_json::to_vec(&Event::of(
             attack,
             self.limits.payload_max,
@@ -720,6 +747,7 @@ fn torn_or_end(limit: Option<u64>, why: &'static str) -> Read1 {
 
 /// The delivery thread: batches out, acknowledgements in, backoff on failure.
 fn run_delivery(mut reader: Reader, mut delivery: Box<dyn Delivery>, limits: SpoolLimits) {
+    lower_priority(limits.nice);
     let name = reader.name;
     let mut backoff = limits.retry_initial;
     let mut stopping: Option<Instant> = None;
