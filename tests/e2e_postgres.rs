@@ -304,6 +304,15 @@ fn postgres_stopped_during_a_burst_loses_and_duplicates_nothing() {
     pg.stop();
     let at_stop = d.events().len();
     assert!(wait_until(Duration::from_secs(60), || d.events().len() >= 3 * N / 4));
+    // PostgreSQL stays down until a delivery has failed, so the outage really hit
+    // the output (on a loaded machine the burst may outrun the first attempt).
+    assert!(
+        wait_until(Duration::from_secs(60), || d
+            .log()
+            .contains("spool: delivery failed")),
+        "no delivery failed while PostgreSQL was down:\n{}",
+        d.log()
+    );
     let at_start = d.events().len();
     pg.start_again();
     b.wait();
