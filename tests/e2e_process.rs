@@ -321,8 +321,9 @@ fn started_as_process_user_already_runs_without_a_switch() {
         .spawn()
         .expect("setpriv (util-linux)");
     let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let ready =
-        support::daemon::wait_until(Duration::from_secs(15), || read_log().contains("ready"));
+    let ready = support::daemon::wait_until(Duration::from_secs(15), || {
+        read_log().contains("honeytrap: ready")
+    });
     let served = ready && {
         let out = net.attack(
             "socat",
