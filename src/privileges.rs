@@ -31,6 +31,16 @@ pub struct Identity {
     pub name: String,
 }
 
+/// Lower the calling thread's priority to `nice` (Linux nice values are per
+/// thread), so background work (analysis, outputs) yields the CPU to capture.
+/// Failure only costs priority: logged at debug level with `what`.
+pub fn lower_thread_priority(nice: i32, what: &str) {
+    // SAFETY: setpriority only reads its arguments; `0` is the calling thread.
+    if nice > 0 && unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        tracing::debug!(nice, what, "cannot set the thread's nice value");
+    }
+}
+
 /// Resolve `process.user` / `process.group` (None when no user is configured).
 pub fn resolve(user: &str, group: &str) -> anyhow::Result<Option<Identity>> {
     if user.is_empty() {

@@ -149,10 +149,7 @@ fn worker(rx: Receiver<Job>, sh: Arc<Shared>, nice: i32) {
     // Linux nice values are per thread: analysis yields the CPU to capture, so
     // a busy sensor fills the analysis queue (attacks then skip analysis,
     // counted) instead of accepting fewer connections.
-    // SAFETY: setpriority only reads its arguments; `0` is the calling thread.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
-        tracing::debug!(nice, "analysis worker: cannot set its nice value");
-    }
+    crate::privileges::lower_thread_priority(nice, "analysis worker");
     while let Ok(Job { mut attack, size }) = rx.recv() {
         let virtuals = if sh.closing.load(SeqCst) {
             Stats::inc(&sh.stats.analysis_skipped);

@@ -5,8 +5,6 @@ use super::Sink;
 use crate::attack::Attack;
 use crate::config::{Config, PayloadEncoding};
 use crate::event::Event;
-use anyhow::Context as _;
-use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
@@ -38,14 +36,7 @@ fn open_output(path: Option<&Path>) -> anyhow::Result<Box<dyn Write + Send>> {
     let Some(path) = path else {
         return Ok(Box::new(std::io::stdout()));
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let file = super::open_append(path)?;
     Ok(Box::new(file))
 }
 

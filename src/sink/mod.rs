@@ -74,6 +74,20 @@ pub fn build(config: &Config, stats: &Arc<Stats>) -> anyhow::Result<Vec<Box<dyn 
     Ok(sinks)
 }
 
+/// Open `path` for appending, creating it and its directory (files 0644 under the
+/// usual umask). Shared by the file sinks (jsonl, logJSON, logAttacker).
+pub(crate) fn open_append(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context as _;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
 /// One attack in flight; gives its bytes back to the queue budget when the last
 /// sink is done with it.
 struct Record {

@@ -383,7 +383,7 @@ impl NatsDelivery {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("nats-client")
-            .on_thread_start(move || super::spool::lower_priority(nice))
+            .on_thread_start(move || crate::privileges::lower_thread_priority(nice, "nats client"))
             .enable_all()
             .build()?;
         Ok(NatsDelivery {

@@ -218,14 +218,6 @@ impl SpoolLimits {
     }
 }
 
-/// Lower the calling thread's priority to `nice` (Linux nice values are per
-/// thread). Output work yields the CPU to capture; failure only costs priority.
-pub fn lower_priority(nice: i32) {
-    if nice > 0 && unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
-        tracing::debug!(nice, "spool: cannot set the thread's nice value");
-    }
-}
-
 /// Records longer than this are treated as damage.
 const MAX_RECORD: u32 = 256 << 20;
 /// Header: length and crc32.
@@ -401,7 +393,7 @@ impl Sink for SpoolSink {
 
     fn write(&mut self, attack: &Attack) -> anyhow::Result<()> {
         if !self.niced {
-            lower_priority(self.limits.nice);
+            crate::privileges::lower_thread_priority(self.limits.nice, "spool writer");
             self.niced = true;
         }
         let body = serde_json::to_vec(&Event::of(
@@ -747,7 +739,7 @@ fn torn_or_end(limit: Option<u64>, why: &'static str) -> Read1 {
 
 /// The delivery thread: batches out, acknowledgements in, backoff on failure.
 fn run_delivery(mut reader: Reader, mut delivery: Box<dyn Delivery>, limits: SpoolLimits) {
-    lower_priority(limits.nice);
+    crate::privileges::lower_thread_priority(limits.nice, "spool delivery");
     let name = reader.name;
     let mut backoff = limits.retry_initial;
     let mut stopping: Option<Instant> = None;

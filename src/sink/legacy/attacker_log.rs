@@ -2,9 +2,10 @@
 //! `[<date> <time>:<usec> GMT] <proto> <rip>:<rport> -> <lip>:<lport> <md5> <sha512> (<n> bytes)`,
 //! byte for byte the original's `fprintf` layout (microseconds not zero-padded).
 
-use super::{open_append, proto_name};
+use super::proto_name;
 use crate::attack::Attack;
 use crate::config::Config;
+use crate::sink::open_append;
 use crate::sink::Sink;
 use std::fs::File;
 use std::io::{BufWriter, Write};

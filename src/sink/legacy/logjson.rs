@@ -5,10 +5,11 @@
 //! keys), so T-Pot's Logstash pipeline ingests it unchanged. Written after
 //! analysis, so the downloads are filled in (the fork wrote it before).
 
-use super::{open_append, proto_name, Jc};
+use super::{proto_name, Jc};
 use crate::analysis::Download;
 use crate::attack::{Attack, Hashes, Mode, RelayRecord};
 use crate::config::Config;
+use crate::sink::open_append;
 use crate::sink::Sink;
 use chrono::{DateTime, Utc};
 use std::borrow::Cow;

@@ -12,10 +12,8 @@ pub mod logjson;
 pub mod savefile;
 
 use crate::config::{units, Invalid, OutputConfig};
-use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 /// `[output.logjson]`: T-Pot's JSON event, one per line.
@@ -121,19 +119,6 @@ pub fn validate(o: &OutputConfig) -> Result<(), Invalid> {
         }
     }
     Ok(())
-}
-
-/// Open `path` for appending, creating it and its directory (files 0644 under the
-/// usual umask, as the original's).
-pub(crate) fn open_append(path: &Path) -> anyhow::Result<File> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))
 }
 
 /// The file name at the end of a download URL's path (no query or fragment), as
