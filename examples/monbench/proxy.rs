@@ -66,6 +66,13 @@ pub struct ProxyArgs {
     /// copying relay, which it uses for UDP; TCP to TCP it splices).
     #[arg(long, default_value_t = 32768)]
     pub socat_buffer: usize,
+    /// Proxy scenario: shape the attacker's link (both directions, the veth pair
+    /// between the attacker and honeypot namespaces) to this many Mbit/s with a
+    /// token bucket (`tc qdisc ... tbf`), as a sensor's uplink is; direct and proxied
+    /// runs cross the same shaped link. 0: unshaped (then all three parties share
+    /// this machine's CPUs and the test measures CPU, not the relay).
+    #[arg(long, default_value_t = 0)]
+    pub link_mbit: u64,
     /// Internal: a child role of the proxy scenario (`target ADDR`, `upload ADDR PORT
     /// BYTES`, `download ADDR PORT BYTES`, `rate ADDR PORT CLIENTS SECS`).
     #[arg(long, hide = true)]
@@ -314,11 +321,18 @@ fn subnet(v4: &str) -> String {
 }
 
 impl Net3 {
-    fn new() -> Result<Net3> {
+    /// `link_mbit` > 0: shape the attacker's link to that rate each way.
+    fn new(link_mbit: u64) -> Result<Net3> {
         let front = NetPair::new("px")?;
         let back = NetPair::new("pt")?;
         let net = Net3 { front, back };
         let (hp, at, tg) = (net.honeypot(), net.attacker(), net.target_ns());
+        if link_mbit > 0 {
+            // Both ends of the attacker's veth pair, before the honeypot namespace
+            // gets its second veth.
+            shape(at, &veth_in(at)?, link_mbit)?;
+            shape(hp, &veth_in(hp)?, link_mbit)?;
+        }
         // Move the back pair's honeypot-side veth end into the front honeypot namespace
         // (it loses its address on the way).
         let dev = veth_in(&net.back.honeypot)?;
@@ -365,6 +379,32 @@ impl Net3 {
     }
 }
 
+/// A token bucket of `mbit` Mbit/s on `dev`'s egress in `ns`. The bucket holds
+/// 10 ms of traffic (at least 256 KiB: veth passes 64 KiB GSO packets), and up to
+/// 50 ms may queue, as on a switch port.
+fn shape(ns: &str, dev: &str, mbit: u64) -> Result<()> {
+    let burst = (mbit * 1_000_000 / 8 / 100).max(256 * 1024);
+    run(
+        "tc",
+        &[
+            "-n",
+            ns,
+            "qdisc",
+            "add",
+            "dev",
+            dev,
+            "root",
+            "tbf",
+            "rate",
+            &format!("{mbit}mbit"),
+            "burst",
+            &burst.to_string(),
+            "latency",
+            "50ms",
+        ],
+    )
+}
+
 /// `sysctl -w SETTING` inside `ns` only.
 fn sysctl(ns: &str, setting: &str) -> Result<()> {
     run("ip", &["netns", "exec", ns, "sysctl", "-q", "-w", setting])
@@ -381,7 +421,7 @@ fn veth_in(ns: &str) -> Result<String> {
         .next()
         .and_then(|l| l.split(": ").nth(1))
         .and_then(|n| n.split('@').next())
-        .context("no veth device in the back honeypot namespace")?;
+        .with_context(|| format!("no veth device in namespace {ns}"))?;
     Ok(name.to_string())
 }
 
@@ -448,17 +488,25 @@ pub fn run_scenario(pa: &ProxyArgs, honeytrap: &Path) -> Result<()> {
         bail!("--rate-secs must be in 1..=60");
     }
     netns::install_signal_cleanup()?;
+    if pa.link_mbit > 100_000 {
+        bail!("--link-mbit must be at most 100000 (0: unshaped)");
+    }
     println!(
-        "# monbench proxy: {}; {}; bulk {} MiB x {}, rate {} clients x {} s x {}",
+        "# monbench proxy: {}; {}; bulk {} MiB x {}, rate {} clients x {} s x {}; attacker link {}",
         super::machine_line(),
         load(),
         pa.bulk_mib,
         pa.bulk_repeats,
         pa.rate_clients,
         pa.rate_secs,
-        pa.rate_repeats
+        pa.rate_repeats,
+        if pa.link_mbit == 0 {
+            "unshaped".to_string()
+        } else {
+            format!("{} Mbit/s each way (tc tbf)", pa.link_mbit)
+        }
     );
-    let net = Net3::new()?;
+    let net = Net3::new(pa.link_mbit)?;
     let _target = start_target(&net)?;
     let mut rows = Vec::new();
     for relay in relays {
