@@ -10,6 +10,7 @@ use crate::config::PayloadEncoding;
 use base64::Engine as _;
 use serde::Serialize;
 use serde_json::Value;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 /// Version of the `honeytrap.*` part of the event; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -304,4 +305,140 @@ impl<'a> Event<'a> {
 /// The event for one attack as a JSON value.
 pub fn attack_event(a: &Attack, payload_max: u64, encoding: PayloadEncoding) -> Value {
     serde_json::to_value(Event::of(a, payload_max, encoding)).expect("event serializes")
+}
+
+/// The JSON events of one attack, each rendered once and shared by every sink that
+/// asks for the same payload settings (the recorder keeps one per attack in flight).
+///
+/// The key is `payload_max` (capped at the payload's length: a larger cap shows the
+/// same bytes) and the encoding; the JSON has no trailing newline.
+#[derive(Default)]
+pub struct Rendered {
+    slots: Mutex<Vec<Slot>>,
+    /// Renderings made (for the tests).
+    #[cfg(test)]
+    renders: std::sync::atomic::AtomicUsize,
+}
+
+/// One rendering: its settings and the JSON (or why it failed), made once.
+type Slot = (
+    u64,
+    PayloadEncoding,
+    Arc<OnceLock<Result<Arc<Vec<u8>>, String>>>,
+);
+
+impl Rendered {
+    /// The event of `a` with at most `payload_max` payload bytes in `encoding`, as
+    /// JSON: rendered by the first caller, shared with the others. `a` must be the
+    /// same attack on every call.
+    pub fn json(
+        &self,
+        a: &Attack,
+        payload_max: u64,
+        encoding: PayloadEncoding,
+    ) -> anyhow::Result<Arc<Vec<u8>>> {
+        let shown = payload_max.min(a.transcript.bytes_in);
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            match slots.iter().find(|s| s.0 == shown && s.1 == encoding) {
+                Some(s) => Arc::clone(&s.2),
+                None => {
+                    let s = Arc::new(OnceLock::new());
+                    slots.push((shown, encoding, Arc::clone(&s)));
+                    s
+                }
+            }
+        };
+        // Rendered outside the lock: sinks with other settings do not wait; one with
+        // the same settings waits for this rendering instead of making its own.
+        let r = slot.get_or_init(|| {
+            #[cfg(test)]
+            self.renders
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            serde_json::to_vec(&Event::of(a, shown, encoding))
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        });
+        match r {
+            Ok(json) => Ok(Arc::clone(json)),
+            Err(e) => Err(anyhow::anyhow!("rendering the event: {e}")),
+        }
+    }
+
+    /// How many renderings were made.
+    #[cfg(test)]
+    pub(crate) fn renders(&self) -> usize {
+        self.renders.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attack::{Captured, EndReason, Mode, Transcript};
+
+    fn attack(payload: &[u8]) -> Attack {
+        let mut t = Transcript::default();
+        t.push_in(payload, 1 << 20);
+        Captured {
+            start: chrono::Utc::now(),
+            end: chrono::Utc::now(),
+            sensor: "s".into(),
+            monitor: "test".into(),
+            mode: Mode::Normal,
+            protocol: crate::proto::Protocol::Tcp,
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.1:2".parse().unwrap(),
+            transcript: t,
+            responses_sent: 0,
+            relay: None,
+            end_reason: EndReason::Closed,
+        }
+        .seal()
+    }
+
+    #[test]
+    fn an_event_is_rendered_once_per_setting_and_shared() {
+        let a = attack(&[b'x'; 100]);
+        let r = Rendered::default();
+        let one = r.json(&a, 4096, PayloadEncoding::Base64).unwrap();
+        let two = r.json(&a, 4096, PayloadEncoding::Base64).unwrap();
+        assert!(Arc::ptr_eq(&one, &two), "the same rendering is shared");
+        assert_eq!(
+            *one,
+            serde_json::to_vec(&Event::of(&a, 4096, PayloadEncoding::Base64)).unwrap(),
+            "the same JSON as rendering it directly"
+        );
+        // A cap above the payload's length shows the same bytes: shared too.
+        let big = r.json(&a, 1 << 20, PayloadEncoding::Base64).unwrap();
+        assert!(Arc::ptr_eq(&one, &big));
+        // Other settings: another rendering, the right one.
+        let hex = r.json(&a, 4096, PayloadEncoding::Hex).unwrap();
+        assert!(!Arc::ptr_eq(&one, &hex));
+        assert_eq!(
+            *hex,
+            serde_json::to_vec(&Event::of(&a, 4096, PayloadEncoding::Hex)).unwrap()
+        );
+        let short = r.json(&a, 10, PayloadEncoding::Base64).unwrap();
+        assert_eq!(
+            *short,
+            serde_json::to_vec(&Event::of(&a, 10, PayloadEncoding::Base64)).unwrap()
+        );
+        assert_eq!(r.slots.lock().unwrap().len(), 3);
+        assert_eq!(r.renders(), 3);
+    }
+
+    #[test]
+    fn threads_asking_at_once_share_one_rendering() {
+        let a = attack(b"payload");
+        let r = Rendered::default();
+        let got: Vec<Arc<Vec<u8>>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| r.json(&a, 4096, PayloadEncoding::Base64).unwrap()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(got.iter().all(|g| Arc::ptr_eq(g, &got[0])));
+        assert_eq!(r.renders(), 1);
+    }
 }

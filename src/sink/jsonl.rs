@@ -4,7 +4,7 @@
 use super::Sink;
 use crate::attack::Attack;
 use crate::config::{Config, PayloadEncoding};
-use crate::event::Event;
+use crate::event::Rendered;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
@@ -46,15 +46,28 @@ impl Sink for JsonlSink {
     }
 
     fn write(&mut self, attack: &Attack) -> anyhow::Result<()> {
-        // Serialize to a buffer first so a failure never leaves half a line.
-        let mut line = serde_json::to_vec(&Event::of(attack, self.payload_max, self.encoding))?;
-        line.push(b'\n');
+        self.write_shared(attack, &Rendered::default())
+    }
+
+    fn write_shared(&mut self, attack: &Attack, events: &Rendered) -> anyhow::Result<()> {
+        // Rendered before anything is written, so a failure never leaves half a line.
+        let json = events.json(attack, self.payload_max, self.encoding)?;
+        let len = json.len() + 1;
         // A line that does not fit what is left of the buffer would go out in two
         // writes, and a reader tailing the file could see half of it: flush first.
-        if line.len() > self.out.capacity() - self.out.buffer().len() {
+        if len > self.out.capacity() - self.out.buffer().len() {
             self.out.flush()?;
         }
-        self.out.write_all(&line)?;
+        if len > self.out.capacity() {
+            // Longer than the buffer: one write of the whole line.
+            let mut line = Vec::with_capacity(len);
+            line.extend_from_slice(&json);
+            line.push(b'\n');
+            self.out.write_all(&line)?;
+        } else {
+            self.out.write_all(&json)?;
+            self.out.write_all(b"\n")?;
+        }
         Ok(())
     }
 
@@ -69,5 +82,85 @@ impl Sink for JsonlSink {
             self.out = BufWriter::with_capacity(64 * 1024, open_output(self.path.as_deref())?);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attack::{Captured, EndReason, Mode, Transcript};
+    use crate::event::Event;
+
+    fn attack(payload: &[u8]) -> Attack {
+        let mut t = Transcript::default();
+        t.push_in(payload, 1 << 20);
+        Captured {
+            start: chrono::Utc::now(),
+            end: chrono::Utc::now(),
+            sensor: "s".into(),
+            monitor: "test".into(),
+            mode: Mode::Normal,
+            protocol: crate::proto::Protocol::Tcp,
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.1:2".parse().unwrap(),
+            transcript: t,
+            responses_sent: 0,
+            relay: None,
+            end_reason: EndReason::Closed,
+        }
+        .seal()
+    }
+
+    fn sink(dir: &Path) -> JsonlSink {
+        let mut config = Config::default();
+        config.sensor.data_dir = dir.to_path_buf();
+        JsonlSink::open(&config).unwrap()
+    }
+
+    #[test]
+    fn lines_are_the_shared_rendering_and_the_same_as_rendering_directly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = sink(dir.path());
+        let small = attack(b"one");
+        let big = attack(&vec![b'y'; 200 << 10]);
+        s.write(&small).unwrap();
+        let events = Rendered::default();
+        s.write_shared(&big, &events).unwrap();
+        s.flush().unwrap();
+        let want = |a: &Attack| {
+            let mut l = serde_json::to_vec(&Event::of(a, 4096, PayloadEncoding::Base64)).unwrap();
+            l.push(b'\n');
+            l
+        };
+        let text = std::fs::read(dir.path().join("events.jsonl")).unwrap();
+        assert_eq!(text, [want(&small), want(&big)].concat());
+        // The line came from the shared rendering, not a rendering of its own: a
+        // second sink with the same settings gets the very same bytes.
+        assert_eq!(events.renders(), 1);
+        let mut other = sink(dir.path());
+        other.write_shared(&big, &events).unwrap();
+        let _ = events.json(&big, 4096, PayloadEncoding::Base64).unwrap();
+        assert_eq!(events.renders(), 1, "not rendered again");
+    }
+
+    #[test]
+    fn a_line_longer_than_the_buffer_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = sink(dir.path());
+        let mut config = Config::default();
+        config.output.jsonl.payload_max = 1 << 20;
+        config.sensor.data_dir = dir.path().to_path_buf();
+        let mut s2 = JsonlSink::open(&config).unwrap();
+        s.write(&attack(b"before")).unwrap();
+        let a = attack(&vec![b'z'; 100 << 10]);
+        s2.write(&a).unwrap();
+        s2.flush().unwrap();
+        s.flush().unwrap();
+        let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        for l in lines {
+            serde_json::from_str::<serde_json::Value>(l).unwrap();
+        }
     }
 }

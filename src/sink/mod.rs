@@ -20,6 +20,7 @@ use crate::analysis::pipeline::{Analyzed, Pipeline};
 use crate::analysis::registry::AnalyzerSet;
 use crate::attack::{Attack, Captured};
 use crate::config::Config;
+use crate::event::Rendered;
 use crate::limit_warn;
 use crate::stats::{Stats, Throttle};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -33,6 +34,13 @@ pub trait Sink: Send + 'static {
     fn name(&self) -> &'static str;
     /// Write one attack.
     fn write(&mut self, attack: &Attack) -> anyhow::Result<()>;
+    /// Write one attack, whose JSON events `events` renders once for every sink
+    /// asking for the same payload settings (what the sink threads call). A sink
+    /// writing the native event takes it from there; the default ignores it.
+    fn write_shared(&mut self, attack: &Attack, events: &Rendered) -> anyhow::Result<()> {
+        let _ = events;
+        self.write(attack)
+    }
     /// Make everything written so far durable (called when the queue runs empty and
     /// at shutdown).
     fn flush(&mut self) -> anyhow::Result<()> {
@@ -92,6 +100,8 @@ pub(crate) fn open_append(path: &std::path::Path) -> anyhow::Result<std::fs::Fil
 /// sink is done with it.
 struct Record {
     attack: Attack,
+    /// Its JSON events, rendered once for all sinks.
+    events: Rendered,
     size: u64,
     budget: Arc<AtomicU64>,
 }
@@ -314,6 +324,7 @@ impl Writer {
         }
         let record = Arc::new(Record {
             attack,
+            events: Rendered::default(),
             size,
             budget: Arc::clone(&self.budget),
         });
@@ -446,7 +457,7 @@ fn run_sink(
                 continue;
             }
         };
-        if let Err(e) = sink.write(&record.attack) {
+        if let Err(e) = sink.write_shared(&record.attack, &record.events) {
             Stats::inc(&stats.output_errors);
             limit_warn!(throttle, "sink_write", sink = name, id = %record.attack.id, error = %e, "attack record not written");
         }
@@ -562,5 +573,54 @@ mod tests {
         assert!(dropped >= 25, "{dropped}");
         assert_eq!(written.load(Relaxed) + dropped, 40);
         assert_eq!(r.in_flight.load(Relaxed), 0, "every byte given back");
+    }
+
+    /// A sink that keeps the renderings it was handed.
+    struct Keep(Arc<std::sync::Mutex<Vec<Arc<Vec<u8>>>>>);
+
+    impl Sink for Keep {
+        fn name(&self) -> &'static str {
+            "keep"
+        }
+        fn write(&mut self, _: &Attack) -> anyhow::Result<()> {
+            unreachable!("the sink threads call write_shared")
+        }
+        fn write_shared(&mut self, a: &Attack, events: &Rendered) -> anyhow::Result<()> {
+            let json = events.json(a, 4096, crate::config::PayloadEncoding::Base64)?;
+            self.0.lock().unwrap().push(json);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_sink_gets_the_same_rendering_of_an_attack() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.sensor.data_dir = dir.path().to_path_buf();
+        config.output.transcripts.enabled = false;
+        let (one, two) = (Arc::default(), Arc::default());
+        let sinks: Vec<Box<dyn Sink>> = vec![
+            Box::new(Keep(Arc::clone(&one))),
+            Box::new(Keep(Arc::clone(&two))),
+        ];
+        let r = Recorder::start(
+            &config,
+            sinks,
+            AnalyzerSet::default(),
+            Arc::default(),
+            Arc::default(),
+        )
+        .unwrap();
+        for _ in 0..3 {
+            r.submit(captured());
+        }
+        r.close();
+        let (one, two) = (one.lock().unwrap(), two.lock().unwrap());
+        assert_eq!(one.len(), 3);
+        assert_eq!(two.len(), 3);
+        for (a, b) in one.iter().zip(two.iter()) {
+            assert!(Arc::ptr_eq(a, b), "rendered once, shared");
+        }
+        assert!(!Arc::ptr_eq(&one[0], &one[1]), "one rendering per attack");
     }
 }

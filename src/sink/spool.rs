@@ -1,7 +1,8 @@
 //! The durable spool in front of every network output (PostgreSQL, hpfeeds, ...).
 //!
-//! A [`SpoolSink`] is an ordinary [`Sink`]: on its sink thread it renders each attack
-//! as its JSON event and appends it to segment files under
+//! A [`SpoolSink`] is an ordinary [`Sink`]: on its sink thread it takes each attack's
+//! JSON event (rendered once per attack for every sink with the same payload
+//! settings, [`Rendered`]) and appends it to segment files under
 //! `<data_dir>/spool/<output>/`; it never talks to the network, so capture and the
 //! recorder never wait for a server. A delivery thread (`deliver-<output>`) reads the
 //! spool in order and hands batches to the output's [`Delivery`]; after a batch is
@@ -31,7 +32,7 @@
 use super::Sink;
 use crate::attack::Attack;
 use crate::config::PayloadEncoding;
-use crate::event::Event;
+use crate::event::Rendered;
 use crate::limit_warn;
 use crate::stats::{Stats, Throttle};
 use anyhow::Context as _;
@@ -331,12 +332,16 @@ impl SpoolSink {
 
     /// Append one event (the key is the attack id).
     pub fn append(&mut self, s: &Spooled) -> anyhow::Result<()> {
-        let record = encode(s);
-        let size = record.len() as u64;
+        self.append_parts(&s.key, &s.kind, &s.body)
+    }
+
+    /// Append one event given by its parts, encoded straight into the buffer.
+    fn append_parts(&mut self, key: &str, kind: &str, body: &[u8]) -> anyhow::Result<()> {
+        let size = record_len(key, kind, body);
         let pending = self.shared.state.lock().unwrap().pending;
         if pending + self.buf.len() as u64 + size > self.limits.max_bytes {
             Stats::inc(&self.stats.spool_dropped);
-            limit_warn!(self.throttle, "spool_full", output = self.name, id = %s.key, max_bytes = self.limits.max_bytes, "spool full: event dropped (the newest is dropped; see output.spool.max_bytes)");
+            limit_warn!(self.throttle, "spool_full", output = self.name, id = %key, max_bytes = self.limits.max_bytes, "spool full: event dropped (the newest is dropped; see output.spool.max_bytes)");
             return Ok(());
         }
         let used = self.at.offset + self.buf.len() as u64;
@@ -344,7 +349,7 @@ impl SpoolSink {
             self.write_out()?;
             self.rotate()?;
         }
-        self.buf.extend_from_slice(&record);
+        encode_into(&mut self.buf, key, kind, body);
         if self.buf.len() >= WRITE_CHUNK || self.limits.fsync == Fsync::Always {
             self.write_out()?;
         }
@@ -392,20 +397,18 @@ impl Sink for SpoolSink {
     }
 
     fn write(&mut self, attack: &Attack) -> anyhow::Result<()> {
+        self.write_shared(attack, &Rendered::default())
+    }
+
+    fn write_shared(&mut self, attack: &Attack, events: &Rendered) -> anyhow::Result<()> {
         if !self.niced {
             crate::privileges::lower_thread_priority(self.limits.nice, "spool writer");
             self.niced = true;
         }
-        let body = serde_json::to_vec(&Event::of(
-            attack,
-            self.limits.payload_max,
-            self.limits.encoding,
-        ))?;
-        self.append(&Spooled {
-            key: attack.id.to_string(),
-            kind: "attack".into(),
-            body,
-        })
+        let body = events.json(attack, self.limits.payload_max, self.limits.encoding)?;
+        let mut id = uuid::Uuid::encode_buffer();
+        let key = attack.id.hyphenated().encode_lower(&mut id);
+        self.append_parts(key, "attack", &body)
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
@@ -428,21 +431,36 @@ impl Drop for SpoolSink {
     }
 }
 
+/// The encoded size of a record: header and body.
+fn record_len(key: &str, kind: &str, body: &[u8]) -> u64 {
+    let key = key.len().min(u16::MAX as usize);
+    let kind = kind.len().min(u8::MAX as usize);
+    HEADER + (2 + key + 1 + kind + body.len()) as u64
+}
+
+/// Append one record, header and body, to `out`.
+fn encode_into(out: &mut Vec<u8>, key: &str, kind: &str, body: &[u8]) {
+    let key = &key.as_bytes()[..key.len().min(u16::MAX as usize)];
+    let kind = &kind.as_bytes()[..kind.len().min(u8::MAX as usize)];
+    let len = 2 + key.len() + 1 + kind.len() + body.len();
+    let start = out.len();
+    out.reserve(HEADER as usize + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    out.extend_from_slice(key);
+    out.push(kind.len() as u8);
+    out.extend_from_slice(kind);
+    out.extend_from_slice(body);
+    let crc = crc32fast::hash(&out[start + HEADER as usize..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// Encode one record: header and body.
+#[cfg(test)]
 fn encode(s: &Spooled) -> Vec<u8> {
-    let key = &s.key.as_bytes()[..s.key.len().min(u16::MAX as usize)];
-    let kind = &s.kind.as_bytes()[..s.kind.len().min(u8::MAX as usize)];
-    let len = 2 + key.len() + 1 + kind.len() + s.body.len();
-    let mut r = Vec::with_capacity(HEADER as usize + len);
-    r.extend_from_slice(&(len as u32).to_le_bytes());
-    r.extend_from_slice(&[0; 4]);
-    r.extend_from_slice(&(key.len() as u16).to_le_bytes());
-    r.extend_from_slice(key);
-    r.push(kind.len() as u8);
-    r.extend_from_slice(kind);
-    r.extend_from_slice(&s.body);
-    let crc = crc32fast::hash(&r[HEADER as usize..]);
-    r[4..8].copy_from_slice(&crc.to_le_bytes());
+    let mut r = Vec::new();
+    encode_into(&mut r, &s.key, &s.kind, &s.body);
     r
 }
 
@@ -1053,5 +1071,48 @@ mod tests {
         wait_for(&p, 1);
         drop(s);
         assert_eq!(*p.got.lock().unwrap(), keys(0..1));
+    }
+
+    #[test]
+    fn the_sink_spools_the_shared_rendering_in_the_same_format() {
+        use crate::attack::{Captured, EndReason, Mode, Transcript};
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let p = Probe::default();
+        p.down.store(true, SeqCst);
+        let mut s = start(dir.path(), limits(), &p, &stats);
+        let mut t = Transcript::default();
+        t.push_in(b"payload", 100);
+        let a = Captured {
+            start: chrono::Utc::now(),
+            end: chrono::Utc::now(),
+            sensor: "s".into(),
+            monitor: "test".into(),
+            mode: Mode::Normal,
+            protocol: crate::proto::Protocol::Tcp,
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.1:2".parse().unwrap(),
+            transcript: t,
+            responses_sent: 0,
+            relay: None,
+            end_reason: EndReason::Closed,
+        }
+        .seal();
+        let events = Rendered::default();
+        s.write_shared(&a, &events).unwrap();
+        assert_eq!(events.renders(), 1, "rendered through the shared cache");
+        let json = events.json(&a, 4096, PayloadEncoding::Base64).unwrap();
+        assert_eq!(events.renders(), 1);
+        drop(s);
+        // On disk: exactly the record the old code wrote (key = attack id).
+        let seg = *list_segments(dir.path()).unwrap().first().unwrap();
+        let want = encode(&Spooled {
+            key: a.id.to_string(),
+            kind: "attack".into(),
+            body: serde_json::to_vec(&crate::event::Event::of(&a, 4096, PayloadEncoding::Base64))
+                .unwrap(),
+        });
+        assert_eq!(*json, want[want.len() - json.len()..]);
+        assert_eq!(std::fs::read(segment_path(dir.path(), seg)).unwrap(), want);
     }
 }
