@@ -22,6 +22,17 @@
 //! next segment. The writer always starts a new segment at start-up, so it never
 //! appends behind a torn tail.
 //!
+//! Durability (`fsync`): with `always` every event is written and synced before the
+//! next; with `batch` (the default) the writer hands what it has to the file (write(2))
+//! whenever its queue runs empty or 256 KiB are buffered, so a crash of honeytrap,
+//! even SIGKILL, loses nothing (the page cache outlives the process), and a sync
+//! thread (`sync-<output>`) syncs the segment being written (`sync_data`) at most every
+//! `fsync_interval` and at the latest `fsync_interval` after the first write not yet
+//! synced, whether more events come or not (a power loss may lose that much); a
+//! finished segment is synced when the writer leaves it, and everything at shutdown.
+//! `fsync_interval` 0 syncs every batch on the writer thread. `never` leaves it to
+//! the kernel.
+//!
 //! When the undelivered bytes would pass `max_bytes`, the new event is dropped
 //! ("drop newest"): counted (`spool_dropped`) and logged, so what is already spooled
 //! keeps its order and the oldest events are delivered first.
@@ -72,8 +83,8 @@ pub trait Delivery: Send + 'static {
 pub enum Fsync {
     /// After every event.
     Always,
-    /// Once per batch of events written together (when the output queue runs
-    /// empty, or every 256 KiB).
+    /// Written once per batch of events (when the output queue runs empty, or every
+    /// 256 KiB) and synced at most every `fsync_interval` (0: every batch).
     Batch,
     /// Never: the kernel writes back when it likes (a power loss may lose events,
     /// a crash of honeytrap does not).
@@ -88,6 +99,9 @@ pub struct SpoolLimits {
     /// Size at which a segment file is closed and a new one started.
     pub segment_bytes: u64,
     pub fsync: Fsync,
+    /// With `Fsync::Batch`: the longest written data waits for its sync, and the
+    /// shortest time between two syncs; zero syncs every batch.
+    pub fsync_interval: Duration,
     /// Most events per delivered batch.
     pub batch_max: usize,
     /// First wait after a failed delivery; doubled after each failure ...
@@ -109,6 +123,7 @@ impl Default for SpoolLimits {
             max_bytes: 1 << 30,
             segment_bytes: 16 << 20,
             fsync: Fsync::Batch,
+            fsync_interval: Duration::from_secs(1),
             batch_max: 500,
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
@@ -133,6 +148,9 @@ pub struct SpoolConfig {
     #[serde(with = "crate::config::units::bytesize")]
     pub segment_bytes: u64,
     pub fsync: Fsync,
+    /// With `fsync = "batch"`: sync at most this often (milliseconds), and at the
+    /// latest this long after a write; 0 syncs every batch.
+    pub fsync_interval_ms: u64,
     /// Most events per delivered batch (one transaction for PostgreSQL).
     pub batch_max: usize,
     #[serde(with = "crate::config::units::duration")]
@@ -155,6 +173,7 @@ impl Default for SpoolConfig {
             max_bytes: l.max_bytes,
             segment_bytes: l.segment_bytes,
             fsync: l.fsync,
+            fsync_interval_ms: l.fsync_interval.as_millis() as u64,
             batch_max: l.batch_max,
             retry_initial: l.retry_initial,
             retry_max: l.retry_max,
@@ -179,6 +198,12 @@ impl SpoolConfig {
             return Err(Invalid::new(
                 key("max_bytes"),
                 "must be at least segment_bytes",
+            ));
+        }
+        if self.fsync_interval_ms > MAX_FSYNC_INTERVAL_MS {
+            return Err(Invalid::new(
+                key("fsync_interval_ms"),
+                "must be at most 60000 (1 minute)",
             ));
         }
         if self.batch_max == 0 {
@@ -208,6 +233,7 @@ impl SpoolLimits {
             max_bytes: c.max_bytes,
             segment_bytes: c.segment_bytes,
             fsync: c.fsync,
+            fsync_interval: Duration::from_millis(c.fsync_interval_ms),
             batch_max: c.batch_max,
             retry_initial: c.retry_initial,
             retry_max: c.retry_max,
@@ -218,6 +244,9 @@ impl SpoolLimits {
         }
     }
 }
+
+/// Largest `fsync_interval_ms`.
+const MAX_FSYNC_INTERVAL_MS: u64 = 60_000;
 
 /// Records longer than this are treated as damage.
 const MAX_RECORD: u32 = 256 << 20;
@@ -253,7 +282,10 @@ pub struct SpoolSink {
     name: &'static str,
     dir: PathBuf,
     limits: SpoolLimits,
-    file: File,
+    /// The segment being written (shared with the sync thread).
+    file: Arc<File>,
+    /// The sync thread (`Fsync::Batch` with an interval).
+    syncer: Option<(Arc<Syncer>, JoinHandle<()>)>,
     /// The segment being written and the bytes already in it.
     at: Pos,
     /// Records not yet written to the file.
@@ -311,6 +343,27 @@ impl SpoolSink {
             stats: Arc::clone(&stats),
             throttle: Arc::clone(&throttle),
         };
+        let file = Arc::new(file);
+        let syncer = if limits.fsync == Fsync::Batch && !limits.fsync_interval.is_zero() {
+            let sy = Arc::new(Syncer {
+                state: Mutex::new(SyncState {
+                    file: Arc::clone(&file),
+                    dirty_since: None,
+                    stop: false,
+                }),
+                wake: Condvar::new(),
+                #[cfg(test)]
+                syncs: Default::default(),
+            });
+            let (s2, interval) = (Arc::clone(&sy), limits.fsync_interval);
+            let (st, th) = (Arc::clone(&stats), Arc::clone(&throttle));
+            let t = std::thread::Builder::new()
+                .name(format!("sync-{name}"))
+                .spawn(move || run_sync(&s2, interval, name, &st, &th))?;
+            Some((sy, t))
+        } else {
+            None
+        };
         let l = limits.clone();
         let thread = std::thread::Builder::new()
             .name(format!("deliver-{name}"))
@@ -320,6 +373,7 @@ impl SpoolSink {
             dir: dir.to_path_buf(),
             limits,
             file,
+            syncer,
             at,
             buf: Vec::with_capacity(WRITE_CHUNK),
             shared,
@@ -362,11 +416,14 @@ impl SpoolSink {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.file
+        (&*self.file)
             .write_all(&self.buf)
             .with_context(|| format!("writing the spool in {}", self.dir.display()))?;
-        if self.limits.fsync != Fsync::Never {
-            self.file.sync_data()?;
+        match &self.syncer {
+            // The sync thread syncs it within the interval.
+            Some((sy, _)) => sy.written(),
+            None if self.limits.fsync != Fsync::Never => self.sync_now()?,
+            None => {}
         }
         let n = self.buf.len() as u64;
         self.buf.clear();
@@ -379,10 +436,37 @@ impl SpoolSink {
         Ok(())
     }
 
+    /// Sync the segment being written, on this thread.
+    fn sync_now(&self) -> anyhow::Result<()> {
+        self.file
+            .sync_data()
+            .with_context(|| format!("syncing the spool in {}", self.dir.display()))?;
+        #[cfg(test)]
+        if let Some((sy, _)) = &self.syncer {
+            sy.syncs.fetch_add(1, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Sync what the sync thread has not synced yet (a segment being left, shutdown).
+    fn sync_rest(&mut self) -> anyhow::Result<()> {
+        if let Some((sy, _)) = &self.syncer {
+            if sy.state.lock().unwrap().dirty_since.take().is_some() {
+                self.sync_now()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Close the segment and start the next one.
     fn rotate(&mut self) -> anyhow::Result<()> {
+        // The sync thread only knows the segment being written: sync this one now.
+        self.sync_rest()?;
         let seq = self.at.seq + 1;
-        self.file = create_segment(&self.dir, seq)?;
+        self.file = Arc::new(create_segment(&self.dir, seq)?);
+        if let Some((sy, _)) = &self.syncer {
+            sy.state.lock().unwrap().file = Arc::clone(&self.file);
+        }
         self.at = Pos { seq, offset: 0 };
         let mut st = self.shared.state.lock().unwrap();
         st.head = self.at;
@@ -420,8 +504,13 @@ impl Drop for SpoolSink {
     /// Stop the delivery thread: it delivers what it can within `limits.drain`;
     /// the rest stays spooled for the next start.
     fn drop(&mut self) {
-        if let Err(e) = self.write_out() {
+        if let Err(e) = self.write_out().and_then(|()| self.sync_rest()) {
             tracing::error!(output = self.name, error = %e, "spool: last events not written");
+        }
+        if let Some((sy, t)) = self.syncer.take() {
+            sy.state.lock().unwrap().stop = true;
+            sy.wake.notify_all();
+            let _ = t.join();
         }
         self.shared.state.lock().unwrap().stop = true;
         self.shared.wake.notify_all();
@@ -454,6 +543,73 @@ fn encode_into(out: &mut Vec<u8>, key: &str, kind: &str, body: &[u8]) {
     out.extend_from_slice(body);
     let crc = crc32fast::hash(&out[start + HEADER as usize..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// What the writer and its sync thread share.
+struct Syncer {
+    state: Mutex<SyncState>,
+    wake: Condvar,
+    /// Syncs made (for the tests).
+    #[cfg(test)]
+    syncs: std::sync::atomic::AtomicU64,
+}
+
+struct SyncState {
+    /// The segment being written.
+    file: Arc<File>,
+    /// When the first write not yet synced was made; None: all synced.
+    dirty_since: Option<Instant>,
+    stop: bool,
+}
+
+impl Syncer {
+    /// The writer wrote to the segment: it needs a sync.
+    fn written(&self) {
+        let mut st = self.state.lock().unwrap();
+        if st.dirty_since.is_none() {
+            st.dirty_since = Some(Instant::now());
+            self.wake.notify_all();
+        }
+    }
+}
+
+/// The sync thread: syncs the segment being written `interval` after the first
+/// write it has not synced (so at most once per interval).
+fn run_sync(
+    sy: &Syncer,
+    interval: Duration,
+    name: &'static str,
+    stats: &Stats,
+    throttle: &Throttle,
+) {
+    let mut st = sy.state.lock().unwrap();
+    loop {
+        if st.stop {
+            return;
+        }
+        let Some(since) = st.dirty_since else {
+            st = sy.wake.wait(st).unwrap();
+            continue;
+        };
+        let due = since + interval;
+        let now = Instant::now();
+        if now < due {
+            st = sy.wake.wait_timeout(st, due - now).unwrap().0;
+            continue;
+        }
+        // Everything written before this point is in the file: the sync covers it;
+        // a later write marks the segment again.
+        st.dirty_since = None;
+        let file = Arc::clone(&st.file);
+        drop(st);
+        if let Err(e) = file.sync_data() {
+            Stats::inc(&stats.output_errors);
+            limit_warn!(throttle, "spool_sync", output = name, error = %e, "spool: sync failed");
+        }
+        #[cfg(test)]
+        sy.syncs.fetch_add(1, Relaxed);
+        st = sy.state.lock().unwrap();
+    }
 }
 
 /// Encode one record: header and body.
@@ -1114,5 +1270,154 @@ mod tests {
         });
         assert_eq!(*json, want[want.len() - json.len()..]);
         assert_eq!(std::fs::read(segment_path(dir.path(), seg)).unwrap(), want);
+    }
+
+    fn syncs(s: &SpoolSink) -> u64 {
+        s.syncer.as_ref().unwrap().0.syncs.load(Relaxed)
+    }
+
+    fn dirty(s: &SpoolSink) -> bool {
+        let sy = &s.syncer.as_ref().unwrap().0;
+        let dirty = sy.state.lock().unwrap().dirty_since.is_some();
+        dirty
+    }
+
+    #[test]
+    fn batches_are_written_at_once_and_synced_within_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let p = Probe::default();
+        p.down.store(true, SeqCst);
+        let interval = Duration::from_millis(300);
+        let l = SpoolLimits {
+            fsync_interval: interval,
+            ..limits()
+        };
+        let mut s = start(dir.path(), l, &p, &stats);
+        // Many batches in quick succession: each is written (readable by another
+        // process at once), but synced far less often than once per batch.
+        let started = Instant::now();
+        for i in 0..20 {
+            s.append(&ev(i)).unwrap();
+            s.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let seg = *list_segments(dir.path()).unwrap().last().unwrap();
+        let on_file = std::fs::metadata(segment_path(dir.path(), seg))
+            .unwrap()
+            .len();
+        assert_eq!(on_file, 20 * encode(&ev(0)).len() as u64, "written at once");
+        let batches_took = started.elapsed();
+        let n = syncs(&s);
+        if batches_took < interval {
+            assert_eq!(n, 0, "no sync before the interval");
+        }
+        assert!(
+            n <= 1 + (batches_took.as_millis() / interval.as_millis()) as u64,
+            "{n}"
+        );
+        // The last batch is synced within the interval though no event follows.
+        let t = Instant::now();
+        while dirty(&s) && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!dirty(&s), "the last batch was synced");
+        assert!(syncs(&s) > n);
+        assert!(
+            t.elapsed() < interval + Duration::from_millis(1000),
+            "{:?}",
+            t.elapsed()
+        );
+        // Nothing new: no more syncs.
+        let n = syncs(&s);
+        std::thread::sleep(interval + Duration::from_millis(100));
+        assert_eq!(syncs(&s), n);
+        // Shutdown syncs what is left at once.
+        s.append(&ev(99)).unwrap();
+        s.flush().unwrap();
+        let sy = Arc::clone(&s.syncer.as_ref().unwrap().0);
+        let t = Instant::now();
+        drop(s);
+        assert!(t.elapsed() < interval, "{:?}", t.elapsed());
+        assert!(sy.state.lock().unwrap().dirty_since.is_none());
+        assert_eq!(sy.syncs.load(Relaxed), n + 1);
+    }
+
+    #[test]
+    fn interval_zero_syncs_every_batch_and_always_never_need_no_sync_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let p = Probe::default();
+        let l = SpoolLimits {
+            fsync_interval: Duration::ZERO,
+            ..limits()
+        };
+        let s = start(dir.path(), l, &p, &stats);
+        assert!(
+            s.syncer.is_none(),
+            "0: synced on the writer thread, every batch"
+        );
+        drop(s);
+        for fsync in [Fsync::Always, Fsync::Never] {
+            let l = SpoolLimits { fsync, ..limits() };
+            let s = start(dir.path(), l, &p, &stats);
+            assert!(s.syncer.is_none());
+            drop(s);
+        }
+        let s = start(dir.path(), limits(), &p, &stats);
+        assert!(s.syncer.is_some(), "batch with the default interval");
+    }
+
+    #[test]
+    fn a_segment_left_behind_is_synced_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let p = Probe::default();
+        p.down.store(true, SeqCst);
+        let l = SpoolLimits {
+            segment_bytes: 300,
+            fsync_interval: Duration::from_secs(60),
+            ..limits()
+        };
+        let mut s = start(dir.path(), l, &p, &stats);
+        for i in 0..30 {
+            s.append(&ev(i)).unwrap();
+        }
+        s.flush().unwrap();
+        let segments = list_segments(dir.path()).unwrap().len() as u64;
+        assert!(segments > 2);
+        // One sync per segment left; the one being written waits for the timer.
+        assert_eq!(syncs(&s), segments - 1);
+        assert!(dirty(&s));
+    }
+
+    #[test]
+    fn the_fsync_interval_is_validated_and_read_from_the_config() {
+        let c = SpoolConfig::default();
+        assert_eq!(c.fsync_interval_ms, 1000);
+        assert!(c.validate().is_ok());
+        let zero = SpoolConfig {
+            fsync_interval_ms: 0,
+            ..SpoolConfig::default()
+        };
+        assert!(zero.validate().is_ok());
+        let long = SpoolConfig {
+            fsync_interval_ms: 60_001,
+            ..SpoolConfig::default()
+        };
+        let e = long.validate().unwrap_err();
+        assert!(
+            format!("{e:?}").contains("output.spool.fsync_interval_ms"),
+            "{e:?}"
+        );
+        let c: crate::config::Config =
+            toml::from_str("[output.spool]\nfsync_interval_ms = 250\n").unwrap();
+        let l = SpoolLimits::from_config(&c.output.spool, 4096, PayloadEncoding::Base64);
+        assert_eq!(l.fsync_interval, Duration::from_millis(250));
+        assert_eq!(
+            SpoolLimits::from_config(&SpoolConfig::default(), 4096, PayloadEncoding::Base64)
+                .fsync_interval,
+            Duration::from_secs(1)
+        );
     }
 }
