@@ -19,6 +19,7 @@ pub mod context;
 pub mod db;
 pub mod event;
 pub mod firewall;
+pub mod linger;
 pub mod metrics;
 pub mod mode;
 pub mod monitor;

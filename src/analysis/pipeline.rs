@@ -150,7 +150,7 @@ fn worker(rx: Receiver<Job>, sh: Arc<Shared>, nice: i32) {
     // a busy sensor fills the analysis queue (attacks then skip analysis,
     // counted) instead of accepting fewer connections.
     crate::privileges::lower_thread_priority(nice, "analysis worker");
-    while let Ok(Job { mut attack, size }) = rx.recv() {
+    while let Some(Job { mut attack, size }) = crate::linger::recv(&rx, || ()) {
         let virtuals = if sh.closing.load(SeqCst) {
             Stats::inc(&sh.stats.analysis_skipped);
             Vec::new()
