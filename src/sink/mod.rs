@@ -41,8 +41,8 @@ pub trait Sink: Send + 'static {
         let _ = events;
         self.write(attack)
     }
-    /// Make everything written so far durable (called when the queue runs empty and
-    /// at shutdown).
+    /// Make everything written so far durable (called when the queue has stayed empty for
+    /// `linger::LINGER`, and at shutdown).
     fn flush(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
@@ -381,12 +381,13 @@ fn run_recorder(rx: Receiver<Msg>, pipeline: Option<Arc<Pipeline>>, out: &mut Wr
             None => out.write(attack, size),
         }
     };
+    // Lingering on an empty queue spares capture a wake-up per attack (crate::linger).
     loop {
-        match rx.recv() {
-            Ok(Msg::Session(c, size)) => session(out, *c, size),
-            Ok(Msg::Analyzed(a)) => out.write_analyzed(*a),
-            Ok(Msg::Reopen) => out.reopen(),
-            Ok(Msg::Close) | Err(_) => break,
+        match crate::linger::recv(&rx, || ()) {
+            Some(Msg::Session(c, size)) => session(out, *c, size),
+            Some(Msg::Analyzed(a)) => out.write_analyzed(*a),
+            Some(Msg::Reopen) => out.reopen(),
+            Some(Msg::Close) | None => break,
         }
     }
     // Shutdown: attacks still queued for analysis go out unanalyzed, running
@@ -428,17 +429,10 @@ fn run_sink(
             limit_warn!(throttle, "sink_flush", sink = name, error = %e, "output flush failed");
         }
     };
+    // Flushed when the queue stays empty for a moment (crate::linger), then parked.
     loop {
-        let msg = match rx.try_recv() {
-            Ok(r) => r,
-            Err(std::sync::mpsc::TryRecvError::Empty) => {
-                flush(&mut sink);
-                match rx.recv() {
-                    Ok(r) => r,
-                    Err(_) => break,
-                }
-            }
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+        let Some(msg) = crate::linger::recv(&rx, || flush(&mut sink)) else {
+            break;
         };
         let record = match msg {
             LaneMsg::Record(r) => {
