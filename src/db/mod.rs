@@ -14,12 +14,13 @@ use postgres::Client;
 use r2d2_postgres::{r2d2, PostgresConnectionManager};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-pub use row::{parse_event, AttackRow};
+pub use row::{event_id, parse_event, AttackRow, Jsonb};
 
 /// Settings of the PostgreSQL output (`[output.postgres]`, docs/configuration.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -246,24 +247,77 @@ pub struct InsertOptions {
     pub download_max: u64,
 }
 
+/// An attack event for [`insert_events`]: its JSON text (what the spool and NATS
+/// carry), or a `serde_json::Value` (serialised first).
+pub trait EventJson {
+    /// The event's JSON text.
+    fn json_text(&self) -> Cow<'_, [u8]>;
+}
+
+impl EventJson for [u8] {
+    fn json_text(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl EventJson for Vec<u8> {
+    fn json_text(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl EventJson for str {
+    fn json_text(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.as_bytes())
+    }
+}
+
+impl EventJson for String {
+    fn json_text(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.as_bytes())
+    }
+}
+
+impl EventJson for bytes::Bytes {
+    fn json_text(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl EventJson for Value {
+    fn json_text(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(serde_json::to_vec(self).expect("a JSON value serializes"))
+    }
+}
+
+impl<T: EventJson + ?Sized> EventJson for &T {
+    fn json_text(&self) -> Cow<'_, [u8]> {
+        (**self).json_text()
+    }
+}
+
 /// Insert JSON attack events in one transaction, idempotent on the attack id
 /// (an attack already present is skipped with all its rows). An event that does
 /// not parse, or that the database refuses for its data, is skipped and counted
 /// (logged), so one bad event never blocks the others; a connection or server
 /// failure is an error (the caller retries the batch).
-pub fn insert_events(
+///
+/// Events are deserialised into typed rows borrowing from their text, and the
+/// text goes into the `event` column as it is (NUL replaced).
+pub fn insert_events<E: EventJson>(
     client: &mut Client,
-    events: &[Value],
+    events: &[E],
     opts: &InsertOptions,
 ) -> anyhow::Result<Inserted> {
     let mut out = Inserted::default();
-    let mut rows = Vec::with_capacity(events.len());
-    for e in events {
-        match parse_event(e) {
+    let texts: Vec<Cow<[u8]>> = events.iter().map(EventJson::json_text).collect();
+    let mut rows = Vec::with_capacity(texts.len());
+    for text in &texts {
+        match parse_event(text) {
             Ok(r) => rows.push(r),
             Err(err) => {
                 out.rejected += 1;
-                tracing::warn!(id = ?e.pointer("/event/id"), error = %err, "postgres: event skipped: not an attack event");
+                tracing::warn!(id = ?event_id(text), error = %err, "postgres: event skipped: not an attack event");
             }
         }
     }

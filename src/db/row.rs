@@ -1,21 +1,34 @@
 //! One JSON attack event as rows of the schema (`migrations/0001_init.sql`), and the
 //! statements that insert them.
+//!
+//! The event is deserialised straight into typed structs that borrow its strings
+//! (no JSON tree is built), and its text goes into the `event` column as it is,
+//! without being serialised again ([`Jsonb`]).
+//!
+//! PostgreSQL text and jsonb cannot hold NUL: in every string the event gives a
+//! column, and in the stored JSON (`\u0000` in strings and keys), it becomes U+FFFD.
 
 use super::InsertOptions;
 use anyhow::{anyhow, Context as _};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Statement, Transaction};
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::net::IpAddr;
 use uuid::Uuid;
 
-/// An attack event, parsed.
+/// A string of the event, borrowed from its text when it has no escapes.
+type Str<'a> = Cow<'a, str>;
+
+/// An attack event, parsed; strings borrow from the event's text where they can.
 #[derive(Debug, Clone)]
-pub struct AttackRow {
+pub struct AttackRow<'a> {
     pub id: Uuid,
-    pub sensor: String,
-    pub sensor_version: String,
+    pub sensor: Str<'a>,
+    pub sensor_version: Str<'a>,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     pub duration_ns: i64,
@@ -23,306 +36,638 @@ pub struct AttackRow {
     pub source_port: i32,
     pub destination_ip: IpAddr,
     pub destination_port: i32,
-    pub protocol: String,
-    pub monitor: String,
-    pub mode: String,
-    pub end_reason: String,
+    pub protocol: Str<'a>,
+    pub monitor: Str<'a>,
+    pub mode: Str<'a>,
+    pub end_reason: Str<'a>,
     pub responses_sent: i32,
     pub bytes_in: i64,
     pub bytes_out: i64,
-    pub md5: String,
-    pub sha256: String,
-    pub sha512: String,
+    pub md5: Str<'a>,
+    pub sha256: Str<'a>,
+    pub sha512: Str<'a>,
     pub payload_prefix: Vec<u8>,
     pub truncated: bool,
     pub read_limit_reached: bool,
-    pub transcript_path: Option<String>,
+    pub transcript_path: Option<Str<'a>>,
     pub transcript_offset: Option<i64>,
     pub transcript_length: Option<i64>,
     pub is_virtual: bool,
     pub parent_id: Option<Uuid>,
-    pub decoder: Option<String>,
+    pub decoder: Option<Str<'a>>,
     pub analysis_done: bool,
-    /// The whole event (NUL characters replaced: PostgreSQL text cannot hold them).
-    pub event: Value,
-    pub relay: Option<RelayRow>,
-    pub findings: Vec<FindingRow>,
-    pub downloads: Vec<DownloadRow>,
+    /// The whole event as it came (NUL characters replaced: PostgreSQL text cannot
+    /// hold them).
+    pub event: Jsonb<'a>,
+    pub relay: Option<RelayRow<'a>>,
+    pub findings: Vec<FindingRow<'a>>,
+    pub downloads: Vec<DownloadRow<'a>>,
 }
 
 #[derive(Debug, Clone)]
-pub struct RelayRow {
-    pub kind: String,
-    pub map: Option<String>,
-    pub target_host: String,
+pub struct RelayRow<'a> {
+    pub kind: Str<'a>,
+    pub map: Option<Str<'a>>,
+    pub target_host: Str<'a>,
     pub target_ip: Option<IpAddr>,
     pub target_port: i32,
-    pub target_transport: String,
+    pub target_transport: Str<'a>,
     pub connected: bool,
     pub local_ip: Option<IpAddr>,
     pub local_port: Option<i32>,
     pub bytes_sent: i64,
     pub bytes_received: i64,
-    pub received: Option<[String; 3]>,
+    pub received: Option<[Str<'a>; 3]>,
     pub fallback: bool,
-    pub fallback_reason: Option<String>,
+    pub fallback_reason: Option<Str<'a>>,
 }
 
 /// Where a finding or download came from: kind, virtual attack id, download sha256.
 #[derive(Debug, Clone)]
-pub struct SourceRow {
-    pub kind: String,
+pub struct SourceRow<'a> {
+    pub kind: Str<'a>,
     pub id: Option<Uuid>,
-    pub sha256: Option<String>,
+    pub sha256: Option<Str<'a>>,
 }
 
 #[derive(Debug, Clone)]
-pub struct FindingRow {
-    pub analyzer: String,
-    pub kind: String,
-    pub detail: String,
+pub struct FindingRow<'a> {
+    pub analyzer: Str<'a>,
+    pub kind: Str<'a>,
+    pub detail: Str<'a>,
     pub offset: Option<i64>,
     pub length: Option<i64>,
-    pub source: SourceRow,
-    pub meta: Option<Value>,
+    pub source: SourceRow<'a>,
+    pub meta: Option<Jsonb<'a>>,
 }
 
 #[derive(Debug, Clone)]
-pub struct DownloadRow {
-    pub analyzer: String,
-    pub url: String,
-    pub host: String,
+pub struct DownloadRow<'a> {
+    pub analyzer: Str<'a>,
+    pub url: Str<'a>,
+    pub host: Str<'a>,
     pub port: i32,
-    pub user: Option<String>,
-    pub password: Option<String>,
+    pub user: Option<Str<'a>>,
+    pub password: Option<Str<'a>>,
     pub size: i64,
     pub truncated: bool,
     /// md5, sha256, sha512 of the content.
-    pub hashes: Option<[String; 3]>,
-    pub stored: Option<String>,
+    pub hashes: Option<[Str<'a>; 3]>,
+    pub stored: Option<Str<'a>>,
     pub cached: bool,
-    pub error: Option<String>,
-    pub source: SourceRow,
+    pub error: Option<Str<'a>>,
+    pub source: SourceRow<'a>,
 }
 
-/// Field access with the JSON pointer in the error.
-struct Ev<'a>(&'a Value);
+/// JSON text for a `json` or `jsonb` parameter, sent as it is (no parsing, no
+/// serialising).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jsonb<'a>(pub Str<'a>);
 
-impl<'a> Ev<'a> {
-    fn get(&self, p: &str) -> anyhow::Result<&'a Value> {
-        self.0.pointer(p).ok_or_else(|| anyhow!("{p} missing"))
-    }
-    fn str(&self, p: &str) -> anyhow::Result<String> {
-        self.get(p)?
-            .as_str()
-            .map(no_nul)
-            .ok_or_else(|| anyhow!("{p} is not a string"))
-    }
-    fn opt_str(&self, p: &str) -> anyhow::Result<Option<String>> {
-        match self.0.pointer(p) {
-            None | Some(Value::Null) => Ok(None),
-            Some(_) => self.str(p).map(Some),
+impl ToSql for Jsonb<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty == Type::JSONB {
+            // The version of jsonb's binary format: text follows.
+            out.extend_from_slice(&[1]);
         }
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
     }
-    fn int(&self, p: &str) -> anyhow::Result<i64> {
-        self.get(p)?
-            .as_u64()
-            .and_then(|n| i64::try_from(n).ok())
-            .ok_or_else(|| anyhow!("{p} is not a count"))
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSON || *ty == Type::JSONB
     }
-    fn opt_int(&self, p: &str) -> anyhow::Result<Option<i64>> {
-        match self.0.pointer(p) {
-            None | Some(Value::Null) => Ok(None),
-            Some(_) => self.int(p).map(Some),
+
+    postgres::types::to_sql_checked!();
+}
+
+/// A string of the event: borrowed from its text when it has no escapes (serde's
+/// own borrowing of `Cow` does not reach into `Option`).
+struct Text<'a>(Str<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Cow::Owned(v))
+            }
         }
-    }
-    fn bool(&self, p: &str) -> anyhow::Result<bool> {
-        self.get(p)?
-            .as_bool()
-            .ok_or_else(|| anyhow!("{p} is not a boolean"))
-    }
-    fn time(&self, p: &str) -> anyhow::Result<DateTime<Utc>> {
-        let s = self.str(p)?;
-        Ok(DateTime::parse_from_rfc3339(&s)
-            .with_context(|| format!("{p}: {s}"))?
-            .with_timezone(&Utc))
-    }
-    fn ip(&self, p: &str) -> anyhow::Result<IpAddr> {
-        let s = self.str(p)?;
-        s.parse().with_context(|| format!("{p}: {s}"))
-    }
-    fn opt_ip(&self, p: &str) -> anyhow::Result<Option<IpAddr>> {
-        self.opt_str(p)?
-            .map(|s| s.parse().with_context(|| format!("{p}: {s}")))
-            .transpose()
-    }
-    fn uuid(&self, p: &str) -> anyhow::Result<Uuid> {
-        let s = self.str(p)?;
-        s.parse().with_context(|| format!("{p}: {s}"))
-    }
-    fn opt_uuid(&self, p: &str) -> anyhow::Result<Option<Uuid>> {
-        self.opt_str(p)?
-            .map(|s| s.parse().with_context(|| format!("{p}: {s}")))
-            .transpose()
-    }
-    fn port(&self, p: &str) -> anyhow::Result<i32> {
-        let n = self.int(p)?;
-        anyhow::ensure!(n <= 65535, "{p}: {n} is not a port");
-        Ok(n as i32)
-    }
-    fn array(&self, p: &str) -> anyhow::Result<&'a Vec<Value>> {
-        self.get(p)?
-            .as_array()
-            .ok_or_else(|| anyhow!("{p} is not an array"))
-    }
-    fn hashes(&self, p: &str) -> anyhow::Result<Option<[String; 3]>> {
-        match self.0.pointer(p) {
-            None | Some(Value::Null) => Ok(None),
-            Some(_) => Ok(Some([
-                self.str(&format!("{p}/md5"))?,
-                self.str(&format!("{p}/sha256"))?,
-                self.str(&format!("{p}/sha512"))?,
-            ])),
-        }
+        d.deserialize_str(V).map(Text)
     }
 }
 
-/// PostgreSQL text and jsonb cannot hold NUL: it becomes U+FFFD.
-fn no_nul(s: &str) -> String {
-    s.replace('\0', "\u{FFFD}")
+// The event as deserialised: only what goes into columns (docs/events.md).
+
+#[derive(Deserialize)]
+struct Doc<'a> {
+    #[serde(borrow)]
+    event: EventDoc<'a>,
+    #[serde(borrow)]
+    observer: ObserverDoc<'a>,
+    #[serde(borrow)]
+    source: EndpointDoc<'a>,
+    #[serde(borrow)]
+    destination: EndpointDoc<'a>,
+    #[serde(borrow)]
+    network: NetworkDoc<'a>,
+    #[serde(borrow)]
+    honeytrap: HoneytrapDoc<'a>,
 }
 
-/// The same value with NUL removed from every string and key.
-fn strip_nul(v: &Value) -> Value {
-    match v {
-        Value::String(s) if s.contains('\0') => Value::String(no_nul(s)),
-        Value::Array(a) => Value::Array(a.iter().map(strip_nul).collect()),
-        Value::Object(o) => {
-            Value::Object(o.iter().map(|(k, v)| (no_nul(k), strip_nul(v))).collect())
-        }
-        other => other.clone(),
+#[derive(Deserialize)]
+struct EventDoc<'a> {
+    #[serde(borrow)]
+    action: Text<'a>,
+    #[serde(borrow)]
+    id: Text<'a>,
+    #[serde(borrow)]
+    start: Text<'a>,
+    #[serde(borrow)]
+    end: Text<'a>,
+    duration: u64,
+}
+
+#[derive(Deserialize)]
+struct ObserverDoc<'a> {
+    #[serde(borrow)]
+    name: Text<'a>,
+    #[serde(borrow)]
+    version: Text<'a>,
+}
+
+#[derive(Deserialize)]
+struct EndpointDoc<'a> {
+    #[serde(borrow)]
+    ip: Text<'a>,
+    port: u64,
+    bytes: u64,
+}
+
+#[derive(Deserialize)]
+struct NetworkDoc<'a> {
+    #[serde(borrow)]
+    transport: Text<'a>,
+}
+
+#[derive(Deserialize)]
+struct HoneytrapDoc<'a> {
+    #[serde(borrow)]
+    monitor: Text<'a>,
+    #[serde(borrow)]
+    mode: Text<'a>,
+    #[serde(borrow)]
+    end_reason: Text<'a>,
+    responses_sent: u64,
+    #[serde(borrow)]
+    payload: PayloadDoc<'a>,
+    #[serde(borrow)]
+    transcript: Option<TranscriptDoc<'a>>,
+    #[serde(rename = "virtual")]
+    is_virtual: bool,
+    #[serde(borrow)]
+    parent_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    decoder: Option<Text<'a>>,
+    analysis: AnalysisDoc,
+    #[serde(borrow)]
+    relay: Option<RelayDoc<'a>>,
+    #[serde(borrow)]
+    findings: Vec<FindingDoc<'a>>,
+    #[serde(borrow)]
+    downloads: Vec<DownloadDoc<'a>>,
+}
+
+#[derive(Deserialize)]
+struct PayloadDoc<'a> {
+    #[serde(borrow)]
+    data: Text<'a>,
+    #[serde(borrow)]
+    encoding: Text<'a>,
+    #[serde(borrow)]
+    md5: Text<'a>,
+    #[serde(borrow)]
+    sha256: Text<'a>,
+    #[serde(borrow)]
+    sha512: Text<'a>,
+    truncated: bool,
+    read_limit_reached: bool,
+}
+
+#[derive(Deserialize)]
+struct TranscriptDoc<'a> {
+    #[serde(borrow)]
+    path: Option<Text<'a>>,
+    offset: Option<u64>,
+    length: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct AnalysisDoc {
+    done: bool,
+}
+
+#[derive(Deserialize)]
+struct HashesDoc<'a> {
+    #[serde(borrow)]
+    md5: Text<'a>,
+    #[serde(borrow)]
+    sha256: Text<'a>,
+    #[serde(borrow)]
+    sha512: Text<'a>,
+}
+
+#[derive(Deserialize)]
+struct RelayDoc<'a> {
+    #[serde(borrow)]
+    kind: Text<'a>,
+    #[serde(borrow)]
+    map: Option<Text<'a>>,
+    #[serde(borrow)]
+    target: TargetDoc<'a>,
+    connected: bool,
+    #[serde(borrow)]
+    local: Option<LocalDoc<'a>>,
+    bytes_sent: u64,
+    bytes_received: u64,
+    #[serde(borrow)]
+    received: Option<HashesDoc<'a>>,
+    fallback: bool,
+    #[serde(borrow)]
+    fallback_reason: Option<Text<'a>>,
+}
+
+#[derive(Deserialize)]
+struct TargetDoc<'a> {
+    #[serde(borrow)]
+    host: Text<'a>,
+    #[serde(borrow)]
+    ip: Option<Text<'a>>,
+    port: u64,
+    #[serde(borrow)]
+    transport: Text<'a>,
+}
+
+#[derive(Deserialize)]
+struct LocalDoc<'a> {
+    #[serde(borrow)]
+    ip: Option<Text<'a>>,
+    port: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct SourceDoc<'a> {
+    #[serde(borrow)]
+    kind: Text<'a>,
+    #[serde(borrow)]
+    id: Option<Text<'a>>,
+    #[serde(borrow)]
+    sha256: Option<Text<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FindingDoc<'a> {
+    #[serde(borrow)]
+    analyzer: Text<'a>,
+    #[serde(borrow)]
+    kind: Text<'a>,
+    #[serde(borrow)]
+    detail: Text<'a>,
+    offset: Option<u64>,
+    length: Option<u64>,
+    #[serde(borrow)]
+    source: SourceDoc<'a>,
+    /// Present (even `null`): stored; absent: NULL.
+    #[serde(default, borrow, deserialize_with = "present")]
+    meta: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct DownloadDoc<'a> {
+    #[serde(borrow)]
+    analyzer: Text<'a>,
+    #[serde(borrow)]
+    url: Text<'a>,
+    #[serde(borrow)]
+    host: Text<'a>,
+    port: u64,
+    #[serde(borrow)]
+    user: Option<Text<'a>>,
+    #[serde(borrow)]
+    password: Option<Text<'a>>,
+    size: u64,
+    truncated: bool,
+    #[serde(borrow)]
+    hashes: Option<HashesDoc<'a>>,
+    #[serde(borrow)]
+    stored: Option<Text<'a>>,
+    cached: bool,
+    #[serde(borrow)]
+    error: Option<Text<'a>>,
+    #[serde(borrow)]
+    source: SourceDoc<'a>,
+}
+
+/// A field that is there, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Just `event.action`, for the error of an event that is not an attack.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    event: Option<HeadEvent<'a>>,
+}
+
+#[derive(Deserialize)]
+struct HeadEvent<'a> {
+    #[serde(borrow)]
+    action: Option<Text<'a>>,
+}
+
+/// NUL becomes U+FFFD (PostgreSQL text cannot hold it). An unescaped JSON string
+/// cannot hold NUL, so only strings that were copied out are looked at.
+fn no_nul(s: Text<'_>) -> Str<'_> {
+    match s.0 {
+        Cow::Owned(s) if s.contains('\0') => Cow::Owned(s.replace('\0', "\u{FFFD}")),
+        s => s,
     }
 }
 
-/// Parse an attack event (`docs/events.md`).
-pub fn parse_event(e: &Value) -> anyhow::Result<AttackRow> {
-    let v = Ev(e);
+fn opt(s: Option<Text<'_>>) -> Option<Str<'_>> {
+    s.map(no_nul)
+}
+
+/// The JSON text with every `\u0000` escape (NUL, in strings and keys) replaced by
+/// U+FFFD. `\\u0000` (an escaped backslash, then `u0000`) is left alone.
+fn strip_nul_json(text: &str) -> Str<'_> {
+    if !text.contains("\\u0000") {
+        return Cow::Borrowed(text);
+    }
+    let b = text.as_bytes();
+    let mut out = String::new();
+    let (mut copied, mut i) = (0, 0);
+    while let Some(off) = memchr::memchr(b'\\', &b[i..]) {
+        let at = i + off;
+        if b[at + 1..].starts_with(b"u0000") {
+            out.reserve(text.len());
+            out.push_str(&text[copied..at]);
+            out.push('\u{FFFD}');
+            copied = at + 6;
+            i = copied;
+        } else {
+            // An escape: skip the character escaped (a backslash, too).
+            i = (at + 2).min(b.len());
+        }
+    }
+    if copied == 0 {
+        // Only escaped backslashes before `u0000`.
+        return Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
+}
+
+/// A count that must fit a bigint.
+fn count(p: &str, n: u64) -> anyhow::Result<i64> {
+    i64::try_from(n).map_err(|_| anyhow!("{p} is not a count"))
+}
+
+fn opt_count(p: &str, n: Option<u64>) -> anyhow::Result<Option<i64>> {
+    n.map(|n| count(p, n)).transpose()
+}
+
+fn port(p: &str, n: u64) -> anyhow::Result<i32> {
+    anyhow::ensure!(n <= 65535, "{p}: {n} is not a port");
+    Ok(n as i32)
+}
+
+fn parsed<T: std::str::FromStr>(p: &str, s: &str) -> anyhow::Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    s.parse().with_context(|| format!("{p}: {s}"))
+}
+
+fn opt_parsed<T: std::str::FromStr>(p: &str, s: Option<&Text<'_>>) -> anyhow::Result<Option<T>>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    s.map(|s| parsed(p, &no_nul(Text(s.0.clone())))).transpose()
+}
+
+fn time(p: &str, s: &str) -> anyhow::Result<DateTime<Utc>> {
+    Ok(DateTime::parse_from_rfc3339(s)
+        .with_context(|| format!("{p}: {s}"))?
+        .with_timezone(&Utc))
+}
+
+fn hashes(h: Option<HashesDoc<'_>>) -> Option<[Str<'_>; 3]> {
+    h.map(|h| [no_nul(h.md5), no_nul(h.sha256), no_nul(h.sha512)])
+}
+
+/// Why an event does not deserialise, naming the field as a JSON pointer
+/// (`/source/ip missing`, `/source/port: invalid type ...`).
+fn explain(text: &str, e: serde_json::Error) -> anyhow::Error {
+    if !e.is_data() {
+        return anyhow!("not JSON: {e}");
+    }
+    if let Ok(Head {
+        event: Some(HeadEvent {
+            action: Some(action),
+        }),
+    }) = serde_json::from_str(text)
+    {
+        if action.0 != "attack" {
+            return anyhow!("event.action is not \"attack\"");
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let Err(e) = serde_path_to_error::deserialize::<_, Doc>(&mut de) else {
+        return anyhow!("{e}");
+    };
+    let mut pointer = String::new();
+    for s in e.path().iter() {
+        use serde_path_to_error::Segment;
+        match s {
+            Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
+            Segment::Map { key } => pointer.push_str(&format!("/{key}")),
+            Segment::Enum { variant } => pointer.push_str(&format!("/{variant}")),
+            Segment::Unknown => pointer.push_str("/?"),
+        }
+    }
+    let msg = e.inner().to_string();
+    match msg
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split_once('`'))
+    {
+        Some((field, _)) => anyhow!("{pointer}/{field} missing"),
+        None => anyhow!("{pointer}: {msg}"),
+    }
+}
+
+/// The attack id of an event, if it has one (for logs).
+pub fn event_id(text: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        event: IdEvent<'a>,
+    }
+    #[derive(Deserialize)]
+    struct IdEvent<'a> {
+        #[serde(borrow)]
+        id: Text<'a>,
+    }
+    serde_json::from_slice::<IdOnly>(text)
+        .ok()
+        .map(|e| e.event.id.0.into_owned())
+}
+
+/// Parse an attack event (`docs/events.md`) from its JSON text.
+pub fn parse_event(text: &[u8]) -> anyhow::Result<AttackRow<'_>> {
+    let text = std::str::from_utf8(text).map_err(|e| anyhow!("not JSON: {e}"))?;
+    let d: Doc = serde_json::from_str(text).map_err(|e| explain(text, e))?;
     anyhow::ensure!(
-        v.str("/event/action")? == "attack",
+        d.event.action.0 == "attack",
         "event.action is not \"attack\""
     );
-    let payload = v.str("/honeytrap/payload/data")?;
-    let payload_prefix = match v.str("/honeytrap/payload/encoding")?.as_str() {
-        "hex" => hex::decode(&payload).context("payload.data is not hex")?,
+    let h = d.honeytrap;
+    let p = h.payload;
+    let data = no_nul(p.data);
+    let payload_prefix = match &*no_nul(p.encoding) {
+        "hex" => hex::decode(&*data).context("payload.data is not hex")?,
         _ => base64::engine::general_purpose::STANDARD
-            .decode(&payload)
+            .decode(&*data)
             .context("payload.data is not base64")?,
     };
-    let transcript = |k: &str| format!("/honeytrap/transcript/{k}");
+    let t = match h.transcript {
+        Some(t) => (t.path, t.offset, t.length),
+        None => (None, None, None),
+    };
     Ok(AttackRow {
-        id: v.uuid("/event/id")?,
-        sensor: v.str("/observer/name")?,
-        sensor_version: v.str("/observer/version")?,
-        start: v.time("/event/start")?,
-        end: v.time("/event/end")?,
-        duration_ns: v.int("/event/duration")?,
-        source_ip: v.ip("/source/ip")?,
-        source_port: v.port("/source/port")?,
-        destination_ip: v.ip("/destination/ip")?,
-        destination_port: v.port("/destination/port")?,
-        protocol: v.str("/network/transport")?,
-        monitor: v.str("/honeytrap/monitor")?,
-        mode: v.str("/honeytrap/mode")?,
-        end_reason: v.str("/honeytrap/end_reason")?,
-        responses_sent: v.int("/honeytrap/responses_sent")?.min(i32::MAX as i64) as i32,
-        bytes_in: v.int("/source/bytes")?,
-        bytes_out: v.int("/destination/bytes")?,
-        md5: v.str("/honeytrap/payload/md5")?,
-        sha256: v.str("/honeytrap/payload/sha256")?,
-        sha512: v.str("/honeytrap/payload/sha512")?,
+        id: parsed("/event/id", &no_nul(d.event.id))?,
+        sensor: no_nul(d.observer.name),
+        sensor_version: no_nul(d.observer.version),
+        start: time("/event/start", &no_nul(d.event.start))?,
+        end: time("/event/end", &no_nul(d.event.end))?,
+        duration_ns: count("/event/duration", d.event.duration)?,
+        source_ip: parsed("/source/ip", &no_nul(d.source.ip))?,
+        source_port: port("/source/port", d.source.port)?,
+        destination_ip: parsed("/destination/ip", &no_nul(d.destination.ip))?,
+        destination_port: port("/destination/port", d.destination.port)?,
+        protocol: no_nul(d.network.transport),
+        monitor: no_nul(h.monitor),
+        mode: no_nul(h.mode),
+        end_reason: no_nul(h.end_reason),
+        responses_sent: h.responses_sent.min(i32::MAX as u64) as i32,
+        bytes_in: count("/source/bytes", d.source.bytes)?,
+        bytes_out: count("/destination/bytes", d.destination.bytes)?,
+        md5: no_nul(p.md5),
+        sha256: no_nul(p.sha256),
+        sha512: no_nul(p.sha512),
         payload_prefix,
-        truncated: v.bool("/honeytrap/payload/truncated")?,
-        read_limit_reached: v.bool("/honeytrap/payload/read_limit_reached")?,
-        transcript_path: v.opt_str(&transcript("path"))?,
-        transcript_offset: v.opt_int(&transcript("offset"))?,
-        transcript_length: v.opt_int(&transcript("length"))?,
-        is_virtual: v.bool("/honeytrap/virtual")?,
-        parent_id: v.opt_uuid("/honeytrap/parent_id")?,
-        decoder: v.opt_str("/honeytrap/decoder")?,
-        analysis_done: v.bool("/honeytrap/analysis/done")?,
-        relay: parse_relay(&v)?,
-        findings: v
-            .array("/honeytrap/findings")?
-            .iter()
-            .map(|f| parse_finding(&Ev(f)))
+        truncated: p.truncated,
+        read_limit_reached: p.read_limit_reached,
+        transcript_path: opt(t.0),
+        transcript_offset: opt_count("/honeytrap/transcript/offset", t.1)?,
+        transcript_length: opt_count("/honeytrap/transcript/length", t.2)?,
+        is_virtual: h.is_virtual,
+        parent_id: opt_parsed("/honeytrap/parent_id", h.parent_id.as_ref())?,
+        decoder: opt(h.decoder),
+        analysis_done: h.analysis.done,
+        relay: h.relay.map(relay).transpose()?,
+        findings: h
+            .findings
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| finding(i, f))
             .collect::<anyhow::Result<_>>()?,
-        downloads: v
-            .array("/honeytrap/downloads")?
-            .iter()
-            .map(|d| parse_download(&Ev(d)))
+        downloads: h
+            .downloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| download(i, d))
             .collect::<anyhow::Result<_>>()?,
-        event: strip_nul(e),
+        event: Jsonb(strip_nul_json(text)),
     })
 }
 
-fn parse_relay(v: &Ev) -> anyhow::Result<Option<RelayRow>> {
-    if v.0.pointer("/honeytrap/relay").is_none() {
-        return Ok(None);
-    }
-    let r = |k: &str| format!("/honeytrap/relay/{k}");
-    Ok(Some(RelayRow {
-        kind: v.str(&r("kind"))?,
-        map: v.opt_str(&r("map"))?,
-        target_host: v.str(&r("target/host"))?,
-        target_ip: v.opt_ip(&r("target/ip"))?,
-        target_port: v.port(&r("target/port"))?,
-        target_transport: v.str(&r("target/transport"))?,
-        connected: v.bool(&r("connected"))?,
-        local_ip: v.opt_ip(&r("local/ip"))?,
-        local_port: v.opt_int(&r("local/port"))?.map(|p| p.min(65535) as i32),
-        bytes_sent: v.int(&r("bytes_sent"))?,
-        bytes_received: v.int(&r("bytes_received"))?,
-        received: v.hashes(&r("received"))?,
-        fallback: v.bool(&r("fallback"))?,
-        fallback_reason: v.opt_str(&r("fallback_reason"))?,
-    }))
+fn relay(r: RelayDoc<'_>) -> anyhow::Result<RelayRow<'_>> {
+    let local = r.local.unwrap_or(LocalDoc {
+        ip: None,
+        port: None,
+    });
+    Ok(RelayRow {
+        kind: no_nul(r.kind),
+        map: opt(r.map),
+        target_host: no_nul(r.target.host),
+        target_ip: opt_parsed("/honeytrap/relay/target/ip", r.target.ip.as_ref())?,
+        target_port: port("/honeytrap/relay/target/port", r.target.port)?,
+        target_transport: no_nul(r.target.transport),
+        connected: r.connected,
+        local_ip: opt_parsed("/honeytrap/relay/local/ip", local.ip.as_ref())?,
+        local_port: opt_count("/honeytrap/relay/local/port", local.port)?
+            .map(|p| p.min(65535) as i32),
+        bytes_sent: count("/honeytrap/relay/bytes_sent", r.bytes_sent)?,
+        bytes_received: count("/honeytrap/relay/bytes_received", r.bytes_received)?,
+        received: hashes(r.received),
+        fallback: r.fallback,
+        fallback_reason: opt(r.fallback_reason),
+    })
 }
 
-fn parse_source(v: &Ev) -> anyhow::Result<SourceRow> {
+fn source<'a>(p: &str, s: SourceDoc<'a>) -> anyhow::Result<SourceRow<'a>> {
     Ok(SourceRow {
-        kind: v.str("/source/kind")?,
-        id: v.opt_uuid("/source/id")?,
-        sha256: v.opt_str("/source/sha256")?,
+        kind: no_nul(s.kind),
+        id: opt_parsed(&format!("{p}/source/id"), s.id.as_ref())?,
+        sha256: opt(s.sha256),
     })
 }
 
-fn parse_finding(v: &Ev) -> anyhow::Result<FindingRow> {
+fn finding(i: usize, f: FindingDoc<'_>) -> anyhow::Result<FindingRow<'_>> {
+    let p = format!("/honeytrap/findings/{i}");
     Ok(FindingRow {
-        analyzer: v.str("/analyzer")?,
-        kind: v.str("/kind")?,
-        detail: v.str("/detail")?,
-        offset: v.opt_int("/offset")?,
-        length: v.opt_int("/length")?,
-        source: parse_source(v)?,
-        meta: v.0.get("meta").map(strip_nul),
+        analyzer: no_nul(f.analyzer),
+        kind: no_nul(f.kind),
+        detail: no_nul(f.detail),
+        offset: opt_count(&format!("{p}/offset"), f.offset)?,
+        length: opt_count(&format!("{p}/length"), f.length)?,
+        source: source(&p, f.source)?,
+        meta: f.meta.map(|m| Jsonb(strip_nul_json(m.get()))),
     })
 }
 
-fn parse_download(v: &Ev) -> anyhow::Result<DownloadRow> {
+fn download(i: usize, d: DownloadDoc<'_>) -> anyhow::Result<DownloadRow<'_>> {
+    let p = format!("/honeytrap/downloads/{i}");
     Ok(DownloadRow {
-        analyzer: v.str("/analyzer")?,
-        url: v.str("/url")?,
-        host: v.str("/host")?,
-        port: v.port("/port")?,
-        user: v.opt_str("/user")?,
-        password: v.opt_str("/password")?,
-        size: v.int("/size")?,
-        truncated: v.bool("/truncated")?,
-        hashes: v.hashes("/hashes")?,
-        stored: v.opt_str("/stored")?,
-        cached: v.bool("/cached")?,
-        error: v.opt_str("/error")?,
-        source: parse_source(v)?,
+        analyzer: no_nul(d.analyzer),
+        url: no_nul(d.url),
+        host: no_nul(d.host),
+        port: port(&format!("{p}/port"), d.port)?,
+        user: opt(d.user),
+        password: opt(d.password),
+        size: count(&format!("{p}/size"), d.size)?,
+        truncated: d.truncated,
+        hashes: hashes(d.hashes),
+        stored: opt(d.stored),
+        cached: d.cached,
+        error: opt(d.error),
+        source: source(&p, d.source)?,
     })
 }
 
@@ -377,8 +722,8 @@ pub fn upsert_sensors(
         Default::default();
     for r in rows {
         let e = seen
-            .entry(&r.sensor)
-            .or_insert((r.start, r.start, &r.sensor_version));
+            .entry(&*r.sensor)
+            .or_insert((r.start, r.start, &*r.sensor_version));
         e.0 = e.0.min(r.start);
         e.1 = e.1.max(r.start);
     }
@@ -395,14 +740,27 @@ pub fn insert_attacks(
     tx: &mut Transaction,
     rows: &[AttackRow],
 ) -> anyhow::Result<std::collections::HashSet<Uuid>> {
+    // Columns of values (copied) and of strings and bytes (borrowed).
     macro_rules! col {
         ($f:ident) => {
-            rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
+            rows.iter().map(|r| r.$f).collect::<Vec<_>>()
+        };
+    }
+    macro_rules! text {
+        ($f:ident) => {
+            rows.iter().map(|r| &*r.$f).collect::<Vec<&str>>()
+        };
+    }
+    macro_rules! opt_text {
+        ($f:ident) => {
+            rows.iter()
+                .map(|r| r.$f.as_deref())
+                .collect::<Vec<Option<&str>>>()
         };
     }
     let (id, sensor, start, end, duration) = (
         col!(id),
-        col!(sensor),
+        text!(sensor),
         col!(start),
         col!(end),
         col!(duration_ns),
@@ -412,33 +770,35 @@ pub fn insert_attacks(
         col!(source_port),
         col!(destination_ip),
         col!(destination_port),
-        col!(protocol),
+        text!(protocol),
     );
     let (monitor, mode, reason, responses, bin, bout) = (
-        col!(monitor),
-        col!(mode),
-        col!(end_reason),
+        text!(monitor),
+        text!(mode),
+        text!(end_reason),
         col!(responses_sent),
         col!(bytes_in),
         col!(bytes_out),
     );
     let (md5, sha256, sha512, prefix, truncated, limit) = (
-        col!(md5),
-        col!(sha256),
-        col!(sha512),
-        col!(payload_prefix),
+        text!(md5),
+        text!(sha256),
+        text!(sha512),
+        rows.iter()
+            .map(|r| r.payload_prefix.as_slice())
+            .collect::<Vec<&[u8]>>(),
         col!(truncated),
         col!(read_limit_reached),
     );
     let (tpath, toff, tlen, virt, parent, decoder, done, event) = (
-        col!(transcript_path),
+        opt_text!(transcript_path),
         col!(transcript_offset),
         col!(transcript_length),
         col!(is_virtual),
         col!(parent_id),
-        col!(decoder),
+        opt_text!(decoder),
         col!(analysis_done),
-        col!(event),
+        rows.iter().map(|r| &r.event).collect::<Vec<&Jsonb>>(),
     );
     let new = tx.query(
         "INSERT INTO attacks (id, sensor, start_time, end_time, duration_ns,
@@ -486,15 +846,15 @@ pub fn insert_findings(tx: &mut Transaction, rows: &[&AttackRow]) -> anyhow::Res
     }
     let id = col!(|x| x.0);
     let ord = col!(|x| x.1);
-    let analyzer = col!(|x| x.2.analyzer.as_str());
-    let kind = col!(|x| x.2.kind.as_str());
-    let detail = col!(|x| x.2.detail.as_str());
+    let analyzer = col!(|x| &*x.2.analyzer);
+    let kind = col!(|x| &*x.2.kind);
+    let detail = col!(|x| &*x.2.detail);
     let offset = col!(|x| x.2.offset);
     let length = col!(|x| x.2.length);
-    let skind = col!(|x| x.2.source.kind.as_str());
+    let skind = col!(|x| &*x.2.source.kind);
     let sid = col!(|x| x.2.source.id);
     let ssha = col!(|x| x.2.source.sha256.as_deref());
-    let meta = col!(|x| x.2.meta.clone());
+    let meta = col!(|x| x.2.meta.as_ref());
     tx.execute(
         "INSERT INTO findings (attack_id, ordinal, analyzer, kind, detail, \"offset\",
            length, source_kind, source_id, source_sha256, meta)
@@ -515,7 +875,7 @@ pub fn insert_children(
     opts: &InsertOptions,
 ) -> anyhow::Result<()> {
     if let Some(x) = &r.relay {
-        let h = |i: usize| x.received.as_ref().map(|h| h[i].as_str());
+        let h = |i: usize| x.received.as_ref().map(|h| &*h[i]);
         tx.execute(
             &st.relay,
             &[
@@ -540,7 +900,7 @@ pub fn insert_children(
         )?;
     }
     for (i, d) in r.downloads.iter().enumerate() {
-        let sha256 = d.hashes.as_ref().map(|h| h[1].as_str());
+        let sha256 = d.hashes.as_ref().map(|h| &*h[1]);
         if let Some(h) = &d.hashes {
             let content = super::stored_content(opts, d.stored.as_deref(), d.size as u64);
             tx.execute(
@@ -583,12 +943,17 @@ pub fn insert_children(
 }
 
 #[cfg(test)]
+#[path = "row_reference.rs"]
+mod reference;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::attack::{Captured, EndReason, Mode, Transcript};
     use crate::config::PayloadEncoding;
+    use serde_json::{json, Value};
 
-    fn event() -> Value {
+    fn attack() -> crate::attack::Attack {
         let mut t = Transcript::default();
         t.push_in(b"GET / HTTP/1.0\r\n\0\r\n", 100);
         let c = Captured {
@@ -606,38 +971,226 @@ mod tests {
             end_reason: EndReason::Closed,
         };
         let mut a = c.seal();
-        a.analysis.findings.push(crate::analysis::Finding::new(
-            "protocol", "http", "GET \0 /",
-        ));
-        crate::event::attack_event(&a, 4096, PayloadEncoding::Hex)
+        let mut f = crate::analysis::Finding::new("protocol", "http", "GET \0 /");
+        f.meta
+            .insert("k\0".into(), json!(["v\0", "C:\\u0000", 1.5, null]));
+        a.analysis.findings.push(f);
+        a
+    }
+
+    /// The event as the sinks write it (struct order).
+    fn event_text() -> Vec<u8> {
+        static TEXT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        TEXT.get_or_init(|| {
+            serde_json::to_vec(&crate::event::Event::of(
+                &attack(),
+                4096,
+                PayloadEncoding::Hex,
+            ))
+            .unwrap()
+        })
+        .clone()
+    }
+
+    fn event() -> Value {
+        serde_json::from_slice(&event_text()).unwrap()
+    }
+
+    /// An event with a relay, findings and downloads (as in tests/e2e_postgres.rs),
+    /// with NULs and an escaped backslash before `u0000` in a few strings.
+    fn rich_event() -> Value {
+        let id = "01a21d16-db6f-76b8-8253-cbba587e8c71";
+        let sha = "d".repeat(64);
+        let hashes = json!({"md5": "m".repeat(32), "sha256": sha, "sha512": "s".repeat(128)});
+        json!({
+            "@timestamp": "2026-11-27T12:59:26.959747Z",
+            "ecs": {"version": "8.11.0"},
+            "event": {"action": "attack", "category": ["network", "intrusion_detection"],
+                      "dataset": "honeytrap.attack", "duration": 1000858714,
+                      "end": "2026-11-27T12:59:27.960605Z", "id": id, "kind": "event",
+                      "module": "honeytrap", "start": "2026-11-27T12:59:26.959747Z", "type": ["connection"]},
+            "source": {"ip": "2001:db8::7", "port": 40000, "bytes": 4},
+            "destination": {"ip": "2001:db8::1", "port": 80, "bytes": 9},
+            "network": {"transport": "tcp", "type": "ipv6", "direction": "inbound", "bytes": 13},
+            "observer": {"name": "unit\u{0}", "type": "honeypot", "vendor": "honeytrap", "product": "honeytrap", "version": "0.1.0"},
+            "honeytrap": {
+                "schema_version": 1, "attack_id": id, "virtual": false, "monitor": "listen",
+                "mode": "proxy", "end_reason": "closed", "responses_sent": 0,
+                "payload": {"length": 4, "md5": "a", "sha256": "b", "sha512": "c", "encoding": "base64",
+                            "data": "AAEC/w==", "shown": 4, "truncated": false, "read_limit_reached": false},
+                "transcript": {"path": "t/x\u{0}", "offset": 7, "length": 9, "chunks": 2, "chunks_in": 1, "chunks_out": 1},
+                "relay": {"kind": "proxy", "map": "web", "target": {"host": "back\\u0000end", "ip": "10.0.0.5", "port": 8080, "transport": "tcp"},
+                          "connected": true, "local": {"ip": "10.0.0.1", "port": 51000}, "bytes_sent": 4,
+                          "bytes_received": 9, "received": hashes.clone(), "fallback": false, "fallback_reason": null},
+                "parent_id": "01a21d16-db6f-76b8-8253-cbba587e8c70", "decoder": "base64",
+                "findings": [
+                    {"analyzer": "yara", "kind": "rule", "detail": "Mirai\u{0}", "offset": 0, "length": 4,
+                     "source": {"kind": "download", "sha256": sha}, "meta": {"tags": ["bot"], "\u{0}": "\\\u{0}"}},
+                    {"analyzer": "x", "kind": "y", "detail": "z", "offset": null,
+                     "source": {"kind": "virtual", "id": "01a21d16-db6f-76b8-8253-cbba587e8c74"}, "meta": null}
+                ],
+                "downloads": [
+                    {"analyzer": "http", "url": "http://198.51.100.1/x", "host": "198.51.100.1", "port": 80,
+                     "user": null, "password": null, "size": 5, "truncated": false, "hashes": hashes,
+                     "stored": "downloads/x.bin", "cached": false, "error": null, "source": {"kind": "payload"}},
+                    {"analyzer": "ftp", "url": "ftp://198.51.100.1:21/y", "host": "198.51.100.1", "port": 21,
+                     "user": "anonymous\u{0}", "password": "a@b", "size": 0, "truncated": false, "hashes": null,
+                     "stored": null, "cached": false, "error": "refused", "source": {"kind": "payload"}}
+                ],
+                "analysis": {"done": true, "runs": 3, "failures": [], "virtual_attacks": []}
+            }
+        })
+    }
+
+    /// Whether a string or key anywhere in `v` holds NUL.
+    fn has_nul(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(a) => a.iter().any(has_nul),
+            Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+
+    /// JSON text as a value (jsonb keeps no key order).
+    fn value(j: &Jsonb) -> Value {
+        serde_json::from_str(&j.0).unwrap()
+    }
+
+    /// The rows of the new parser (on `text`) and of the old one (on `v`) are the
+    /// same: every column, and the same JSON in the jsonb columns.
+    fn same_rows(text: &[u8], v: &Value) {
+        let mut new = parse_event(text).unwrap();
+        let mut old = reference::parse_event(v).unwrap();
+        assert_eq!(value(&new.event), value(&old.event));
+        new.event = Jsonb(Cow::Borrowed(""));
+        old.event = Jsonb(Cow::Borrowed(""));
+        assert_eq!(new.findings.len(), old.findings.len());
+        for (n, o) in new.findings.iter_mut().zip(old.findings.iter_mut()) {
+            assert_eq!(n.meta.as_ref().map(value), o.meta.as_ref().map(value));
+            n.meta = None;
+            o.meta = None;
+        }
+        assert_eq!(format!("{new:?}"), format!("{old:?}"));
     }
 
     #[test]
     fn an_event_parses_into_its_row() {
+        let text = event_text();
         let e = event();
-        let r = parse_event(&e).unwrap();
+        let r = parse_event(&text).unwrap();
         assert_eq!(r.id.to_string(), e["event"]["id"].as_str().unwrap());
         assert_eq!(r.sensor, "s1");
+        assert!(
+            matches!(r.sensor, Cow::Borrowed(_)),
+            "borrowed from the text"
+        );
         assert_eq!(r.source_ip.to_string(), "192.0.2.7");
         assert_eq!(r.destination_ip.to_string(), "10.0.0.1");
         assert_eq!((r.source_port, r.destination_port), (40000, 8080));
         assert_eq!(r.payload_prefix, b"GET / HTTP/1.0\r\n\0\r\n");
         assert_eq!(r.findings.len(), 1);
         assert_eq!(r.findings[0].detail, "GET \u{FFFD} /");
-        assert!(!r.event.to_string().contains("\\u0000"));
+        assert!(!has_nul(&value(&r.event)), "{}", r.event.0);
         assert!(r.relay.is_none() && r.downloads.is_empty());
+        // The stored event is the text itself, NUL replaced.
+        let stored: Value = serde_json::from_str(&r.event.0).unwrap();
+        assert_eq!(
+            stored["honeytrap"]["findings"][0]["detail"],
+            "GET \u{FFFD} /"
+        );
+        assert_eq!(
+            stored["honeytrap"]["findings"][0]["meta"]["k\u{FFFD}"],
+            json!(["v\u{FFFD}", "C:\\u0000", 1.5, null])
+        );
+    }
+
+    #[test]
+    fn the_rows_are_those_of_the_tree_walking_parser() {
+        // A rendered event (NUL in the payload, a finding, its meta key and value),
+        // as the sinks write it and as the tree writes it; one with a relay,
+        // findings and downloads.
+        same_rows(&event_text(), &event());
+        same_rows(event().to_string().as_bytes(), &event());
+        let rich = rich_event();
+        let text = rich.to_string();
+        same_rows(text.as_bytes(), &rich);
+        let r = parse_event(text.as_bytes()).unwrap();
+        let relay = r.relay.as_ref().unwrap();
+        assert_eq!(
+            relay.target_host, "back\\u0000end",
+            "an escaped backslash is kept"
+        );
+        assert_eq!(relay.local_port, Some(51000));
+        assert_eq!(r.sensor, "unit\u{FFFD}");
+        assert_eq!(r.downloads[1].user.as_deref(), Some("anonymous\u{FFFD}"));
+        assert_eq!(r.findings[1].meta, Some(Jsonb(Cow::Borrowed("null"))));
+        assert_eq!(
+            value(r.findings[0].meta.as_ref().unwrap()),
+            json!({"tags": ["bot"], "\u{FFFD}": "\\\u{FFFD}"})
+        );
+        assert!(r.event.0.contains(r#"back\\u0000end"#));
+        assert!(!r.event.0.contains(r#"\u0000""#));
+    }
+
+    #[test]
+    fn nul_escapes_become_the_replacement_character_and_nothing_else_changes() {
+        let cases = [
+            (r#"{"a":"b"}"#, r#"{"a":"b"}"#),
+            (
+                r#"{"a\u0000":"x\u0000y"}"#,
+                "{\"a\u{FFFD}\":\"x\u{FFFD}y\"}",
+            ),
+            // An escaped backslash, then `u0000`: no NUL.
+            (r#"{"a":"C:\\u0000"}"#, r#"{"a":"C:\\u0000"}"#),
+            // An escaped backslash, then a NUL.
+            (r#"{"a":"\\\u0000"}"#, "{\"a\":\"\\\\\u{FFFD}\"}"),
+            (r#"{"a":"\"\u0000\n"}"#, "{\"a\":\"\\\"\u{FFFD}\\n\"}"),
+            (r#"["\u00000"]"#, "[\"\u{FFFD}0\"]"),
+        ];
+        for (input, want) in cases {
+            let got = strip_nul_json(input);
+            assert_eq!(got, want, "{input}");
+            let (a, b): (Value, Value) = (
+                serde_json::from_str(&got).unwrap(),
+                super::reference::strip_nul_value(&serde_json::from_str(input).unwrap()),
+            );
+            assert_eq!(a, b, "{input}");
+        }
+        assert!(matches!(
+            strip_nul_json(r#"{"a":"\\u0000"}"#),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
     fn a_broken_event_is_an_error_naming_the_field() {
+        let parse = |v: &Value| parse_event(v.to_string().as_bytes()).map(|_| ());
         let mut e = event();
         e["source"]["ip"] = Value::from("not an address");
-        let err = parse_event(&e).unwrap_err().to_string();
+        let err = parse(&e).unwrap_err().to_string();
         assert!(err.contains("/source/ip"), "{err}");
         e["source"].as_object_mut().unwrap().remove("ip");
-        assert!(parse_event(&e)
-            .unwrap_err()
-            .to_string()
-            .contains("/source/ip missing"));
+        let err = parse(&e).unwrap_err().to_string();
+        assert!(err.contains("/source/ip missing"), "{err}");
+        let mut e = event();
+        e["honeytrap"]["findings"][0]["kind"] = Value::from(7);
+        let err = parse(&e).unwrap_err().to_string();
+        assert!(err.contains("/honeytrap/findings/0/kind"), "{err}");
+        let mut e = event();
+        e["event"]["action"] = Value::from("login");
+        e["honeytrap"] = Value::Null;
+        let err = parse(&e).unwrap_err().to_string();
+        assert_eq!(err, "event.action is not \"attack\"");
+        let err = parse_event(b"{\"event\":").unwrap_err().to_string();
+        assert!(err.starts_with("not JSON"), "{err}");
+        let mut e = event();
+        e["destination"]["port"] = Value::from(70000);
+        let err = parse(&e).unwrap_err().to_string();
+        assert!(
+            err.contains("/destination/port: 70000 is not a port"),
+            "{err}"
+        );
+        assert_eq!(event_id(&event_text()).unwrap(), event()["event"]["id"]);
     }
 }

@@ -8,7 +8,6 @@ use super::spool::{Delivery, SpoolLimits, SpoolSink, Spooled};
 use crate::config::{Config, PayloadEncoding};
 use crate::db::{self, InsertOptions, Pool, PostgresConfig};
 use crate::stats::{Stats, Throttle};
-use serde_json::Value;
 use std::sync::Arc;
 
 /// Delivers spooled events into PostgreSQL.
@@ -51,16 +50,8 @@ impl Delivery for PostgresDelivery {
             }
             self.migrate = false;
         }
-        let events: Vec<Value> = batch
-            .iter()
-            .filter_map(|s| match serde_json::from_slice(&s.body) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    tracing::warn!(id = %s.key, error = %e, "postgres: spooled event is not JSON; skipped");
-                    None
-                }
-            })
-            .collect();
+        // The spooled text itself: parsed into typed rows that borrow from it.
+        let events: Vec<&[u8]> = batch.iter().map(|s| s.body.as_slice()).collect();
         let n = db::insert_events(&mut conn, &events, &self.opts)?;
         self.stats.delivered("postgres", started.elapsed());
         tracing::debug!(
