@@ -360,6 +360,28 @@ impl RelayRecord {
 }
 
 impl Captured {
+    /// A finished TCP session in normal mode from 127.0.0.1:2 to 127.0.0.1:1 that
+    /// sent `payload`: the fixture of the output and event tests.
+    #[cfg(test)]
+    pub(crate) fn test_session(payload: &[u8]) -> Captured {
+        let mut t = Transcript::default();
+        t.push_in(payload, 1 << 20);
+        Captured {
+            start: chrono::Utc::now(),
+            end: chrono::Utc::now(),
+            sensor: "s".into(),
+            monitor: "test".into(),
+            mode: Mode::Normal,
+            protocol: crate::proto::Protocol::Tcp,
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.1:2".parse().unwrap(),
+            transcript: t,
+            responses_sent: 0,
+            relay: None,
+            end_reason: EndReason::Closed,
+        }
+    }
+
     /// Bytes this record holds (for the output queue's byte budget).
     pub fn size(&self) -> u64 {
         self.transcript.bytes_in + self.transcript.bytes_out + 512

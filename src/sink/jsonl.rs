@@ -88,27 +88,11 @@ impl Sink for JsonlSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attack::{Captured, EndReason, Mode, Transcript};
+    use crate::attack::Captured;
     use crate::event::Event;
 
     fn attack(payload: &[u8]) -> Attack {
-        let mut t = Transcript::default();
-        t.push_in(payload, 1 << 20);
-        Captured {
-            start: chrono::Utc::now(),
-            end: chrono::Utc::now(),
-            sensor: "s".into(),
-            monitor: "test".into(),
-            mode: Mode::Normal,
-            protocol: crate::proto::Protocol::Tcp,
-            local: "127.0.0.1:1".parse().unwrap(),
-            remote: "127.0.0.1:2".parse().unwrap(),
-            transcript: t,
-            responses_sent: 0,
-            relay: None,
-            end_reason: EndReason::Closed,
-        }
-        .seal()
+        Captured::test_session(payload).seal()
     }
 
     fn sink(dir: &Path) -> JsonlSink {

@@ -462,7 +462,6 @@ fn run_sink(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attack::{EndReason, Mode, Transcript};
     use std::sync::atomic::AtomicUsize;
     use std::time::{Duration, Instant};
 
@@ -481,22 +480,7 @@ mod tests {
     }
 
     fn captured() -> Captured {
-        let mut t = Transcript::default();
-        t.push_in(b"payload", 100);
-        Captured {
-            start: chrono::Utc::now(),
-            end: chrono::Utc::now(),
-            sensor: "s".into(),
-            monitor: "test".into(),
-            mode: Mode::Normal,
-            protocol: crate::proto::Protocol::Tcp,
-            local: "127.0.0.1:1".parse().unwrap(),
-            remote: "127.0.0.1:2".parse().unwrap(),
-            transcript: t,
-            responses_sent: 0,
-            relay: None,
-            end_reason: EndReason::Closed,
-        }
+        Captured::test_session(b"payload")
     }
 
     #[test]

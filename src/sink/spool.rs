@@ -1231,29 +1231,13 @@ mod tests {
 
     #[test]
     fn the_sink_spools_the_shared_rendering_in_the_same_format() {
-        use crate::attack::{Captured, EndReason, Mode, Transcript};
+        use crate::attack::Captured;
         let dir = tempfile::tempdir().unwrap();
         let stats = Arc::new(Stats::default());
         let p = Probe::default();
         p.down.store(true, SeqCst);
         let mut s = start(dir.path(), limits(), &p, &stats);
-        let mut t = Transcript::default();
-        t.push_in(b"payload", 100);
-        let a = Captured {
-            start: chrono::Utc::now(),
-            end: chrono::Utc::now(),
-            sensor: "s".into(),
-            monitor: "test".into(),
-            mode: Mode::Normal,
-            protocol: crate::proto::Protocol::Tcp,
-            local: "127.0.0.1:1".parse().unwrap(),
-            remote: "127.0.0.1:2".parse().unwrap(),
-            transcript: t,
-            responses_sent: 0,
-            relay: None,
-            end_reason: EndReason::Closed,
-        }
-        .seal();
+        let a = Captured::test_session(b"payload").seal();
         let events = Rendered::default();
         s.write_shared(&a, &events).unwrap();
         assert_eq!(events.renders(), 1, "rendered through the shared cache");
