@@ -7,7 +7,10 @@
 //! URL is a connection string of an empty database (the schema is migrated; the
 //! attacks tables are emptied first). docs/benchmarks.md has figures.
 
-use honeytrap::attack::{Captured, EndReason, Mode, Transcript};
+#[path = "bench_support/attack.rs"]
+mod bench_attack;
+use bench_attack::attack;
+
 use honeytrap::config::PayloadEncoding;
 use honeytrap::db::{self, InsertOptions, PostgresConfig};
 use honeytrap::sink::postgres::PostgresDelivery;
@@ -17,39 +20,6 @@ use honeytrap::stats::{Stats, Throttle};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A typical small attack: an HTTP request, one protocol finding.
-fn attack(i: usize) -> honeytrap::attack::Attack {
-    let mut t = Transcript::default();
-    let req = format!("GET /cgi-bin/{i}.sh HTTP/1.1\r\nHost: sensor\r\nUser-Agent: bench\r\n\r\n");
-    t.push_in(req.as_bytes(), 1 << 20);
-    let c = Captured {
-        start: chrono::Utc::now(),
-        end: chrono::Utc::now(),
-        sensor: "bench".into(),
-        monitor: "listen".into(),
-        mode: Mode::Normal,
-        protocol: honeytrap::proto::Protocol::Tcp,
-        local: "10.0.0.1:8080".parse().unwrap(),
-        remote: format!(
-            "198.51.{}.{}:{}",
-            i / 65536 % 256,
-            i / 256 % 256,
-            1024 + i % 60000
-        )
-        .parse()
-        .unwrap(),
-        transcript: t,
-        responses_sent: 1,
-        relay: None,
-        end_reason: EndReason::Closed,
-    };
-    let mut a = c.seal();
-    let mut f = honeytrap::analysis::Finding::new("protocol", "protocol", "HTTP GET");
-    f.meta("protocol", "http");
-    a.analysis.findings.push(f);
-    a
-}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -104,7 +74,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let t = Instant::now();
     for (i, a) in attacks.iter().enumerate() {
-        sink.write(a)?;
+        sink.write(a, &honeytrap::event::Rendered::default())?;
         // The recorder flushes when the sink's queue runs empty: about every 64 here.
         if i % 64 == 63 {
             sink.flush()?;

@@ -561,7 +561,9 @@ fn files_written_by_the_sinks() {
             validate_transcript(&doc).unwrap();
             assert_eq!(doc, transcript_json(a));
             a.transcript_ref = Some(r);
-            jsonl.write(a).unwrap();
+            jsonl
+                .write(a, &honeytrap::event::Rendered::default())
+                .unwrap();
         }
         if layout == TranscriptLayout::Segments {
             let (path, _) = segment.unwrap();

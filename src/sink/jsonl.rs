@@ -45,11 +45,7 @@ impl Sink for JsonlSink {
         "jsonl"
     }
 
-    fn write(&mut self, attack: &Attack) -> anyhow::Result<()> {
-        self.write_shared(attack, &Rendered::default())
-    }
-
-    fn write_shared(&mut self, attack: &Attack, events: &Rendered) -> anyhow::Result<()> {
+    fn write(&mut self, attack: &Attack, events: &Rendered) -> anyhow::Result<()> {
         // Rendered before anything is written, so a failure never leaves half a line.
         let json = events.json(attack, self.payload_max, self.encoding)?;
         let len = json.len() + 1;
@@ -107,9 +103,9 @@ mod tests {
         let mut s = sink(dir.path());
         let small = attack(b"one");
         let big = attack(&vec![b'y'; 200 << 10]);
-        s.write(&small).unwrap();
+        s.write(&small, &Rendered::default()).unwrap();
         let events = Rendered::default();
-        s.write_shared(&big, &events).unwrap();
+        s.write(&big, &events).unwrap();
         s.flush().unwrap();
         let want = |a: &Attack| {
             let mut l = serde_json::to_vec(&Event::of(a, 4096, PayloadEncoding::Base64)).unwrap();
@@ -122,7 +118,7 @@ mod tests {
         // second sink with the same settings gets the very same bytes.
         assert_eq!(events.renders(), 1);
         let mut other = sink(dir.path());
-        other.write_shared(&big, &events).unwrap();
+        other.write(&big, &events).unwrap();
         let _ = events.json(&big, 4096, PayloadEncoding::Base64).unwrap();
         assert_eq!(events.renders(), 1, "not rendered again");
     }
@@ -135,9 +131,9 @@ mod tests {
         config.output.jsonl.payload_max = 1 << 20;
         config.sensor.data_dir = dir.path().to_path_buf();
         let mut s2 = JsonlSink::open(&config).unwrap();
-        s.write(&attack(b"before")).unwrap();
+        s.write(&attack(b"before"), &Rendered::default()).unwrap();
         let a = attack(&vec![b'z'; 100 << 10]);
-        s2.write(&a).unwrap();
+        s2.write(&a, &Rendered::default()).unwrap();
         s2.flush().unwrap();
         s.flush().unwrap();
         let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();

@@ -32,15 +32,10 @@ use std::thread::JoinHandle;
 pub trait Sink: Send + 'static {
     /// Short name for logs and counters.
     fn name(&self) -> &'static str;
-    /// Write one attack.
-    fn write(&mut self, attack: &Attack) -> anyhow::Result<()>;
-    /// Write one attack, whose JSON events `events` renders once for every sink
-    /// asking for the same payload settings (what the sink threads call). A sink
-    /// writing the native event takes it from there; the default ignores it.
-    fn write_shared(&mut self, attack: &Attack, events: &Rendered) -> anyhow::Result<()> {
-        let _ = events;
-        self.write(attack)
-    }
+    /// Write one attack. `events` renders its JSON event once for every sink asking
+    /// for the same payload settings: a sink writing the native event takes it from
+    /// there; one writing another format ignores it.
+    fn write(&mut self, attack: &Attack, events: &Rendered) -> anyhow::Result<()>;
     /// Make everything written so far durable (called when the queue has stayed empty for
     /// `linger::LINGER`, and at shutdown).
     fn flush(&mut self) -> anyhow::Result<()> {
@@ -451,7 +446,7 @@ fn run_sink(
                 continue;
             }
         };
-        if let Err(e) = sink.write_shared(&record.attack, &record.events) {
+        if let Err(e) = sink.write(&record.attack, &record.events) {
             Stats::inc(&stats.output_errors);
             limit_warn!(throttle, "sink_write", sink = name, id = %record.attack.id, error = %e, "attack record not written");
         }
@@ -472,7 +467,7 @@ mod tests {
         fn name(&self) -> &'static str {
             "slow"
         }
-        fn write(&mut self, _: &Attack) -> anyhow::Result<()> {
+        fn write(&mut self, _: &Attack, _: &Rendered) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(50));
             self.0.fetch_add(1, Relaxed);
             Ok(())
@@ -560,10 +555,7 @@ mod tests {
         fn name(&self) -> &'static str {
             "keep"
         }
-        fn write(&mut self, _: &Attack) -> anyhow::Result<()> {
-            unreachable!("the sink threads call write_shared")
-        }
-        fn write_shared(&mut self, a: &Attack, events: &Rendered) -> anyhow::Result<()> {
+        fn write(&mut self, a: &Attack, events: &Rendered) -> anyhow::Result<()> {
             let json = events.json(a, 4096, crate::config::PayloadEncoding::Base64)?;
             self.0.lock().unwrap().push(json);
             Ok(())

@@ -480,11 +480,7 @@ impl Sink for SpoolSink {
         self.name
     }
 
-    fn write(&mut self, attack: &Attack) -> anyhow::Result<()> {
-        self.write_shared(attack, &Rendered::default())
-    }
-
-    fn write_shared(&mut self, attack: &Attack, events: &Rendered) -> anyhow::Result<()> {
+    fn write(&mut self, attack: &Attack, events: &Rendered) -> anyhow::Result<()> {
         if !self.niced {
             crate::privileges::lower_thread_priority(self.limits.nice, "spool writer");
             self.niced = true;
@@ -1239,7 +1235,7 @@ mod tests {
         let mut s = start(dir.path(), limits(), &p, &stats);
         let a = Captured::test_session(b"payload").seal();
         let events = Rendered::default();
-        s.write_shared(&a, &events).unwrap();
+        s.write(&a, &events).unwrap();
         assert_eq!(events.renders(), 1, "rendered through the shared cache");
         let json = events.json(&a, 4096, PayloadEncoding::Base64).unwrap();
         assert_eq!(events.renders(), 1);

@@ -5,6 +5,7 @@
 use super::proto_name;
 use crate::attack::Attack;
 use crate::config::Config;
+use crate::event::Rendered;
 use crate::sink::open_append;
 use crate::sink::Sink;
 use std::fs::File;
@@ -33,7 +34,7 @@ impl Sink for AttackerLogSink {
         "attacker_log"
     }
 
-    fn write(&mut self, attack: &Attack) -> anyhow::Result<()> {
+    fn write(&mut self, attack: &Attack, _: &Rendered) -> anyhow::Result<()> {
         // The original logged real attacks only.
         if attack.analysis.is_virtual {
             return Ok(());
@@ -108,8 +109,9 @@ mod tests {
         let mut sink = AttackerLogSink::open(&config).unwrap();
         let mut v = attack(b"decoded", Mode::Normal);
         v.analysis.is_virtual = true;
-        sink.write(&v).unwrap();
-        sink.write(&attack(b"real", Mode::Normal)).unwrap();
+        sink.write(&v, &Rendered::default()).unwrap();
+        sink.write(&attack(b"real", Mode::Normal), &Rendered::default())
+            .unwrap();
         sink.flush().unwrap();
         let text = std::fs::read_to_string(dir.path().join("attacker.log")).unwrap();
         assert_eq!(text.lines().count(), 1);

@@ -9,6 +9,7 @@ use super::{proto_name, Jc};
 use crate::analysis::Download;
 use crate::attack::{Attack, Hashes, Mode, RelayRecord};
 use crate::config::Config;
+use crate::event::Rendered;
 use crate::sink::open_append;
 use crate::sink::Sink;
 use chrono::{DateTime, Utc};
@@ -54,7 +55,7 @@ impl Sink for LogJsonSink {
         "logjson"
     }
 
-    fn write(&mut self, attack: &Attack) -> anyhow::Result<()> {
+    fn write(&mut self, attack: &Attack, _: &Rendered) -> anyhow::Result<()> {
         if attack.analysis.is_virtual && !self.virtual_attacks {
             return Ok(());
         }
@@ -318,12 +319,14 @@ mod tests {
         let mut config = Config::default();
         config.sensor.data_dir = dir.path().to_path_buf();
         let mut sink = LogJsonSink::open(&config).unwrap();
-        sink.write(&attack(b"one", Mode::Normal)).unwrap();
+        sink.write(&attack(b"one", Mode::Normal), &Rendered::default())
+            .unwrap();
         sink.flush().unwrap();
         let file = dir.path().join("attackers.json");
         std::fs::rename(&file, dir.path().join("attackers.json.1")).unwrap();
         sink.reopen().unwrap();
-        sink.write(&attack(b"two", Mode::Normal)).unwrap();
+        sink.write(&attack(b"two", Mode::Normal), &Rendered::default())
+            .unwrap();
         sink.flush().unwrap();
         let text = std::fs::read_to_string(&file).unwrap();
         assert_eq!(text.lines().count(), 1);
@@ -338,15 +341,16 @@ mod tests {
         let mut sink = LogJsonSink::open(&config).unwrap();
         let mut v = attack(b"decoded", Mode::Normal);
         v.analysis.is_virtual = true;
-        sink.write(&v).unwrap();
-        sink.write(&attack(b"real", Mode::Normal)).unwrap();
+        sink.write(&v, &Rendered::default()).unwrap();
+        sink.write(&attack(b"real", Mode::Normal), &Rendered::default())
+            .unwrap();
         sink.flush().unwrap();
         let text = std::fs::read_to_string(dir.path().join("attackers.json")).unwrap();
         assert_eq!(text.lines().count(), 1);
         assert!(text.contains("\"is_virtual\": false"));
         config.output.logjson.virtual_attacks = true;
         let mut sink = LogJsonSink::open(&config).unwrap();
-        sink.write(&v).unwrap();
+        sink.write(&v, &Rendered::default()).unwrap();
         sink.flush().unwrap();
         let text = std::fs::read_to_string(dir.path().join("attackers.json")).unwrap();
         assert_eq!(text.lines().count(), 2);

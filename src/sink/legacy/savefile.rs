@@ -16,6 +16,7 @@ use super::{proto_name, url_filename};
 use crate::analysis::Download;
 use crate::attack::Attack;
 use crate::config::Config;
+use crate::event::Rendered;
 use crate::sink::Sink;
 use anyhow::{bail, Context as _};
 use chrono::Local;
@@ -147,7 +148,7 @@ impl Sink for SaveFileSink {
         "savefile"
     }
 
-    fn write(&mut self, attack: &Attack) -> anyhow::Result<()> {
+    fn write(&mut self, attack: &Attack, _: &Rendered) -> anyhow::Result<()> {
         let payload = attack.transcript.payload();
         // No data: nothing to save, as in the original.
         if payload.is_empty() {
@@ -277,11 +278,12 @@ mod tests {
             b"MZ-data",
         );
         add_download(&mut a, dir.path(), "tftp", "tftp://203.0.113.9/", b"other");
-        sink.write(&a).unwrap();
+        sink.write(&a, &Rendered::default()).unwrap();
         // The same attack again: a second attack file, the downloads already there.
-        sink.write(&a).unwrap();
+        sink.write(&a, &Rendered::default()).unwrap();
         // No payload: nothing.
-        sink.write(&attack(b"", Mode::Normal)).unwrap();
+        sink.write(&attack(b"", Mode::Normal), &Rendered::default())
+            .unwrap();
         let date = a.end.with_timezone(&Local).format("%Y-%m-%d").to_string();
         let pid = std::process::id();
         assert_eq!(
@@ -309,7 +311,8 @@ mod tests {
         assert_eq!(std::fs::read(saved).unwrap(), b"MZ-data");
         // A new sink (a restart with the same process id) skips the taken numbers.
         let mut sink = SaveFileSink::open(&config).unwrap();
-        sink.write(&attack(b"again", Mode::Normal)).unwrap();
+        sink.write(&attack(b"again", Mode::Normal), &Rendered::default())
+            .unwrap();
         assert_eq!(names(&dir.path().join("attacks")).len(), 3);
     }
 
@@ -320,7 +323,7 @@ mod tests {
         let mut v = attack(b"decoded copy", Mode::Normal);
         v.analysis.is_virtual = true;
         add_download(&mut v, dir.path(), "http", "http://h/x.exe", b"MZ");
-        sink.write(&v).unwrap();
+        sink.write(&v, &Rendered::default()).unwrap();
         assert_eq!(names(&dir.path().join("attacks")).len(), 1);
         assert!(names(&dir.path().join("downloads")).is_empty());
     }
@@ -350,7 +353,10 @@ mod tests {
         let mut errors = 0;
         for i in 0..10 {
             if sink
-                .write(&attack(format!("attack {i}").as_bytes(), Mode::Normal))
+                .write(
+                    &attack(format!("attack {i}").as_bytes(), Mode::Normal),
+                    &Rendered::default(),
+                )
                 .is_err()
             {
                 errors += 1;
@@ -362,7 +368,9 @@ mod tests {
         config.output.savefile.quota_files = 100;
         config.output.savefile.quota_bytes = 20;
         let mut sink = SaveFileSink::open(&config).unwrap();
-        assert!(sink.write(&attack(&[b'x'; 30], Mode::Normal)).is_err());
+        assert!(sink
+            .write(&attack(&[b'x'; 30], Mode::Normal), &Rendered::default())
+            .is_err());
         assert_eq!(names(&dir.path().join("attacks")).len(), 3);
     }
 }
