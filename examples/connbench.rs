@@ -113,13 +113,15 @@ enum AnalysisMode {
 }
 
 impl AnalysisMode {
-    fn toml(self) -> &'static str {
+    /// The `[analysis]` table; `set` (lines of `key = value`) goes into it for `On`.
+    fn toml(self, set: &[String]) -> String {
         match self {
-            AnalysisMode::Default => "",
-            AnalysisMode::Off => "[analysis]\nenabled = false\n\n",
-            AnalysisMode::On => {
-                "[analysis]\nenabled = true\n\n[analyzer.selftest]\nenabled = false\n\n"
-            }
+            AnalysisMode::Default => String::new(),
+            AnalysisMode::Off => "[analysis]\nenabled = false\n\n".into(),
+            AnalysisMode::On => format!(
+                "[analysis]\nenabled = true\n{}\n[analyzer.selftest]\nenabled = false\n\n",
+                set.iter().map(|l| format!("{l}\n")).collect::<String>()
+            ),
         }
     }
 }
@@ -250,6 +252,10 @@ struct Args {
     /// (`always`, `batch`, `never`; default: honeytrap's).
     #[arg(long)]
     spool_fsync: Option<String>,
+    /// Diagnostic: `key = value` lines added to `[analysis]` of the "on" runs
+    /// (for example `--analysis-set 'queue_size = 1'`).
+    #[arg(long)]
+    analysis_set: Vec<String>,
     /// Extra `[analyzer.*]` tables of the generated config (set by the
     /// `classifiers` scenario for its "on" runs).
     #[arg(skip)]
@@ -474,6 +480,35 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
 }
 
+/// CPU time of `pid`'s threads, summed by thread name without a trailing `-N`
+/// (the analysis workers `analysis-0`.. count as `analysis`).
+fn thread_cpu(pid: u32) -> BTreeMap<String, Duration> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.flatten() {
+        let Ok(s) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (s.find('('), s.rfind(')')) else {
+            continue;
+        };
+        let name = &s[open + 1..close];
+        let group = match name.rsplit_once('-') {
+            Some((g, n)) if n.chars().all(|c| c.is_ascii_digit()) => g,
+            _ => name,
+        };
+        let f: Vec<&str> = s[close + 2..].split_whitespace().collect();
+        let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        *out.entry(group.to_string()).or_default() +=
+            Duration::from_nanos(ticks * 1_000_000_000 / hz);
+    }
+    out
+}
+
 /// Busy CPU time of the whole machine (all CPUs, from /proc/stat).
 fn system_busy() -> Option<Duration> {
     let s = std::fs::read_to_string("/proc/stat").ok()?;
@@ -492,11 +527,13 @@ fn system_busy() -> Option<Duration> {
 
 /// CPU accounting of one timed window: the target, this harness (the clients), and
 /// everything else on the machine (other processes, kernel threads, steal).
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct CpuSample {
     target: Option<Duration>,
     me: Option<Duration>,
     all: Option<Duration>,
+    /// The target's threads by name (see [`thread_cpu`]).
+    threads: BTreeMap<String, Duration>,
 }
 
 impl CpuSample {
@@ -505,6 +542,7 @@ impl CpuSample {
             target: cpu_time(pid),
             me: cpu_time(std::process::id()),
             all: system_busy(),
+            threads: thread_cpu(pid),
         }
     }
 }
@@ -916,6 +954,9 @@ struct RateResult {
     client_cpu_per_conn: Option<Duration>,
     /// CPUs' worth of time used by everything else during the window.
     other_cpu: Option<f64>,
+    /// Target CPU time per connection by thread name (threads that lived through
+    /// the window).
+    thread_cpu_per_conn: Vec<(String, Duration)>,
     /// Completed connections in each second of the window.
     per_second: Vec<u64>,
 }
@@ -1043,17 +1084,27 @@ fn run_rate(args: &Args, target: &Target) -> Result<RateResult> {
     };
     let cpu_per_conn = per_conn(cpu0.target, cpu1.target);
     let client_cpu_per_conn = per_conn(cpu0.me, cpu1.me);
+    let thread_cpu_per_conn = cpu1
+        .threads
+        .iter()
+        .filter_map(|(name, t1)| {
+            let d = per_conn(cpu0.threads.get(name).copied(), Some(*t1))?;
+            Some((name.clone(), d))
+        })
+        .collect();
     let other_cpu = match (cpu0, cpu1) {
         (
             CpuSample {
                 target: Some(t0),
                 me: Some(m0),
                 all: Some(a0),
+                ..
             },
             CpuSample {
                 target: Some(t1),
                 me: Some(m1),
                 all: Some(a1),
+                ..
             },
         ) => {
             let other = a1
@@ -1076,6 +1127,7 @@ fn run_rate(args: &Args, target: &Target) -> Result<RateResult> {
         cpu_per_conn,
         client_cpu_per_conn,
         other_cpu,
+        thread_cpu_per_conn,
         per_second,
     })
 }
@@ -1087,13 +1139,20 @@ fn rate_row(target: &'static str, r: &RateResult) -> Row {
         |d: Option<Duration>| d.map_or("?".into(), |d| format!("{:.1}", d.as_secs_f64() * 1e6));
     let min = r.per_second.iter().min().copied().unwrap_or(0);
     let max = r.per_second.iter().max().copied().unwrap_or(0);
+    let threads: Vec<String> = r
+        .thread_cpu_per_conn
+        .iter()
+        .filter(|(_, d)| *d >= Duration::from_nanos(50))
+        .map(|(n, d)| format!("{n} {}", us(Some(*d))))
+        .collect();
     x.notes = format!(
-        "{} in window (per second {min}..{max}), {} total; errors connect={ec} io={ei} timeout={et}; CPU us/conn server {} client {}; other load {}",
+        "{} in window (per second {min}..{max}), {} total; errors connect={ec} io={ei} timeout={et}; CPU us/conn server {} client {}; other load {}; server threads us/conn: {}",
         r.measured,
         r.completed_total,
         us(r.cpu_per_conn),
         us(r.client_cpu_per_conn),
         r.other_cpu.map_or("?".into(), |c| format!("{:.2} CPU", c)),
+        threads.join(", "),
     );
     x
 }
@@ -1138,7 +1197,7 @@ queue_size = 65536
 
 {analysis}{extra}{outputs}"#,
         port = args.port,
-        analysis = args.analysis.toml(),
+        analysis = args.analysis.toml(&args.analysis_set),
         extra = args.extra_toml,
         outputs = args.outputs.toml(args.transcript_layout)
     )

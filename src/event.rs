@@ -90,7 +90,6 @@ struct Honeytrap<'a> {
     end_reason: EndReason,
     responses_sent: u32,
     payload: Payload,
-    transcript: TranscriptInfo,
     /// The second connection of mirror and proxy mode (absent in other modes).
     #[serde(skip_serializing_if = "Option::is_none")]
     relay: Option<Relay<'a>>,
@@ -100,6 +99,10 @@ struct Honeytrap<'a> {
     findings: &'a [crate::analysis::Finding],
     downloads: &'a [crate::analysis::Download],
     analysis: AnalysisInfo<'a>,
+    /// Last, so that a template rendered without it (see [`Rendered::with_templates`])
+    /// is completed by appending it. Always present in a finished event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transcript: Option<TranscriptInfo>,
 }
 
 #[derive(Serialize)]
@@ -186,6 +189,26 @@ struct TranscriptInfo {
     chunks_out: usize,
 }
 
+impl TranscriptInfo {
+    fn of(a: &Attack) -> TranscriptInfo {
+        let t = &a.transcript;
+        let chunks_in = t
+            .chunks
+            .iter()
+            .filter(|c| c.direction == Direction::In)
+            .count();
+        let r = a.transcript_ref.as_ref();
+        TranscriptInfo {
+            path: r.map(|r| r.path.display().to_string()),
+            offset: r.map(|r| r.offset),
+            length: r.map(|r| r.length),
+            chunks: t.chunks.len(),
+            chunks_in,
+            chunks_out: t.chunks.len() - chunks_in,
+        }
+    }
+}
+
 fn rfc3339(d: chrono::DateTime<chrono::Utc>) -> String {
     d.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
@@ -193,6 +216,16 @@ fn rfc3339(d: chrono::DateTime<chrono::Utc>) -> String {
 impl<'a> Event<'a> {
     /// The event of one attack, with at most `payload_max` payload bytes inline.
     pub fn of(a: &'a Attack, payload_max: u64, encoding: PayloadEncoding) -> Event<'a> {
+        Event::build(a, payload_max, encoding, true)
+    }
+
+    /// The event, with or without its `honeytrap.transcript` part.
+    fn build(
+        a: &'a Attack,
+        payload_max: u64,
+        encoding: PayloadEncoding,
+        with_transcript: bool,
+    ) -> Event<'a> {
         let t = &a.transcript;
         // Only the part shown is copied; the digests were made when the attack was sealed.
         let shown = t.payload_prefix(payload_max.min(t.bytes_in) as usize);
@@ -204,12 +237,6 @@ impl<'a> Event<'a> {
                 base64::engine::general_purpose::STANDARD.encode(shown),
             ),
         };
-        let chunks_in = t
-            .chunks
-            .iter()
-            .filter(|c| c.direction == Direction::In)
-            .count();
-        let r = a.transcript_ref.as_ref();
         let id = a.id.to_string();
         Event {
             timestamp: rfc3339(a.start),
@@ -273,14 +300,6 @@ impl<'a> Event<'a> {
                     truncated: (shown.len() as u64) < t.bytes_in,
                     read_limit_reached: t.truncated,
                 },
-                transcript: TranscriptInfo {
-                    path: r.map(|r| r.path.display().to_string()),
-                    offset: r.map(|r| r.offset),
-                    length: r.map(|r| r.length),
-                    chunks: t.chunks.len(),
-                    chunks_in,
-                    chunks_out: t.chunks.len() - chunks_in,
-                },
                 relay: a.relay.as_deref().map(Relay::of),
                 parent_id: a.analysis.parent.map(|p| p.to_string()),
                 decoder: a.analysis.decoder,
@@ -297,6 +316,7 @@ impl<'a> Event<'a> {
                         .map(|u| u.to_string())
                         .collect(),
                 },
+                transcript: with_transcript.then(|| TranscriptInfo::of(a)),
             },
         }
     }
@@ -312,9 +332,17 @@ pub fn attack_event(a: &Attack, payload_max: u64, encoding: PayloadEncoding) -> 
 ///
 /// The key is `payload_max` (capped at the payload's length: a larger cap shows the
 /// same bytes) and the encoding; the JSON has no trailing newline.
+///
+/// An analysis worker renders the events of an analysed attack and its virtual
+/// attacks ahead of time, off the capture path, as templates
+/// ([`Rendered::with_templates`]): everything but the transcript part, which
+/// depends on where the recorder writes the transcript and is appended when a sink
+/// asks.
 #[derive(Default)]
 pub struct Rendered {
     slots: Mutex<Vec<Slot>>,
+    /// Events rendered ahead of time without `honeytrap.transcript`.
+    templates: Vec<Template>,
     /// Renderings made (for the tests).
     #[cfg(test)]
     renders: std::sync::atomic::AtomicUsize,
@@ -327,7 +355,44 @@ type Slot = (
     Arc<OnceLock<Result<Arc<Vec<u8>>, String>>>,
 );
 
+/// An event rendered without its transcript part: the JSON ends with the closing
+/// braces of `honeytrap` (the last field of the event, the transcript its last).
+struct Template {
+    shown: u64,
+    encoding: PayloadEncoding,
+    json: Vec<u8>,
+}
+
 impl Rendered {
+    /// Render the events of `a` for each of `settings` (payload cap, encoding) now,
+    /// all but their transcript parts; [`Rendered::json`] completes them.
+    pub fn with_templates(a: &Attack, settings: &[(u64, PayloadEncoding)]) -> Rendered {
+        let mut templates: Vec<Template> = Vec::new();
+        for &(payload_max, encoding) in settings {
+            let shown = payload_max.min(a.transcript.bytes_in);
+            if templates
+                .iter()
+                .any(|t| t.shown == shown && t.encoding == encoding)
+            {
+                continue;
+            }
+            // A failed rendering is left to `json`, which reports it.
+            if let Ok(json) = serde_json::to_vec(&Event::build(a, shown, encoding, false)) {
+                if json.ends_with(b"}}") {
+                    templates.push(Template {
+                        shown,
+                        encoding,
+                        json,
+                    });
+                }
+            }
+        }
+        Rendered {
+            templates,
+            ..Rendered::default()
+        }
+    }
+
     /// The event of `a` with at most `payload_max` payload bytes in `encoding`, as
     /// JSON: rendered by the first caller, shared with the others. `a` must be the
     /// same attack on every call.
@@ -355,9 +420,16 @@ impl Rendered {
             #[cfg(test)]
             self.renders
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            serde_json::to_vec(&Event::of(a, shown, encoding))
-                .map(Arc::new)
-                .map_err(|e| e.to_string())
+            let template = self
+                .templates
+                .iter()
+                .find(|t| t.shown == shown && t.encoding == encoding);
+            match template {
+                Some(t) => complete(&t.json, a),
+                None => serde_json::to_vec(&Event::of(a, shown, encoding)),
+            }
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
         });
         match r {
             Ok(json) => Ok(Arc::clone(json)),
@@ -365,11 +437,29 @@ impl Rendered {
         }
     }
 
+    /// How many events were rendered ahead of time.
+    #[cfg(test)]
+    pub(crate) fn templates(&self) -> usize {
+        self.templates.len()
+    }
+
     /// How many renderings were made.
     #[cfg(test)]
     pub(crate) fn renders(&self) -> usize {
         self.renders.load(std::sync::atomic::Ordering::Relaxed)
     }
+}
+
+/// A template with `a`'s transcript part appended: the same JSON as rendering the
+/// whole event.
+fn complete(template: &[u8], a: &Attack) -> serde_json::Result<Vec<u8>> {
+    let head = &template[..template.len() - 2];
+    let mut json = Vec::with_capacity(template.len() + 192);
+    json.extend_from_slice(head);
+    json.extend_from_slice(b",\"transcript\":");
+    serde_json::to_writer(&mut json, &TranscriptInfo::of(a))?;
+    json.extend_from_slice(b"}}");
+    Ok(json)
 }
 
 #[cfg(test)]
@@ -410,6 +500,51 @@ mod tests {
         );
         assert_eq!(r.slots.lock().unwrap().len(), 3);
         assert_eq!(r.renders(), 3);
+    }
+
+    #[test]
+    fn a_template_completed_later_is_the_event_rendered_whole() {
+        let settings = [
+            (4096, PayloadEncoding::Base64),
+            (10, PayloadEncoding::Hex),
+            // The same rendering as the first (the cap is above the payload's length).
+            (1 << 20, PayloadEncoding::Base64),
+        ];
+        let mut a = attack(b"GET /x?\"quoted\" HTTP/1.0\r\n\r\n");
+        a.analysis
+            .findings
+            .push(crate::analysis::Finding::new("test", "kind", "detail"));
+        let r = Rendered::with_templates(&a, &settings);
+        assert_eq!(r.templates.len(), 2, "one template per distinct setting");
+        // The recorder writes the transcript after the templates were made.
+        a.transcript_ref = Some(crate::sink::transcripts::TranscriptRef {
+            path: "/data/transcripts/2026-11-27/seg-1.jsonl".into(),
+            offset: 1234,
+            length: 567,
+        });
+        for (max, enc) in settings {
+            let got = r.json(&a, max, enc).unwrap();
+            let whole = serde_json::to_vec(&Event::of(&a, max, enc)).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&whole)
+            );
+            let v: Value = serde_json::from_slice(&got).unwrap();
+            assert_eq!(v["honeytrap"]["transcript"]["offset"], 1234);
+        }
+        // Settings without a template are rendered whole.
+        let other = r.json(&a, 3, PayloadEncoding::Base64).unwrap();
+        assert_eq!(
+            *other,
+            serde_json::to_vec(&Event::of(&a, 3, PayloadEncoding::Base64)).unwrap()
+        );
+        // Without a transcript (transcripts off) too.
+        let b = attack(b"no transcript");
+        let r = Rendered::with_templates(&b, &settings[..1]);
+        assert_eq!(
+            *r.json(&b, 4096, PayloadEncoding::Base64).unwrap(),
+            serde_json::to_vec(&Event::of(&b, 4096, PayloadEncoding::Base64)).unwrap()
+        );
     }
 
     #[test]

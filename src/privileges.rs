@@ -24,6 +24,18 @@ pub fn raise_nofile() -> u64 {
     }
 }
 
+/// Put the calling thread under the `SCHED_IDLE` policy (Linux policies are per
+/// thread): it runs only when no other thread wants the CPU, and a waking thread
+/// of any other policy preempts it at once. Failure only costs priority: logged at
+/// debug level with `what`.
+pub fn idle_thread_priority(what: &str) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler only reads `param`; `0` is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        tracing::debug!(what, error = %std::io::Error::last_os_error(), "cannot set SCHED_IDLE");
+    }
+}
+
 /// The user and group to switch to, resolved.
 pub struct Identity {
     pub uid: Uid,

@@ -93,8 +93,8 @@ impl Pipeline {
                 std::thread::Builder::new()
                     .name(format!("analysis-{i}"))
                     .spawn({
-                        let nice = limits.nice;
-                        move || worker(rx, sh, nice)
+                        let (nice, idle) = (limits.nice, limits.idle_priority);
+                        move || worker(rx, sh, nice, idle)
                     })?,
             );
         }
@@ -145,11 +145,16 @@ impl Pipeline {
     }
 }
 
-fn worker(rx: Receiver<Job>, sh: Arc<Shared>, nice: i32) {
+fn worker(rx: Receiver<Job>, sh: Arc<Shared>, nice: i32, idle: bool) {
     // Linux nice values are per thread: analysis yields the CPU to capture, so
     // a busy sensor fills the analysis queue (attacks then skip analysis,
     // counted) instead of accepting fewer connections.
     crate::privileges::lower_thread_priority(nice, "analysis worker");
+    if idle {
+        // Nice 19 still gets a time slice when it is its turn, and capture threads
+        // waking up then wait for it; SCHED_IDLE is preempted at once.
+        crate::privileges::idle_thread_priority("analysis worker");
+    }
     while let Some(Job { mut attack, size }) = crate::linger::recv(&rx, || ()) {
         let virtuals = if sh.closing.load(SeqCst) {
             Stats::inc(&sh.stats.analysis_skipped);
@@ -694,6 +699,7 @@ mod tests {
             // Not niced: on a loaded test machine nice-19 workers can wait for
             // seconds, and this test is about hand-over, not priority.
             nice: 0,
+            idle_priority: false,
             ..AnalysisConfig::default()
         };
         let p = Pipeline::start(

@@ -496,6 +496,9 @@ pub struct AnalysisConfig {
     pub max_input: u64,
     /// Nice value of the worker threads (0-19): capture goes first.
     pub nice: i32,
+    /// Run the worker threads under the `SCHED_IDLE` policy: they get the CPU
+    /// only when capture leaves it (a waking capture thread preempts them at once).
+    pub idle_priority: bool,
 }
 
 impl Default for AnalysisConfig {
@@ -510,6 +513,7 @@ impl Default for AnalysisConfig {
             max_downloads: 5,
             max_input: 8 << 20,
             nice: 19,
+            idle_priority: true,
         }
     }
 }

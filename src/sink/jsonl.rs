@@ -45,6 +45,10 @@ impl Sink for JsonlSink {
         "jsonl"
     }
 
+    fn event_settings(&self) -> Option<(u64, PayloadEncoding)> {
+        Some((self.payload_max, self.encoding))
+    }
+
     fn write(&mut self, attack: &Attack, events: &Rendered) -> anyhow::Result<()> {
         // Rendered before anything is written, so a failure never leaves half a line.
         let json = events.json(attack, self.payload_max, self.encoding)?;

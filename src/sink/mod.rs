@@ -36,6 +36,12 @@ pub trait Sink: Send + 'static {
     /// for the same payload settings: a sink writing the native event takes it from
     /// there; one writing another format ignores it.
     fn write(&mut self, attack: &Attack, events: &Rendered) -> anyhow::Result<()>;
+    /// The payload cap and encoding of the native event this sink writes, if it
+    /// writes one: analysed attacks' events are then rendered ahead of time by the
+    /// analysis worker, off the capture path ([`Rendered::with_templates`]).
+    fn event_settings(&self) -> Option<(u64, crate::config::PayloadEncoding)> {
+        None
+    }
     /// Make everything written so far durable (called when the queue has stayed empty for
     /// `linger::LINGER`, and at shutdown).
     fn flush(&mut self) -> anyhow::Result<()> {
@@ -110,10 +116,44 @@ impl Drop for Record {
 enum Msg {
     /// Boxed: the queue holds `output.queue_size` slots of this enum.
     Session(Box<Captured>, u64),
-    /// Back from the analysis pipeline.
-    Analyzed(Box<Analyzed>),
+    /// Back from the analysis pipeline: the attack, then its virtual attacks.
+    Analyzed(Vec<Prepared>),
     Reopen,
     Close,
+}
+
+/// An attack back from analysis with what its worker already rendered: its
+/// events without the transcript part, and its transcript document.
+struct Prepared {
+    attack: Attack,
+    /// Its share of the output queue's byte budget.
+    size: u64,
+    events: Rendered,
+    /// `Some` when transcripts are written.
+    transcript: Option<Vec<u8>>,
+}
+
+/// Render what can be rendered of `a` and its virtual attacks. Runs on the analysis
+/// worker (low priority), so the recorder and the sinks, which capture waits for
+/// when the CPU is short, only append bytes.
+fn prepare(
+    a: Analyzed,
+    settings: &[(u64, crate::config::PayloadEncoding)],
+    transcripts: bool,
+) -> Vec<Prepared> {
+    let one = |attack: Attack, size: u64| Prepared {
+        events: Rendered::with_templates(&attack, settings),
+        transcript: transcripts
+            .then(|| transcripts::render(&attack))
+            .and_then(Result::ok),
+        attack,
+        size,
+    };
+    let mut out = Vec::with_capacity(1 + a.virtuals.len());
+    out.push(one(a.attack, a.size));
+    // Virtual attacks hold no share of the byte budget of their own.
+    out.extend(a.virtuals.into_iter().map(|v| one(v, 0)));
+    out
 }
 
 /// What a sink's thread receives.
@@ -155,6 +195,13 @@ impl Recorder {
             None
         };
         let in_flight = Arc::new(AtomicU64::new(0));
+        let mut settings = Vec::new();
+        for s in sinks.iter().filter_map(|s| s.event_settings()) {
+            if !settings.contains(&s) {
+                settings.push(s);
+            }
+        }
+        let transcripts_on = store.is_some();
         let mut lanes = Vec::new();
         for sink in sinks {
             let (tx, rx) = sync_channel::<LaneMsg>(queue);
@@ -182,8 +229,9 @@ impl Recorder {
             // Workers wait for room here: they are off the capture path, and the
             // recorder thread always drains its queue.
             let done = Arc::new(move |a: Analyzed| {
+                let prepared = prepare(a, &settings, transcripts_on);
                 let tx = back.lock().unwrap().clone();
-                let _ = tx.send(Msg::Analyzed(Box::new(a)));
+                let _ = tx.send(Msg::Analyzed(prepared));
             });
             Some(Arc::new(Pipeline::start(
                 &config.analysis,
@@ -304,9 +352,25 @@ struct Writer {
 impl Writer {
     /// Write one attack: its transcript, then every sink's queue. `size` is what it
     /// holds of the output queue's byte budget.
-    fn write(&mut self, mut attack: Attack, size: u64) {
+    fn write(&mut self, attack: Attack, size: u64) {
+        self.write_prepared(attack, size, Rendered::default(), None);
+    }
+
+    /// As `write`, with the events and the transcript document already rendered
+    /// (`transcript` None: rendered here).
+    fn write_prepared(
+        &mut self,
+        mut attack: Attack,
+        size: u64,
+        events: Rendered,
+        transcript: Option<Vec<u8>>,
+    ) {
         if let Some(store) = self.store.as_mut() {
-            match store.write(&attack) {
+            let written = match transcript {
+                Some(doc) => store.write_rendered(&attack, doc),
+                None => store.write(&attack),
+            };
+            match written {
                 Ok(r) => attack.transcript_ref = Some(r),
                 Err(e) => {
                     Stats::inc(&self.stats.output_errors);
@@ -319,7 +383,7 @@ impl Writer {
         }
         let record = Arc::new(Record {
             attack,
-            events: Rendered::default(),
+            events,
             size,
             budget: Arc::clone(&self.budget),
         });
@@ -336,11 +400,9 @@ impl Writer {
     }
 
     /// An analyzed attack and its virtual attacks.
-    fn write_analyzed(&mut self, a: Analyzed) {
-        self.write(a.attack, a.size);
-        for v in a.virtuals {
-            // Virtual attacks hold no share of the byte budget of their own.
-            self.write(v, 0);
+    fn write_analyzed(&mut self, prepared: Vec<Prepared>) {
+        for p in prepared {
+            self.write_prepared(p.attack, p.size, p.events, p.transcript);
         }
     }
 
@@ -380,7 +442,7 @@ fn run_recorder(rx: Receiver<Msg>, pipeline: Option<Arc<Pipeline>>, out: &mut Wr
     loop {
         match crate::linger::recv(&rx, || ()) {
             Some(Msg::Session(c, size)) => session(out, *c, size),
-            Some(Msg::Analyzed(a)) => out.write_analyzed(*a),
+            Some(Msg::Analyzed(a)) => out.write_analyzed(a),
             Some(Msg::Reopen) => out.reopen(),
             Some(Msg::Close) | None => break,
         }
@@ -394,7 +456,7 @@ fn run_recorder(rx: Receiver<Msg>, pipeline: Option<Arc<Pipeline>>, out: &mut Wr
     loop {
         match rx.recv_timeout(std::time::Duration::from_millis(20)) {
             Ok(Msg::Session(c, size)) => out.write(c.seal(), size),
-            Ok(Msg::Analyzed(a)) => out.write_analyzed(*a),
+            Ok(Msg::Analyzed(a)) => out.write_analyzed(a),
             Ok(Msg::Reopen | Msg::Close) => {}
             Err(_) if p.finished() => break,
             Err(_) => {}
@@ -403,7 +465,7 @@ fn run_recorder(rx: Receiver<Msg>, pipeline: Option<Arc<Pipeline>>, out: &mut Wr
     while let Ok(m) = rx.try_recv() {
         match m {
             Msg::Session(c, size) => out.write(c.seal(), size),
-            Msg::Analyzed(a) => out.write_analyzed(*a),
+            Msg::Analyzed(a) => out.write_analyzed(a),
             _ => {}
         }
     }
@@ -592,5 +654,77 @@ mod tests {
             assert!(Arc::ptr_eq(a, b), "rendered once, shared");
         }
         assert!(!Arc::ptr_eq(&one[0], &one[1]), "one rendering per attack");
+    }
+
+    /// A sink that writes the native event and checks each rendering it is handed
+    /// against the event rendered whole from the attack it got.
+    struct Check(Arc<std::sync::Mutex<Vec<(bool, usize, serde_json::Value)>>>);
+
+    impl Sink for Check {
+        fn name(&self) -> &'static str {
+            "check"
+        }
+        fn event_settings(&self) -> Option<(u64, crate::config::PayloadEncoding)> {
+            Some((4096, crate::config::PayloadEncoding::Base64))
+        }
+        fn write(&mut self, a: &Attack, events: &Rendered) -> anyhow::Result<()> {
+            let enc = crate::config::PayloadEncoding::Base64;
+            let json = events.json(a, 4096, enc)?;
+            let whole = serde_json::to_vec(&crate::event::Event::of(a, 4096, enc))?;
+            let v = serde_json::from_slice(&json)?;
+            self.0
+                .lock()
+                .unwrap()
+                .push((*json == whole, events.templates(), v));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn analysed_attacks_arrive_rendered_by_the_worker_and_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.sensor.data_dir = dir.path().to_path_buf();
+        config.analysis.nice = 0;
+        config.analysis.idle_priority = false;
+        let set = AnalyzerSet::build(&config).unwrap();
+        assert!(set.names().contains(&"base64"), "{:?}", set.names());
+        let got = Arc::default();
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(Check(Arc::clone(&got)))];
+        let stats = Arc::new(Stats::default());
+        let r = Recorder::start(&config, sinks, set, Arc::clone(&stats), Arc::default()).unwrap();
+        // A base64 run long enough for the decoder: one virtual attack.
+        let blob = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            "echo a decoded command line for the virtual attack; ".repeat(4),
+        );
+        r.submit(Captured::test_session(format!("cmd={blob}\r\n").as_bytes()));
+        // Closing skips analysis still queued: wait for both events first.
+        let started = Instant::now();
+        while got.lock().unwrap().len() < 2 && started.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        r.close();
+        let got = got.lock().unwrap();
+        assert_eq!(stats.analysis_skipped.load(Relaxed), 0);
+        assert!(
+            got.len() >= 2,
+            "the attack and its virtual attack: {}",
+            got.len()
+        );
+        for (same, templates, v) in got.iter() {
+            assert!(same, "the completed template is the whole event: {v}");
+            assert_eq!(*templates, 1, "rendered ahead by the worker");
+            let t = &v["honeytrap"]["transcript"];
+            let path = t["path"].as_str().expect("transcript written");
+            let doc = transcripts::read_transcript(&transcripts::TranscriptRef {
+                path: path.into(),
+                offset: t["offset"].as_u64().unwrap(),
+                length: t["length"].as_u64().unwrap(),
+            })
+            .unwrap();
+            assert_eq!(doc["attack_id"], v["honeytrap"]["attack_id"]);
+        }
+        assert!(got.iter().any(|g| g.2["honeytrap"]["virtual"] == true));
     }
 }

@@ -480,6 +480,10 @@ impl Sink for SpoolSink {
         self.name
     }
 
+    fn event_settings(&self) -> Option<(u64, crate::config::PayloadEncoding)> {
+        Some((self.limits.payload_max, self.limits.encoding))
+    }
+
     fn write(&mut self, attack: &Attack, events: &Rendered) -> anyhow::Result<()> {
         if !self.niced {
             crate::privileges::lower_thread_priority(self.limits.nice, "spool writer");

@@ -95,7 +95,15 @@ impl TranscriptStore {
 
     /// Write the transcript of `attack`; returns where.
     pub fn write(&mut self, attack: &Attack) -> anyhow::Result<TranscriptRef> {
-        let mut doc = serde_json::to_vec(&TranscriptDoc::of(attack))?;
+        self.write_rendered(attack, render(attack)?)
+    }
+
+    /// Write `doc`, the transcript document of `attack` made by [`render`].
+    pub fn write_rendered(
+        &mut self,
+        attack: &Attack,
+        mut doc: Vec<u8>,
+    ) -> anyhow::Result<TranscriptRef> {
         let length = doc.len() as u64;
         let day = attack.end.format("%Y-%m-%d").to_string();
         let written = match self.layout {
@@ -284,6 +292,11 @@ impl<'a> TranscriptDoc<'a> {
                 .collect(),
         }
     }
+}
+
+/// The transcript document of one attack, as JSON (no trailing newline).
+pub fn render(a: &Attack) -> anyhow::Result<Vec<u8>> {
+    Ok(serde_json::to_vec(&TranscriptDoc::of(a))?)
 }
 
 /// The transcript document of one attack, as a JSON value.
