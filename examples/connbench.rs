@@ -1599,23 +1599,36 @@ fn scenario_analysis(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
         rows.extend([off_row, on_row, off_rec, on_rec]);
     }
     if ratios.len() > 1 {
-        let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = ratios.iter().copied().fold(0.0, f64::max);
-        let mut r = row("analysis", "on/off", format!("{} rounds", ratios.len()));
-        r.ratio = format!("{min:.2}-{max:.2}x");
-        r.goal = format!(
-            ">= 0.90x: {}",
-            if min >= 0.90 {
-                "met"
-            } else if max >= 0.90 {
-                "met in some"
-            } else {
-                "NOT met"
-            }
-        );
-        rows.push(r);
+        rows.push(summary_row("analysis", &ratios));
     }
     Ok(())
+}
+
+/// The summary of several on/off rounds: the range, and the median, which the
+/// verdict is on (one round's ratio moves by ±10 % with the machine's speed
+/// between its two halves; see docs/benchmarks.md).
+fn summary_row(scenario: &'static str, ratios: &[f64]) -> Row {
+    let mut sorted = ratios.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    let median = if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    };
+    let mut r = row(scenario, "on/off", format!("{n} rounds"));
+    r.ratio = format!("{median:.2}x");
+    r.goal = format!(
+        ">= 0.90x: {}",
+        if median >= 0.90 { "met" } else { "NOT met" }
+    );
+    r.notes = format!(
+        "median of {n} rounds; range {:.2}-{:.2}x; met in {} of {n}",
+        sorted[0],
+        sorted[n - 1],
+        ratios.iter().filter(|&&x| x >= 0.90).count()
+    );
+    r
 }
 
 // ---------------------------------------------------------------------------
@@ -1685,21 +1698,7 @@ fn scenario_classifiers(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
         rows.extend([off_row, on_row, off_rec, on_rec]);
     }
     if ratios.len() > 1 {
-        let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = ratios.iter().copied().fold(0.0, f64::max);
-        let mut r = row("classif.", "on/off", format!("{} rounds", ratios.len()));
-        r.ratio = format!("{min:.2}-{max:.2}x");
-        r.goal = format!(
-            ">= 0.90x: {}",
-            if min >= 0.90 {
-                "met"
-            } else if max >= 0.90 {
-                "met in some"
-            } else {
-                "NOT met"
-            }
-        );
-        rows.push(r);
+        rows.push(summary_row("classif.", &ratios));
     }
     Ok(())
 }

@@ -25,6 +25,7 @@ pub mod mode;
 pub mod monitor;
 pub mod privileges;
 pub mod proto;
+pub mod saturation;
 pub mod server;
 pub mod sink;
 pub mod stats;

@@ -416,6 +416,13 @@ impl Collector for StatsCollector {
         )?;
         family(
             &mut e,
+            "analysis_waits",
+            "Attacks whose analysis waited while the host's CPUs were saturated (analysis.busy_pause).",
+            c,
+            one(v(&s.analysis_waits)),
+        )?;
+        family(
+            &mut e,
             "virtual_attacks",
             "Decoded copies made by decoders.",
             c,

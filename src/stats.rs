@@ -52,6 +52,8 @@ pub struct Stats {
     pub mirror_forbidden: AtomicU64,
     /// Attacks passed to the outputs without analysis (queue full, shutting down).
     pub analysis_skipped: AtomicU64,
+    /// Attacks whose analysis waited for the CPU (`analysis.busy_pause`).
+    pub analysis_waits: AtomicU64,
     /// Analyzer runs.
     pub analyzer_runs: AtomicU64,
     /// Analyzer runs that failed (error or panic).
@@ -227,6 +229,7 @@ impl Stats {
             c("limit_max_relays", &self.limit_max_relays),
             c("mirror_forbidden", &self.mirror_forbidden),
             c("analysis_skipped", &self.analysis_skipped),
+            c("analysis_waits", &self.analysis_waits),
             c("analyzer_runs", &self.analyzer_runs),
             c("analyzer_failures", &self.analyzer_failures),
             c("analyzer_timeouts", &self.analyzer_timeouts),

@@ -155,7 +155,15 @@ fn worker(rx: Receiver<Job>, sh: Arc<Shared>, nice: i32, idle: bool) {
         // waking up then wait for it; SCHED_IDLE is preempted at once.
         crate::privileges::idle_thread_priority("analysis worker");
     }
+    let saturation = crate::saturation::Saturation::global();
     while let Some(Job { mut attack, size }) = crate::linger::recv(&rx, || ()) {
+        // While capture has every CPU busy, wait (bounded): the queue fills and
+        // later attacks skip analysis instead of slowing capture down.
+        let pause = sh.limits.load().busy_pause;
+        if saturation.wait(pause, || sh.closing.load(SeqCst)) >= crate::saturation::WINDOW {
+            Stats::inc(&sh.stats.analysis_waits);
+        }
+        let cpu = crate::saturation::thread_cpu();
         let virtuals = if sh.closing.load(SeqCst) {
             Stats::inc(&sh.stats.analysis_skipped);
             Vec::new()
@@ -169,6 +177,8 @@ fn worker(rx: Receiver<Job>, sh: Arc<Shared>, nice: i32, idle: bool) {
             virtuals,
             size,
         });
+        // Analysis's own CPU time does not count towards saturation.
+        saturation.charge(crate::saturation::thread_cpu().saturating_sub(cpu));
     }
     sh.alive.fetch_sub(1, SeqCst);
 }
@@ -700,6 +710,7 @@ mod tests {
             // seconds, and this test is about hand-over, not priority.
             nice: 0,
             idle_priority: false,
+            busy_pause: std::time::Duration::ZERO,
             ..AnalysisConfig::default()
         };
         let p = Pipeline::start(

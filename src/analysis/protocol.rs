@@ -98,34 +98,46 @@ pub fn identify(d: &[u8]) -> Option<Finding> {
 
 /// The lines of a text protocol's head (up to the first empty line).
 fn head_lines(d: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let end = d
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(d.len().min(8192));
+    let end = memchr::memmem::find(d, b"\r\n\r\n").unwrap_or(d.len().min(8192));
     d[..end]
         .split(|&c| c == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
 }
 
-fn header<'a>(d: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    head_lines(d).skip(1).find_map(|l| {
-        let colon = l.iter().position(|&c| c == b':')?;
-        l[..colon]
-            .eq_ignore_ascii_case(name.as_bytes())
-            .then(|| l[colon + 1..].trim_ascii())
-    })
+/// The values of the headers `names` (in that order; the first of each), in one
+/// pass over the head.
+fn headers<'a, const N: usize>(d: &'a [u8], names: [&str; N]) -> [Option<&'a [u8]>; N] {
+    let mut found = [None; N];
+    for l in head_lines(d).skip(1) {
+        let Some(colon) = memchr::memchr(b':', l) else {
+            continue;
+        };
+        let name = &l[..colon];
+        for (slot, want) in found.iter_mut().zip(names) {
+            if slot.is_none() && name.eq_ignore_ascii_case(want.as_bytes()) {
+                *slot = Some(l[colon + 1..].trim_ascii());
+            }
+        }
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    found
 }
 
 fn http(d: &[u8]) -> Option<Finding> {
     const METHODS: [&str; 9] = [
         "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT", "PATCH", "TRACE",
     ];
-    let line = head_lines(d).next()?;
-    let mut parts = line.split(|&c| c == b' ');
-    let method = std::str::from_utf8(parts.next()?).ok()?;
+    // Most chunks are not HTTP: decide on the method before looking for lines.
+    let space = memchr::memchr(b' ', &d[..d.len().min(8)])?;
+    let method = std::str::from_utf8(&d[..space]).ok()?;
     if !METHODS.contains(&method) {
         return None;
     }
+    let line = head_lines(d).next()?;
+    let mut parts = line.split(|&c| c == b' ');
+    parts.next()?;
     let path = parts.next()?;
     let version = parts.next()?;
     if !version.starts_with(b"HTTP/") {
@@ -133,10 +145,11 @@ fn http(d: &[u8]) -> Option<Finding> {
     }
     let mut f = finding("http", format!("HTTP {method} {}", text(path)));
     f.meta("method", method).meta("path", text(path));
-    if let Some(h) = header(d, "host") {
+    let [host, ua] = headers(d, ["host", "user-agent"]);
+    if let Some(h) = host {
         f.meta("host", text(h));
     }
-    if let Some(ua) = header(d, "user-agent") {
+    if let Some(ua) = ua {
         f.meta("user_agent", text(ua));
     }
     Some(f)
@@ -197,7 +210,7 @@ fn sip(d: &[u8]) -> Option<Finding> {
     }
     let mut f = finding("sip", format!("SIP {}", text(line)));
     f.meta("method", text(method.as_bytes()));
-    if let Some(ua) = header(d, "user-agent") {
+    if let [Some(ua)] = headers(d, ["user-agent"]) {
         f.meta("user_agent", text(ua));
     }
     Some(f)
@@ -371,6 +384,20 @@ mod tests {
         assert_eq!(meta(&f, "host"), "10.0.0.1:8080");
         assert_eq!(meta(&f, "user_agent"), "Mozilla/5.0 zgrab");
         assert!(identify(b"GETX / HTTP/1.1\r\n").is_none());
+        // Headers in any order and case, the first of each; a request line longer
+        // than 8 KiB (an overflow attempt) is still HTTP.
+        let long = format!(
+            "POST /{} HTTP/1.0\r\nuser-AGENT: one\r\nX: y\r\nHOST: h\r\nHost: later\r\nUser-Agent: two\r\n\r\nbody",
+            "A".repeat(10_000)
+        );
+        let f = identify(long.as_bytes()).unwrap();
+        assert_eq!(meta(&f, "method"), "POST");
+        assert_eq!(meta(&f, "path").len(), MAX_FIELD);
+        assert_eq!(meta(&f, "host"), "h");
+        assert_eq!(meta(&f, "user_agent"), "one");
+        assert!(!f.meta.contains_key("referer"));
+        let f = identify(b"GET / HTTP/1.1\r\n\r\nHost: in the body\r\n").unwrap();
+        assert!(!f.meta.contains_key("host"), "only the head is searched");
     }
 
     #[test]

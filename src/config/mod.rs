@@ -499,6 +499,10 @@ pub struct AnalysisConfig {
     /// Run the worker threads under the `SCHED_IDLE` policy: they get the CPU
     /// only when capture leaves it (a waking capture thread preempts them at once).
     pub idle_priority: bool,
+    /// Longest a worker waits, before each attack, while the host's CPUs are
+    /// saturated (crate::saturation); zero: never.
+    #[serde(with = "units::duration")]
+    pub busy_pause: Duration,
 }
 
 impl Default for AnalysisConfig {
@@ -514,6 +518,7 @@ impl Default for AnalysisConfig {
             max_input: 8 << 20,
             nice: 19,
             idle_priority: true,
+            busy_pause: Duration::from_secs(2),
         }
     }
 }
@@ -1016,6 +1021,9 @@ impl Config {
         }
         if !(0..=19).contains(&a.nice) {
             return Err(Invalid::new("analysis.nice", "must be between 0 and 19"));
+        }
+        if a.busy_pause > Duration::from_secs(60) {
+            return Err(Invalid::new("analysis.busy_pause", "must be at most 60s"));
         }
         if !(4096..=1 << 30).contains(&a.max_input) {
             return Err(Invalid::new(
