@@ -498,6 +498,13 @@ impl Collector for StatsCollector {
             c,
             one(v(&s.spool_delivery_failures)),
         )?;
+        family(
+            &mut e,
+            "deliveries_deferred",
+            "Spool batches held back while the host's CPUs were saturated (output.spool.busy_defer).",
+            c,
+            one(v(&s.spool_deferred)),
+        )?;
         histograms(
             &mut e,
             "delivery_latency_seconds",

@@ -32,6 +32,7 @@ const POLL: Duration = Duration::from_millis(20);
 type Ticks = (u64, u64);
 
 /// The saturation detector; one per process ([`Saturation::global`]).
+#[derive(Debug)]
 pub struct Saturation {
     /// The sample at the start of the current window, and the charged CPU time then.
     window: Mutex<Option<(Instant, Ticks, u64)>>,
@@ -56,7 +57,8 @@ impl Saturation {
         })
     }
 
-    fn new(read: fn() -> Option<Ticks>, hz: u64) -> Saturation {
+    /// A detector reading cumulative (busy, total) ticks at `hz` from `read`.
+    pub(crate) fn new(read: fn() -> Option<Ticks>, hz: u64) -> Saturation {
         Saturation {
             window: Mutex::new(None),
             saturated: AtomicBool::new(false),

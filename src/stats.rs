@@ -82,6 +82,9 @@ pub struct Stats {
     pub spool_delivered: AtomicU64,
     /// Failed delivery attempts (a batch; retried with backoff).
     pub spool_delivery_failures: AtomicU64,
+    /// Batches held back while the host's CPUs were saturated
+    /// (`output.spool.busy_defer`).
+    pub spool_deferred: AtomicU64,
     /// A gauge, not a counter: undelivered bytes in all spools now.
     pub spool_bytes: AtomicU64,
     /// Sniffed RSTs / port unreachables the `monitor.sniff.filter` expression
@@ -244,6 +247,7 @@ impl Stats {
             c("spool_torn", &self.spool_torn),
             c("spool_delivered", &self.spool_delivered),
             c("spool_delivery_failures", &self.spool_delivery_failures),
+            c("spool_deferred", &self.spool_deferred),
             c("spool_bytes", &self.spool_bytes),
             c("sniff_filtered", &self.sniff_filtered),
             c("bytes_in", &self.bytes_in),

@@ -431,11 +431,18 @@ fn run_one(
             .into();
             o.notes =
                 format!(
-                "backlog at load end {} events; all delivered {} after load start ({:.1}s load){}",
+                "backlog at load end {} events; all delivered {} after load start ({:.1}s load); after the load {}{}",
                 n.saturating_sub(x.at_load_end),
                 x.done
                     .map_or("never (bounded wait)".into(), |t| format!("{:.1}s", t.as_secs_f64())),
                 load.as_secs_f64(),
+                match x.done {
+                    Some(t) if t > load && n > x.at_load_end => format!(
+                        "{:.0} ev/s",
+                        (n - x.at_load_end) as f64 / (t - load).as_secs_f64()
+                    ),
+                    _ => "-".into(),
+                },
                 if *name == "hpfeeds" {
                     "; hpfeeds = delivered metric - postgres - nats"
                 } else {

@@ -112,6 +112,11 @@ pub struct SpoolLimits {
     pub drain: Duration,
     /// Nice value of the spool's writer and delivery threads (0 = as capture).
     pub nice: i32,
+    /// Longest deliveries are held back in a row while the host's CPUs are
+    /// saturated (crate::saturation); zero: never.
+    pub busy_defer: Duration,
+    /// The saturation detector (None: the process's own; tests put theirs).
+    pub saturation: Option<&'static crate::saturation::Saturation>,
     /// Payload bytes in the event (`honeytrap.payload.data`) and their encoding.
     pub payload_max: u64,
     pub encoding: PayloadEncoding,
@@ -129,6 +134,8 @@ impl Default for SpoolLimits {
             retry_max: Duration::from_secs(60),
             drain: Duration::from_secs(5),
             nice: 10,
+            busy_defer: Duration::from_secs(30),
+            saturation: None,
             payload_max: 4096,
             encoding: PayloadEncoding::Base64,
         }
@@ -163,6 +170,10 @@ pub struct SpoolConfig {
     /// Nice value (0-19) of the spool writer and delivery threads: capture and the
     /// connection handlers (nice 0) come first when the CPU is short.
     pub nice: i32,
+    /// Longest deliveries are held back in a row while the host's CPUs are
+    /// saturated; 0 never holds them back.
+    #[serde(with = "crate::config::units::duration")]
+    pub busy_defer: Duration,
 }
 
 impl Default for SpoolConfig {
@@ -179,6 +190,7 @@ impl Default for SpoolConfig {
             retry_max: l.retry_max,
             drain: l.drain,
             nice: l.nice,
+            busy_defer: l.busy_defer,
         }
     }
 }
@@ -212,6 +224,9 @@ impl SpoolConfig {
         if !(0..=19).contains(&self.nice) {
             return Err(Invalid::new(key("nice"), "must be between 0 and 19"));
         }
+        if self.busy_defer > Duration::from_secs(600) {
+            return Err(Invalid::new(key("busy_defer"), "must be at most 10m"));
+        }
         if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {
             return Err(Invalid::new(
                 key("retry_max"),
@@ -239,6 +254,8 @@ impl SpoolLimits {
             retry_max: c.retry_max,
             drain: c.drain,
             nice: c.nice,
+            busy_defer: c.busy_defer,
+            saturation: None,
             payload_max,
             encoding,
         }
@@ -917,9 +934,33 @@ fn run_delivery(mut reader: Reader, mut delivery: Box<dyn Delivery>, limits: Spo
     let name = reader.name;
     let mut backoff = limits.retry_initial;
     let mut stopping: Option<Instant> = None;
+    let saturation = limits
+        .saturation
+        .unwrap_or_else(crate::saturation::Saturation::global);
+    // Since when deliveries have been held back for saturation, without a break.
+    let mut deferring: Option<Instant> = None;
     loop {
         let (batch, end) = reader.batch(limits.batch_max.max(1));
+        if !batch.is_empty() && !limits.busy_defer.is_zero() {
+            // While capture has every CPU busy, the events wait in the spool: a
+            // delivery would make this thread and the server (often on the same
+            // host) take CPU time from capture. At most `busy_defer` in a row, so a
+            // long flood still gets its events out.
+            if saturation.saturated() {
+                let since = *deferring.get_or_insert_with(Instant::now);
+                let left = limits.busy_defer.saturating_sub(since.elapsed());
+                let waited = saturation.wait(left, || reader.shared.state.lock().unwrap().stop);
+                if waited >= crate::saturation::WINDOW {
+                    Stats::inc(&reader.stats.spool_deferred);
+                }
+            }
+            if !saturation.saturated() {
+                deferring = None;
+            }
+        }
         if batch.is_empty() {
+            // All out: the next saturation starts a new deferral.
+            deferring = None;
             let shared = Arc::clone(&reader.shared);
             let st = shared.state.lock().unwrap();
             if st.stop {
@@ -1019,8 +1060,75 @@ mod tests {
             retry_initial: Duration::from_millis(20),
             retry_max: Duration::from_millis(100),
             drain: Duration::from_millis(500),
+            // Deferral has its own test; a busy test machine must not hold these up.
+            busy_defer: Duration::ZERO,
             ..SpoolLimits::default()
         }
+    }
+
+    /// A detector that finds the host saturated while SATURATED is set.
+    fn fake_saturation() -> &'static crate::saturation::Saturation {
+        fn read() -> Option<(u64, u64)> {
+            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            static BUSY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = N.fetch_add(1, SeqCst) + 1;
+            let step = if SATURATED.load(SeqCst) { 100 } else { 10 };
+            Some((BUSY.fetch_add(step, SeqCst) + step, n * 100))
+        }
+        Box::leak(Box::new(crate::saturation::Saturation::new(read, 100)))
+    }
+    static SATURATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+    #[test]
+    fn deliveries_wait_while_the_host_is_saturated_at_most_busy_defer() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let p = Probe::default();
+        let sat = fake_saturation();
+        // Two windows, so the detector has a verdict before the first batch.
+        sat.saturated();
+        std::thread::sleep(crate::saturation::WINDOW + Duration::from_millis(10));
+        assert!(sat.saturated());
+        let l = SpoolLimits {
+            busy_defer: Duration::from_millis(1500),
+            saturation: Some(sat),
+            batch_max: 1,
+            ..limits()
+        };
+        let mut s = start(dir.path(), l, &p, &stats);
+        let t = Instant::now();
+        for i in 0..3 {
+            s.append(&ev(i)).unwrap();
+        }
+        s.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(
+            p.got.lock().unwrap().is_empty(),
+            "held back while saturated"
+        );
+        // Saturated for longer than busy_defer: delivered anyway, and the batches
+        // after the first go at once (the deferral was used up).
+        wait_for(&p, 3);
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(1400), "{took:?}");
+        assert!(took < Duration::from_secs(4), "{took:?}");
+        assert_eq!(stats.spool_deferred.load(Relaxed), 1);
+        // With everything delivered, the next event starts a new deferral, which
+        // ends as soon as the host is no longer saturated.
+        let t = Instant::now();
+        s.append(&ev(3)).unwrap();
+        s.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(p.got.lock().unwrap().len(), 3, "held back again");
+        SATURATED.store(false, SeqCst);
+        wait_for(&p, 4);
+        assert!(
+            t.elapsed() < Duration::from_millis(1400),
+            "{:?}",
+            t.elapsed()
+        );
+        drop(s);
+        assert_eq!(*p.got.lock().unwrap(), keys(0..4));
     }
 
     fn ev(i: usize) -> Spooled {
