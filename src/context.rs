@@ -41,8 +41,9 @@ impl Context {
         let stats = Arc::new(Stats::default());
         let throttle = Arc::new(Throttle::default());
         let sinks = crate::sink::build(&loaded.config, &stats)?;
-        let mut set = AnalyzerSet::build(&loaded.config)?;
-        let per_read = std::mem::take(&mut set.per_read);
+        let set = AnalyzerSet::build(&loaded.config)?;
+        // Sessions run on_chunk, the recorder on_seal.
+        let per_read = set.per_read.clone();
         let recorder = Recorder::start(
             &loaded.config,
             sinks,
@@ -67,9 +68,8 @@ impl Context {
 
     /// Use the analyzers of `config` from now on (SIGHUP).
     pub fn reload_analysis(&self, config: &crate::config::Config) -> anyhow::Result<()> {
-        let mut set = AnalyzerSet::build(config)?;
-        self.per_read
-            .store(Arc::new(std::mem::take(&mut set.per_read)));
+        let set = AnalyzerSet::build(config)?;
+        self.per_read.store(Arc::new(set.per_read.clone()));
         self.recorder.reload_analysis(config, set);
         Ok(())
     }

@@ -148,4 +148,14 @@ pub trait Analyzer: Send + Sync + 'static {
     fn on_chunk(&self, offset: u64, chunk: &[u8], findings: &mut Vec<Finding>) {
         let _ = (offset, chunk, findings);
     }
+
+    /// Per-read stage only: look at the session's transcript once, when the
+    /// recorder seals it, for every attack (also one that then skips the analysis
+    /// queue). For what needs no action during the session: it runs on the
+    /// recorder thread, so nothing is allocated on capture's threads (memory they
+    /// allocate and other threads free costs capture more than the work itself;
+    /// see docs/benchmarks.md).
+    fn on_seal(&self, transcript: &crate::attack::Transcript, findings: &mut Vec<Finding>) {
+        let _ = (transcript, findings);
+    }
 }

@@ -5,8 +5,9 @@
 //! SMB negotiate (SMB1/SMB2), SIP request and Redis command. One finding, kind
 //! `protocol`, `meta.protocol` naming it.
 //!
-//! It runs in the session on the first chunk only, reads at most that chunk and
-//! keeps every string it reports short and printable.
+//! It looks at the first chunk only, when the recorder seals the session (the
+//! per-read stage's `on_seal`: nothing is allocated on capture's threads), reads at
+//! most that chunk and keeps every string it reports short and printable.
 
 use super::registry::{self, Registration};
 use super::{Analyzer, Finding, Input, Output, Stage};
@@ -14,6 +15,10 @@ use md5::{Digest as _, Md5};
 use serde::{Deserialize, Serialize};
 
 pub const NAME: &str = "protocol";
+
+/// Most bytes of the first chunk looked at (consecutive reads within a millisecond
+/// are one chunk).
+const FIRST_MAX: usize = 64 << 10;
 
 /// Longest string reported in a field.
 const MAX_FIELD: usize = 200;
@@ -61,11 +66,14 @@ impl Analyzer for Protocol {
         Ok(())
     }
 
-    fn on_chunk(&self, offset: u64, chunk: &[u8], findings: &mut Vec<Finding>) {
-        if offset == 0 {
-            if let Some(f) = identify(chunk) {
-                findings.push(f);
-            }
+    fn on_seal(&self, t: &crate::attack::Transcript, findings: &mut Vec<Finding>) {
+        // The first chunk the attacker sent (the session keeps it as it arrived).
+        let first = t
+            .chunks
+            .iter()
+            .find(|c| c.direction == crate::attack::Direction::In && !c.data.is_empty());
+        if let Some(f) = first.and_then(|c| identify(&c.data[..c.data.len().min(FIRST_MAX)])) {
+            findings.push(f);
         }
     }
 }
@@ -398,6 +406,30 @@ mod tests {
         assert!(!f.meta.contains_key("referer"));
         let f = identify(b"GET / HTTP/1.1\r\n\r\nHost: in the body\r\n").unwrap();
         assert!(!f.meta.contains_key("host"), "only the head is searched");
+    }
+
+    #[test]
+    fn on_seal_names_the_first_chunk_the_attacker_sent() {
+        use crate::attack::Transcript;
+        let mut t = Transcript::default();
+        let mut found = Vec::new();
+        Protocol.on_seal(&t, &mut found);
+        assert!(found.is_empty(), "nothing received");
+        t.push_out(b"220 ftp ready\r\n");
+        t.push_in(b"SSH-2.0-Go\r\n", 1 << 20);
+        t.push_out(b"more");
+        t.push_in(b"GET / HTTP/1.0\r\n\r\n", 1 << 20);
+        Protocol.on_seal(&t, &mut found);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            meta(&found[0], "protocol"),
+            "ssh",
+            "the first incoming chunk"
+        );
+        // Not in the session: nothing there.
+        let mut in_session = Vec::new();
+        Protocol.on_chunk(0, b"SSH-2.0-Go\r\n", &mut in_session);
+        assert!(in_session.is_empty());
     }
 
     #[test]

@@ -173,6 +173,8 @@ pub struct Recorder {
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// The analysis pipeline, when an analyzer is enabled.
     pipeline: Option<Arc<Pipeline>>,
+    /// The per-read analyzers, for their `on_seal` when an attack is sealed.
+    per_read: Arc<arc_swap::ArcSwap<Vec<Arc<dyn crate::analysis::Analyzer>>>>,
 }
 
 impl Recorder {
@@ -195,6 +197,7 @@ impl Recorder {
             None
         };
         let in_flight = Arc::new(AtomicU64::new(0));
+        let per_read = Arc::new(arc_swap::ArcSwap::from_pointee(set.per_read.clone()));
         let mut settings = Vec::new();
         for s in sinks.iter().filter_map(|s| s.event_settings()) {
             if !settings.contains(&s) {
@@ -245,6 +248,7 @@ impl Recorder {
         let th = Arc::clone(&throttle);
         let budget = Arc::clone(&in_flight);
         let pl = pipeline.clone();
+        let sealers = Arc::clone(&per_read);
         let thread = std::thread::Builder::new()
             .name("recorder".into())
             .spawn(move || {
@@ -255,7 +259,7 @@ impl Recorder {
                     stats: st,
                     throttle: th,
                 };
-                run_recorder(rx, pl, &mut out);
+                run_recorder(rx, pl, &sealers, &mut out);
                 out.close();
             })?;
         Ok(Recorder {
@@ -266,12 +270,14 @@ impl Recorder {
             throttle,
             thread: std::sync::Mutex::new(Some(thread)),
             pipeline,
+            per_read,
         })
     }
 
     /// Use the analyzers of a new configuration (SIGHUP). The number of workers
     /// and the queue size need a restart.
     pub fn reload_analysis(&self, config: &Config, set: AnalyzerSet) {
+        self.per_read.store(Arc::new(set.per_read.clone()));
         match &self.pipeline {
             Some(p) => p.reload(&config.analysis, set),
             None if !set.is_empty() => tracing::warn!(
@@ -423,10 +429,27 @@ impl Writer {
     }
 }
 
-fn run_recorder(rx: Receiver<Msg>, pipeline: Option<Arc<Pipeline>>, out: &mut Writer) {
+/// Seal `c` and let the per-read analyzers look at the whole session.
+fn seal(
+    c: Captured,
+    per_read: &arc_swap::ArcSwap<Vec<Arc<dyn crate::analysis::Analyzer>>>,
+) -> Attack {
+    let mut attack = c.seal();
+    for a in per_read.load().iter() {
+        a.on_seal(&attack.session.transcript, &mut attack.analysis.findings);
+    }
+    attack
+}
+
+fn run_recorder(
+    rx: Receiver<Msg>,
+    pipeline: Option<Arc<Pipeline>>,
+    per_read: &arc_swap::ArcSwap<Vec<Arc<dyn crate::analysis::Analyzer>>>,
+    out: &mut Writer,
+) {
     // A sealed attack goes to analysis when there is room, else straight out.
     let session = |out: &mut Writer, c: Captured, size: u64| {
-        let attack = c.seal();
+        let attack = seal(c, per_read);
         match &pipeline {
             Some(p) => {
                 if let Err((attack, size)) = p.try_submit(Box::new(attack), size) {
@@ -455,7 +478,7 @@ fn run_recorder(rx: Receiver<Msg>, pipeline: Option<Arc<Pipeline>>, out: &mut Wr
     p.begin_close();
     loop {
         match rx.recv_timeout(std::time::Duration::from_millis(20)) {
-            Ok(Msg::Session(c, size)) => out.write(c.seal(), size),
+            Ok(Msg::Session(c, size)) => out.write(seal(*c, per_read), size),
             Ok(Msg::Analyzed(a)) => out.write_analyzed(a),
             Ok(Msg::Reopen | Msg::Close) => {}
             Err(_) if p.finished() => break,
@@ -464,7 +487,7 @@ fn run_recorder(rx: Receiver<Msg>, pipeline: Option<Arc<Pipeline>>, out: &mut Wr
     }
     while let Ok(m) = rx.try_recv() {
         match m {
-            Msg::Session(c, size) => out.write(c.seal(), size),
+            Msg::Session(c, size) => out.write(seal(*c, per_read), size),
             Msg::Analyzed(a) => out.write_analyzed(a),
             _ => {}
         }
@@ -726,5 +749,33 @@ mod tests {
             assert_eq!(doc["attack_id"], v["honeytrap"]["attack_id"]);
         }
         assert!(got.iter().any(|g| g.2["honeytrap"]["virtual"] == true));
+    }
+
+    #[test]
+    fn the_recorder_runs_the_per_read_analyzers_on_seal_also_without_analysis() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.sensor.data_dir = dir.path().to_path_buf();
+        config.output.transcripts.enabled = false;
+        let mut set = AnalyzerSet::build(&config).unwrap();
+        // Only the per-read stage: no pipeline, as when the queue is full.
+        set.decode.clear();
+        set.analyze.clear();
+        set.store.clear();
+        set.post_process.clear();
+        assert_eq!(set.names(), ["protocol"]);
+        let got = Arc::default();
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(Check(Arc::clone(&got)))];
+        let r = Recorder::start(&config, sinks, set, Arc::default(), Arc::default()).unwrap();
+        assert!(r.pipeline.is_none());
+        r.submit(Captured::test_session(
+            b"GET /shell?cd+/tmp HTTP/1.1\r\nHost: x\r\n\r\n",
+        ));
+        r.close();
+        let got = got.lock().unwrap();
+        let findings = &got[0].2["honeytrap"]["findings"];
+        assert_eq!(findings[0]["analyzer"], "protocol", "{findings}");
+        assert_eq!(findings[0]["meta"]["protocol"], "http");
+        assert_eq!(findings[0]["meta"]["path"], "/shell?cd+/tmp");
     }
 }
