@@ -42,13 +42,6 @@ pub trait Sink: Send + 'static {
     fn event_settings(&self) -> Option<(u64, crate::config::PayloadEncoding)> {
         None
     }
-    /// Sinks with the same lane share one queue and thread, in registry order
-    /// (the spooled network outputs: one thread appends each event to every spool
-    /// while it is in that CPU's cache; a thread each cost capture 4-5 us more per
-    /// attack and output).
-    fn lane(&self) -> &'static str {
-        self.name()
-    }
     /// Make everything written so far durable (called when the queue has stayed empty for
     /// `linger::LINGER`, and at shutdown).
     fn flush(&mut self) -> anyhow::Result<()> {
@@ -212,26 +205,17 @@ impl Recorder {
             }
         }
         let transcripts_on = store.is_some();
-        let mut groups: Vec<(&'static str, Vec<Box<dyn Sink>>)> = Vec::new();
-        for sink in sinks {
-            match groups.iter_mut().find(|g| g.0 == sink.lane()) {
-                Some(g) => g.1.push(sink),
-                None => groups.push((sink.lane(), vec![sink])),
-            }
-        }
         let mut lanes = Vec::new();
-        for (name, sinks) in groups {
+        for sink in sinks {
             let (tx, rx) = sync_channel::<LaneMsg>(queue);
+            let name = sink.name();
             let st = Arc::clone(&stats);
             let th = Arc::clone(&throttle);
-            let depth: Vec<_> = sinks
-                .iter()
-                .map(|s| stats.output_queue.handle(&[s.name()]))
-                .collect();
-            let d = depth.clone();
+            let depth = stats.output_queue.handle(&[name]);
+            let d = Arc::clone(&depth);
             let handle = std::thread::Builder::new()
                 .name(format!("sink-{name}"))
-                .spawn(move || run_sink(sinks, rx, st, th, d))?;
+                .spawn(move || run_sink(sink, rx, st, th, d))?;
             lanes.push(Lane {
                 name,
                 tx,
@@ -354,13 +338,12 @@ impl Recorder {
     }
 }
 
-/// One queue and thread, for one sink or a group with the same [`Sink::lane`].
 struct Lane {
     name: &'static str,
     tx: SyncSender<LaneMsg>,
     handle: JoinHandle<()>,
-    /// Records in `tx` not yet taken, one gauge per sink (a metric).
-    depth: Vec<Arc<AtomicU64>>,
+    /// Records in `tx` not yet taken by the sink (a metric).
+    depth: Arc<AtomicU64>,
 }
 
 /// Writes attacks to the transcript store and the sinks' queues.
@@ -411,13 +394,12 @@ impl Writer {
             budget: Arc::clone(&self.budget),
         });
         for lane in &self.lanes {
-            lane.depth.iter().for_each(|d| _ = d.fetch_add(1, Relaxed));
+            lane.depth.fetch_add(1, Relaxed);
             if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
                 lane.tx.try_send(LaneMsg::Record(Arc::clone(&record)))
             {
-                lane.depth.iter().for_each(|d| _ = d.fetch_sub(1, Relaxed));
-                // One per output that misses it.
-                Stats::add(&self.stats.records_dropped, lane.depth.len() as u64);
+                lane.depth.fetch_sub(1, Relaxed);
+                Stats::inc(&self.stats.records_dropped);
                 limit_warn!(self.throttle, "sink_queue_full", sink = lane.name, id = %record.attack.id, "attack record not written: output queue full");
             }
         }
@@ -514,51 +496,47 @@ fn run_recorder(
 }
 
 fn run_sink(
-    mut sinks: Vec<Box<dyn Sink>>,
+    mut sink: Box<dyn Sink>,
     rx: Receiver<LaneMsg>,
     stats: Arc<Stats>,
     throttle: Arc<Throttle>,
-    depth: Vec<Arc<AtomicU64>>,
+    depth: Arc<AtomicU64>,
 ) {
-    let flush = |sinks: &mut Vec<Box<dyn Sink>>| {
-        for sink in sinks.iter_mut() {
-            if let Err(e) = sink.flush() {
-                Stats::inc(&stats.output_errors);
-                limit_warn!(throttle, "sink_flush", sink = sink.name(), error = %e, "output flush failed");
-            }
+    let name = sink.name();
+    let flush = |sink: &mut Box<dyn Sink>| {
+        if let Err(e) = sink.flush() {
+            Stats::inc(&stats.output_errors);
+            limit_warn!(throttle, "sink_flush", sink = name, error = %e, "output flush failed");
         }
     };
     // Flushed when the queue stays empty for a moment (crate::linger), then parked.
     loop {
-        let Some(msg) = crate::linger::recv(&rx, || flush(&mut sinks)) else {
+        let Some(msg) = crate::linger::recv(&rx, || flush(&mut sink)) else {
             break;
         };
         let record = match msg {
-            LaneMsg::Record(r) => r,
+            LaneMsg::Record(r) => {
+                depth.fetch_sub(1, Relaxed);
+                r
+            }
             LaneMsg::Reopen => {
-                flush(&mut sinks);
-                for sink in sinks.iter_mut() {
-                    let name = sink.name();
-                    match sink.reopen() {
-                        Ok(()) => tracing::info!(sink = name, "output reopened"),
-                        Err(e) => {
-                            Stats::inc(&stats.output_errors);
-                            tracing::error!(sink = name, error = %e, "output not reopened");
-                        }
+                flush(&mut sink);
+                match sink.reopen() {
+                    Ok(()) => tracing::info!(sink = name, "output reopened"),
+                    Err(e) => {
+                        Stats::inc(&stats.output_errors);
+                        tracing::error!(sink = name, error = %e, "output not reopened");
                     }
                 }
                 continue;
             }
         };
-        for (sink, depth) in sinks.iter_mut().zip(&depth) {
-            depth.fetch_sub(1, Relaxed);
-            if let Err(e) = sink.write(&record.attack, &record.events) {
-                Stats::inc(&stats.output_errors);
-                limit_warn!(throttle, "sink_write", sink = sink.name(), id = %record.attack.id, error = %e, "attack record not written");
-            }
+        if let Err(e) = sink.write(&record.attack, &record.events) {
+            Stats::inc(&stats.output_errors);
+            limit_warn!(throttle, "sink_write", sink = name, id = %record.attack.id, error = %e, "attack record not written");
         }
     }
-    flush(&mut sinks);
+    flush(&mut sink);
 }
 
 #[cfg(test)]
@@ -799,69 +777,5 @@ mod tests {
         assert_eq!(findings[0]["analyzer"], "protocol", "{findings}");
         assert_eq!(findings[0]["meta"]["protocol"], "http");
         assert_eq!(findings[0]["meta"]["path"], "/shell?cd+/tmp");
-    }
-
-    /// A sink that notes which thread wrote what.
-    struct Laned(
-        &'static str,
-        &'static str,
-        Arc<std::sync::Mutex<Vec<(&'static str, String)>>>,
-    );
-
-    impl Sink for Laned {
-        fn name(&self) -> &'static str {
-            self.0
-        }
-        fn lane(&self) -> &'static str {
-            self.1
-        }
-        fn write(&mut self, _: &Attack, _: &Rendered) -> anyhow::Result<()> {
-            let thread = std::thread::current().name().unwrap_or("").to_string();
-            self.2.lock().unwrap().push((self.0, thread));
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn sinks_of_one_lane_share_a_thread_and_each_gets_every_attack() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.sensor.data_dir = dir.path().to_path_buf();
-        config.output.transcripts.enabled = false;
-        let seen = Arc::default();
-        let sinks: Vec<Box<dyn Sink>> = vec![
-            Box::new(Laned("a", "a", Arc::clone(&seen))),
-            Box::new(Laned("p", "spool", Arc::clone(&seen))),
-            Box::new(Laned("q", "spool", Arc::clone(&seen))),
-        ];
-        let stats = Arc::new(Stats::default());
-        let r = Recorder::start(
-            &config,
-            sinks,
-            AnalyzerSet::default(),
-            Arc::clone(&stats),
-            Arc::default(),
-        )
-        .unwrap();
-        for _ in 0..5 {
-            r.submit(captured());
-        }
-        r.close();
-        let seen = seen.lock().unwrap();
-        for (name, thread) in [("a", "sink-a"), ("p", "sink-spool"), ("q", "sink-spool")] {
-            let n = seen
-                .iter()
-                .filter(|(s, t)| *s == name && t == thread)
-                .count();
-            assert_eq!(n, 5, "{name} on {thread}: {seen:?}");
-        }
-        assert_eq!(seen.len(), 15);
-        for name in ["a", "p", "q"] {
-            assert_eq!(
-                stats.output_queue.handle(&[name]).load(Relaxed),
-                0,
-                "{name}"
-            );
-        }
     }
 }

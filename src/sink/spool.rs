@@ -501,10 +501,6 @@ impl Sink for SpoolSink {
         Some((self.limits.payload_max, self.limits.encoding))
     }
 
-    fn lane(&self) -> &'static str {
-        "spool"
-    }
-
     fn write(&mut self, attack: &Attack, events: &Rendered) -> anyhow::Result<()> {
         if !self.niced {
             crate::privileges::lower_thread_priority(self.limits.nice, "spool writer");
