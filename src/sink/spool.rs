@@ -334,7 +334,7 @@ impl SpoolSink {
         // Always a fresh segment: never append behind a torn tail.
         let seq = segments.last().map_or(0, |s| s + 1).max(acked.seq + 1);
         let at = Pos { seq, offset: 0 };
-        let file = create_segment(dir, seq)?;
+        let file = create_segment(dir, seq, limits.segment_bytes)?;
         Stats::add(&stats.spool_bytes, pending);
         if pending > 0 {
             tracing::info!(
@@ -480,7 +480,7 @@ impl SpoolSink {
         // The sync thread only knows the segment being written: sync this one now.
         self.sync_rest()?;
         let seq = self.at.seq + 1;
-        self.file = Arc::new(create_segment(&self.dir, seq)?);
+        self.file = Arc::new(create_segment(&self.dir, seq, self.limits.segment_bytes)?);
         if let Some((sy, _)) = &self.syncer {
             sy.state.lock().unwrap().file = Arc::clone(&self.file);
         }
@@ -654,13 +654,31 @@ fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.seg"))
 }
 
-fn create_segment(dir: &Path, seq: u64) -> anyhow::Result<File> {
+/// Create segment `seq`, with `size` bytes of disk reserved for it.
+fn create_segment(dir: &Path, seq: u64, size: u64) -> anyhow::Result<File> {
     let p = segment_path(dir, seq);
-    OpenOptions::new()
+    let f = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&p)
-        .with_context(|| format!("creating {}", p.display()))
+        .with_context(|| format!("creating {}", p.display()))?;
+    preallocate(&f, size);
+    Ok(f)
+}
+
+/// Reserve `size` bytes of disk for a new segment without changing its length
+/// (`FALLOC_FL_KEEP_SIZE`: readers and recovery still see only what was written).
+/// Appending into reserved blocks spares the file system a block reservation per
+/// write (ext4's delayed allocation): measured, the spool writer's CPU time per
+/// event fell by about a quarter (docs/benchmarks.md). Where the file system cannot
+/// (EOPNOTSUPP) the segment simply grows as it is written.
+fn preallocate(f: &File, size: u64) {
+    use std::os::fd::AsRawFd;
+    let len = size.min(i64::MAX as u64) as libc::off_t;
+    // SAFETY: fallocate only reads its arguments; `f` is an open file.
+    if unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "spool: segment not preallocated");
+    }
 }
 
 /// The segment numbers in `dir`, oldest first.
@@ -1311,6 +1329,36 @@ mod tests {
         let mut want = keys(0..10);
         want.push(ev(99).key);
         assert_eq!(*p.got.lock().unwrap(), want);
+    }
+
+    #[test]
+    fn a_new_segment_has_its_disk_reserved_but_shows_only_what_was_written() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let p = Probe::default();
+        let l = SpoolLimits {
+            segment_bytes: 1 << 20,
+            ..limits()
+        };
+        let mut s = start(dir.path(), l, &p, &stats);
+        let seg = segment_path(dir.path(), s.at.seq);
+        let m = std::fs::metadata(&seg).unwrap();
+        assert_eq!(m.len(), 0, "the length is what was written");
+        assert!(
+            m.blocks() * 512 >= 1 << 20,
+            "{} bytes reserved",
+            m.blocks() * 512
+        );
+        s.append(&ev(0)).unwrap();
+        s.flush().unwrap();
+        wait_for(&p, 1);
+        assert_eq!(
+            std::fs::metadata(&seg).unwrap().len(),
+            record_len(&ev(0).key, "attack", &ev(0).body)
+        );
+        drop(s);
+        assert_eq!(*p.got.lock().unwrap(), keys(0..1));
     }
 
     #[test]
