@@ -559,13 +559,15 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// Per-read analyzers on the first chunk (as the session does), then the
-    /// pipeline on the sealed attack.
+    /// Per-read analyzers on the first chunk (as the session does) and on the
+    /// whole transcript (as the recorder does when it seals), then the pipeline on
+    /// the sealed attack.
     fn analyze(&self, a: &mut Attack, y: Option<&mut Yield>) {
         let first = &a.transcript.payload_prefix(64 << 10);
         let mut found = Vec::new();
         for p in &self.set.per_read {
             p.on_chunk(0, first, &mut found);
+            p.on_seal(&a.transcript, &mut found);
         }
         a.analysis.findings.extend(found);
         let virtuals = pipeline::analyze(&self.set, &self.limits, &self.stats, &self.throttle, a);

@@ -469,15 +469,27 @@ fn fd_count(pid: u32) -> Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
 }
 
+/// Clock ticks per second of /proc's CPU times.
+fn clock_hz() -> u64 {
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64
+}
+
+/// The command name and CPU time (user + system) of a `/proc/.../stat` line.
+fn stat_cpu(stat: &str) -> Option<(&str, Duration)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    // After the command name: state is field 3, utime 14, stime 15 (1-based).
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((
+        &stat[open + 1..close],
+        Duration::from_nanos(ticks * 1_000_000_000 / clock_hz()),
+    ))
+}
+
 /// CPU time (user + system, all threads) of `pid`.
 fn cpu_time(pid: u32) -> Option<Duration> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the command name: state is field 3, utime 14, stime 15 (1-based).
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+    Some(stat_cpu(&s)?.1)
 }
 
 /// CPU time of `pid`'s threads, summed by thread name without a trailing `-N`
@@ -491,38 +503,22 @@ fn thread_cpu(pid: u32) -> BTreeMap<String, Duration> {
         let Ok(s) = std::fs::read_to_string(t.path().join("stat")) else {
             continue;
         };
-        let (Some(open), Some(close)) = (s.find('('), s.rfind(')')) else {
+        let Some((name, cpu)) = stat_cpu(&s) else {
             continue;
         };
-        let name = &s[open + 1..close];
         let group = match name.rsplit_once('-') {
             Some((g, n)) if n.chars().all(|c| c.is_ascii_digit()) => g,
             _ => name,
         };
-        let f: Vec<&str> = s[close + 2..].split_whitespace().collect();
-        let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        *out.entry(group.to_string()).or_default() +=
-            Duration::from_nanos(ticks * 1_000_000_000 / hz);
+        *out.entry(group.to_string()).or_default() += cpu;
     }
     out
 }
 
 /// Busy CPU time of the whole machine (all CPUs, from /proc/stat).
 fn system_busy() -> Option<Duration> {
-    let s = std::fs::read_to_string("/proc/stat").ok()?;
-    let f: Vec<u64> = s
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest is already in user).
-    let ticks = f.iter().take(8).sum::<u64>() - f.get(3)? - f.get(4)?;
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+    let (busy, _) = honeytrap::saturation::cpu_ticks()?;
+    Some(Duration::from_nanos(busy * 1_000_000_000 / clock_hz()))
 }
 
 /// CPU accounting of one timed window: the target, this harness (the clients), and

@@ -361,11 +361,12 @@ impl RelayRecord {
 
 impl Captured {
     /// A finished TCP session in normal mode from 127.0.0.1:2 to 127.0.0.1:1 that
-    /// sent `payload`: the fixture of the output and event tests.
+    /// sent `payload` (all of it): the fixture of the output, event and analysis
+    /// tests.
     #[cfg(test)]
     pub(crate) fn test_session(payload: &[u8]) -> Captured {
         let mut t = Transcript::default();
-        t.push_in(payload, 1 << 20);
+        t.push_in(payload, u64::MAX);
         Captured {
             start: chrono::Utc::now(),
             end: chrono::Utc::now(),
@@ -379,6 +380,18 @@ impl Captured {
             responses_sent: 0,
             relay: None,
             end_reason: EndReason::Closed,
+        }
+    }
+
+    /// As [`Captured::test_session`], between private addresses (the analysis tests): from
+    /// 10.0.0.2:4000 (the attacker) to 10.0.0.1:80, caught by monitor `m`.
+    #[cfg(test)]
+    pub(crate) fn test_session_private(payload: &[u8]) -> Captured {
+        Captured {
+            monitor: "m".into(),
+            local: "10.0.0.1:80".parse().unwrap(),
+            remote: "10.0.0.2:4000".parse().unwrap(),
+            ..Captured::test_session(payload)
         }
     }
 

@@ -21,8 +21,6 @@ pub struct Context {
     pub limiter: Arc<Limiter>,
     /// Admission of mirror and proxy relays.
     pub relays: Arc<crate::mode::guard::RelayGuard>,
-    /// The per-read analyzers in force (swapped on reload).
-    pub per_read: ArcSwap<Vec<Arc<dyn crate::analysis::Analyzer>>>,
     /// Memory all open sessions may hold together.
     pub buffers: Arc<BufferBudget>,
     pub recorder: Recorder,
@@ -42,8 +40,6 @@ impl Context {
         let throttle = Arc::new(Throttle::default());
         let sinks = crate::sink::build(&loaded.config, &stats)?;
         let set = AnalyzerSet::build(&loaded.config)?;
-        // Sessions run on_chunk, the recorder on_seal.
-        let per_read = set.per_read.clone();
         let recorder = Recorder::start(
             &loaded.config,
             sinks,
@@ -57,7 +53,6 @@ impl Context {
             throttle,
             limiter: Limiter::new(),
             relays: crate::mode::guard::RelayGuard::new(),
-            per_read: ArcSwap::from_pointee(per_read),
             buffers,
             recorder,
             stop_accepting: CancellationToken::new(),
@@ -68,9 +63,8 @@ impl Context {
 
     /// Use the analyzers of `config` from now on (SIGHUP).
     pub fn reload_analysis(&self, config: &crate::config::Config) -> anyhow::Result<()> {
-        let set = AnalyzerSet::build(config)?;
-        self.per_read.store(Arc::new(set.per_read.clone()));
-        self.recorder.reload_analysis(config, set);
+        self.recorder
+            .reload_analysis(config, AnalyzerSet::build(config)?);
         Ok(())
     }
 

@@ -53,7 +53,7 @@ impl Saturation {
         GLOBAL.get_or_init(|| {
             // SAFETY: sysconf only reads its argument.
             let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-            Saturation::new(proc_stat, if hz > 0 { hz as u64 } else { 100 })
+            Saturation::new(cpu_ticks, if hz > 0 { hz as u64 } else { 100 })
         })
     }
 
@@ -135,8 +135,9 @@ pub fn thread_cpu() -> Duration {
     )
 }
 
-/// All CPUs' cumulative (busy, total) ticks from the first line of `/proc/stat`.
-fn proc_stat() -> Option<Ticks> {
+/// All CPUs' cumulative (busy, total) clock ticks (`_SC_CLK_TCK` per second) from
+/// the first line of `/proc/stat`.
+pub fn cpu_ticks() -> Option<(u64, u64)> {
     parse_cpu_line(std::fs::read_to_string("/proc/stat").ok()?.lines().next()?)
 }
 
@@ -173,7 +174,7 @@ mod tests {
         assert_eq!(parse_cpu_line("cpu  1 2 x 4 5"), None);
         assert_eq!(parse_cpu_line("cpu  1 2"), None);
         // This machine's own line parses.
-        assert!(proc_stat().is_some());
+        assert!(cpu_ticks().is_some());
     }
 
     /// Ticks advanced by the test: 100 per call, of which BUSY are busy.

@@ -54,24 +54,7 @@ pub fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 /// Run a decoder on `data` as a payload, for the decoders' unit tests.
 #[cfg(test)]
 pub fn run_on(a: &dyn super::Analyzer, data: &[u8]) -> super::Output {
-    use crate::attack::{Captured, EndReason, Mode, Transcript};
-    let mut t = Transcript::default();
-    t.push_in(data, u64::MAX);
-    let attack = Captured {
-        start: chrono::Utc::now(),
-        end: chrono::Utc::now(),
-        sensor: "s".into(),
-        monitor: "m".into(),
-        mode: Mode::Normal,
-        protocol: crate::proto::Protocol::Tcp,
-        local: "10.0.0.1:80".parse().unwrap(),
-        remote: "10.0.0.2:4000".parse().unwrap(),
-        transcript: t,
-        responses_sent: 0,
-        end_reason: EndReason::Closed,
-        relay: None,
-    }
-    .seal();
+    let attack = crate::attack::Captured::test_session_private(data).seal();
     let input = super::Input {
         data,
         kind: super::InputKind::Payload,

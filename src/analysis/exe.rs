@@ -794,24 +794,7 @@ mod tests {
     /// The pipeline with `exe` alone on a payload.
     fn pipeline(o: ExeOptions, max_downloads: usize, payload: &[u8]) -> crate::attack::Attack {
         use crate::analysis::registry::AnalyzerSet;
-        use crate::attack::{Captured, EndReason, Mode, Transcript};
-        let mut t = Transcript::default();
-        t.push_in(payload, u64::MAX);
-        let mut a = Captured {
-            start: chrono::Utc::now(),
-            end: chrono::Utc::now(),
-            sensor: "s".into(),
-            monitor: "m".into(),
-            mode: Mode::Normal,
-            protocol: crate::proto::Protocol::Tcp,
-            local: "10.0.0.1:80".parse().unwrap(),
-            remote: "10.0.0.2:4000".parse().unwrap(),
-            transcript: t,
-            responses_sent: 0,
-            end_reason: EndReason::Closed,
-            relay: None,
-        }
-        .seal();
+        let mut a = crate::attack::Captured::test_session_private(payload).seal();
         let set = AnalyzerSet {
             analyze: vec![std::sync::Arc::new(Exe::new(o))],
             ..AnalyzerSet::default()

@@ -485,26 +485,8 @@ fn make_virtual(parent: &Attack, decoder: &'static str, data: Vec<u8>) -> Attack
 mod tests {
     use super::*;
     use crate::analysis::{Decoded, Download, Stage};
-    use crate::attack::{EndReason, Mode};
-
     fn attack(payload: &[u8]) -> Attack {
-        let mut t = Transcript::default();
-        t.push_in(payload, u64::MAX);
-        Captured {
-            start: chrono::Utc::now(),
-            end: chrono::Utc::now(),
-            sensor: "s".into(),
-            monitor: "m".into(),
-            mode: Mode::Normal,
-            protocol: crate::proto::Protocol::Tcp,
-            local: "10.0.0.1:80".parse().unwrap(),
-            remote: "10.0.0.2:4000".parse().unwrap(),
-            transcript: t,
-            responses_sent: 0,
-            end_reason: EndReason::Closed,
-            relay: None,
-        }
-        .seal()
+        Captured::test_session_private(payload).seal()
     }
 
     /// Decodes `rev:<text>` into `<text>` reversed (a stand-in decoder).

@@ -29,7 +29,7 @@ pub fn session_spec(
         session_timeout: l.session_timeout,
         read_limit: l.read_limit,
         relay: cfg.config.relay.clone(),
-        per_read: ctx.per_read.load_full(),
+        per_read: ctx.recorder.per_read(),
         sensor: Arc::clone(&cfg.sensor),
         monitor: Arc::clone(monitor),
         buffers: Arc::clone(&ctx.buffers),

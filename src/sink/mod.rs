@@ -173,9 +173,13 @@ pub struct Recorder {
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// The analysis pipeline, when an analyzer is enabled.
     pipeline: Option<Arc<Pipeline>>,
-    /// The per-read analyzers, for their `on_seal` when an attack is sealed.
-    per_read: Arc<arc_swap::ArcSwap<Vec<Arc<dyn crate::analysis::Analyzer>>>>,
+    /// The per-read analyzers in force (swapped on reload): the sessions run their
+    /// `on_chunk`, the recorder thread their `on_seal`.
+    per_read: Arc<PerReadSwap>,
 }
+
+/// The per-read analyzers in force.
+type PerReadSwap = arc_swap::ArcSwap<Vec<Arc<dyn crate::analysis::Analyzer>>>;
 
 impl Recorder {
     /// Start the recorder thread and one thread per sink.
@@ -197,7 +201,7 @@ impl Recorder {
             None
         };
         let in_flight = Arc::new(AtomicU64::new(0));
-        let per_read = Arc::new(arc_swap::ArcSwap::from_pointee(set.per_read.clone()));
+        let per_read = Arc::new(PerReadSwap::from_pointee(set.per_read.clone()));
         let mut settings = Vec::new();
         for s in sinks.iter().filter_map(|s| s.event_settings()) {
             if !settings.contains(&s) {
@@ -272,6 +276,11 @@ impl Recorder {
             pipeline,
             per_read,
         })
+    }
+
+    /// The per-read analyzers in force, for a new session.
+    pub fn per_read(&self) -> crate::analysis::registry::PerRead {
+        self.per_read.load_full()
     }
 
     /// Use the analyzers of a new configuration (SIGHUP). The number of workers
@@ -430,10 +439,7 @@ impl Writer {
 }
 
 /// Seal `c` and let the per-read analyzers look at the whole session.
-fn seal(
-    c: Captured,
-    per_read: &arc_swap::ArcSwap<Vec<Arc<dyn crate::analysis::Analyzer>>>,
-) -> Attack {
+fn seal(c: Captured, per_read: &PerReadSwap) -> Attack {
     let mut attack = c.seal();
     for a in per_read.load().iter() {
         a.on_seal(&attack.session.transcript, &mut attack.analysis.findings);
@@ -444,7 +450,7 @@ fn seal(
 fn run_recorder(
     rx: Receiver<Msg>,
     pipeline: Option<Arc<Pipeline>>,
-    per_read: &arc_swap::ArcSwap<Vec<Arc<dyn crate::analysis::Analyzer>>>,
+    per_read: &PerReadSwap,
     out: &mut Writer,
 ) {
     // A sealed attack goes to analysis when there is room, else straight out.
