@@ -15,7 +15,7 @@ use bench_attack::attack;
 use honeytrap::config::PayloadEncoding;
 use honeytrap::event::Event;
 use honeytrap::sink::nats::{NatsConfig, NatsDelivery};
-use honeytrap::sink::spool::{Delivery, Fsync, SpoolLimits, SpoolSink, Spooled};
+use honeytrap::sink::spool::{Delivery, Fsync, Member, SpoolLimits, SpoolSink, Spooled};
 use honeytrap::sink::Sink;
 use honeytrap::stats::{Stats, Throttle};
 use std::sync::atomic::Ordering::Relaxed;
@@ -80,14 +80,13 @@ fn main() -> anyhow::Result<()> {
         ..SpoolLimits::default()
     };
     let attacks: Vec<_> = (0..n).map(attack).collect();
-    let mut sink = SpoolSink::start(
-        "nats",
-        dir.path(),
-        limits,
-        Box::new(NatsDelivery::new(&config, "bench", 0)?),
-        Arc::clone(&stats),
-        Arc::new(Throttle::default()),
-    )?;
+    let member = Member {
+        name: "nats",
+        dir: dir.path().to_path_buf(),
+        delivery: Box::new(NatsDelivery::new(&config, "bench", 0)?),
+        throttle: Arc::new(Throttle::default()),
+    };
+    let mut sink = SpoolSink::start(vec![member], limits, Arc::clone(&stats))?;
     let t = Instant::now();
     for (i, a) in attacks.iter().enumerate() {
         sink.write(a, &honeytrap::event::Rendered::default())?;

@@ -14,7 +14,7 @@ use bench_attack::attack;
 use honeytrap::config::PayloadEncoding;
 use honeytrap::db::{self, InsertOptions, PostgresConfig};
 use honeytrap::sink::postgres::PostgresDelivery;
-use honeytrap::sink::spool::{Fsync, SpoolLimits, SpoolSink};
+use honeytrap::sink::spool::{Fsync, Member, SpoolLimits, SpoolSink};
 use honeytrap::sink::Sink;
 use honeytrap::stats::{Stats, Throttle};
 use std::sync::atomic::Ordering::Relaxed;
@@ -64,14 +64,13 @@ fn main() -> anyhow::Result<()> {
         ..SpoolLimits::default()
     };
     let delivery = PostgresDelivery::new(&config, InsertOptions::default(), Arc::clone(&stats))?;
-    let mut sink = SpoolSink::start(
-        "postgres",
-        dir.path(),
-        limits,
-        Box::new(delivery),
-        Arc::clone(&stats),
-        Arc::new(Throttle::default()),
-    )?;
+    let member = Member {
+        name: "postgres",
+        dir: dir.path().to_path_buf(),
+        delivery: Box::new(delivery),
+        throttle: Arc::new(Throttle::default()),
+    };
+    let mut sink = SpoolSink::start(vec![member], limits, Arc::clone(&stats))?;
     let t = Instant::now();
     for (i, a) in attacks.iter().enumerate() {
         sink.write(a, &honeytrap::event::Rendered::default())?;

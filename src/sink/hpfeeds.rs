@@ -17,7 +17,7 @@
 //! may be published twice (each carries its attack id), never silently lost while
 //! the broker is known to be down.
 
-use super::spool::{Delivery, SpoolLimits, SpoolSink, Spooled};
+use super::spool::{Delivery, Member, Output, Spooled};
 use crate::config::{units, Config, Invalid, PayloadEncoding};
 use crate::limit_warn;
 use crate::stats::{Stats, Throttle};
@@ -113,23 +113,24 @@ impl HpfeedsConfig {
     }
 }
 
-/// The output as a sink: the spool in `<data_dir>/<spool.dir>/hpfeeds`.
-pub fn start(config: &Config, stats: &Arc<Stats>) -> anyhow::Result<SpoolSink> {
+/// The output as a spool member, in `<data_dir>/<spool.dir>/hpfeeds`.
+pub fn output(config: &Config, stats: &Arc<Stats>) -> anyhow::Result<Output> {
     let c = &config.output.hpfeeds;
-    let limits = SpoolLimits::from_config(&config.output.spool, c.payload_max, c.payload_encoding);
     let throttle = Arc::new(Throttle::default());
-    SpoolSink::start(
-        "hpfeeds",
-        &config.data_path(&config.output.spool.dir).join("hpfeeds"),
-        limits,
-        Box::new(HpfeedsDelivery::new(
-            c.clone(),
-            Arc::clone(stats),
-            Arc::clone(&throttle),
-        )),
-        Arc::clone(stats),
-        throttle,
-    )
+    Ok(Output {
+        member: Member {
+            name: "hpfeeds",
+            dir: config.data_path(&config.output.spool.dir).join("hpfeeds"),
+            delivery: Box::new(HpfeedsDelivery::new(
+                c.clone(),
+                Arc::clone(stats),
+                Arc::clone(&throttle),
+            )),
+            throttle,
+        },
+        payload_max: c.payload_max,
+        encoding: c.payload_encoding,
+    })
 }
 
 /// Publishes spooled events; holds one connection, opened when needed.

@@ -70,16 +70,21 @@ pub fn build(config: &Config, stats: &Arc<Stats>) -> anyhow::Result<Vec<Box<dyn 
     if config.output.savefile.enabled {
         sinks.push(Box::new(legacy::savefile::SaveFileSink::open(config)?));
     }
+    // The network outputs, each behind the durable spool; those taking the same
+    // event share one (spool::start_shared).
+    let mut network = Vec::new();
     if config.output.postgres.enabled {
-        sinks.push(Box::new(postgres::start(config, stats)?));
+        network.push(postgres::output(config, stats)?);
     }
     if config.output.nats.enabled {
-        sinks.push(Box::new(nats::start(config, stats)?));
+        network.push(nats::output(config)?);
     }
     if config.output.hpfeeds.enabled {
-        sinks.push(Box::new(hpfeeds::start(config, stats)?));
+        network.push(hpfeeds::output(config, stats)?);
     }
-    let _ = stats;
+    for s in spool::start_shared(&config.output.spool, network, stats)? {
+        sinks.push(Box::new(s));
+    }
     Ok(sinks)
 }
 

@@ -13,9 +13,9 @@
 //! The connection and stream settings ([`NatsConfig`]) are shared with
 //! `honeytrap collect` (src/collect.rs).
 
-use super::spool::{Delivery, SpoolLimits, SpoolSink, Spooled};
+use super::spool::{Delivery, Member, Output, Spooled};
 use crate::config::{units, Config, Invalid, PayloadEncoding};
-use crate::stats::{Stats, Throttle};
+use crate::stats::Throttle;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};
 use serde::{Deserialize, Serialize};
@@ -464,22 +464,23 @@ impl Delivery for NatsDelivery {
     }
 }
 
-/// The output as a sink: the spool in `<data_dir>/<spool.dir>/nats`.
-pub fn start(config: &Config, stats: &Arc<Stats>) -> anyhow::Result<SpoolSink> {
+/// The output as a spool member, in `<data_dir>/<spool.dir>/nats`.
+pub fn output(config: &Config) -> anyhow::Result<Output> {
     let c = &config.output.nats;
-    let limits = SpoolLimits::from_config(&config.output.spool, c.payload_max, c.payload_encoding);
-    SpoolSink::start(
-        "nats",
-        &config.data_path(&config.output.spool.dir).join("nats"),
-        limits,
-        Box::new(NatsDelivery::new(
-            c,
-            &config.sensor.name,
-            config.output.spool.nice,
-        )?),
-        Arc::clone(stats),
-        Arc::new(Throttle::default()),
-    )
+    Ok(Output {
+        member: Member {
+            name: "nats",
+            dir: config.data_path(&config.output.spool.dir).join("nats"),
+            delivery: Box::new(NatsDelivery::new(
+                c,
+                &config.sensor.name,
+                config.output.spool.nice,
+            )?),
+            throttle: Arc::new(Throttle::default()),
+        },
+        payload_max: c.payload_max,
+        encoding: c.payload_encoding,
+    })
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! when the first batch goes out (`output.postgres.migrate`), so honeytrap starts
 //! while the server is down; the spool holds the events until it is back.
 
-use super::spool::{Delivery, SpoolLimits, SpoolSink, Spooled};
+use super::spool::{Delivery, Member, Output, Spooled};
 use crate::config::{Config, PayloadEncoding};
 use crate::db::{self, InsertOptions, Pool, PostgresConfig};
 use crate::stats::{Stats, Throttle};
@@ -64,21 +64,21 @@ impl Delivery for PostgresDelivery {
     }
 }
 
-/// The output as a sink: the spool in `<data_dir>/<spool.dir>/postgres`.
-pub fn start(config: &Config, stats: &Arc<Stats>) -> anyhow::Result<SpoolSink> {
+/// The output as a spool member, in `<data_dir>/<spool.dir>/postgres`.
+pub fn output(config: &Config, stats: &Arc<Stats>) -> anyhow::Result<Output> {
     let c = &config.output.postgres;
     let opts = InsertOptions {
         store_from: c.store_downloads.then(|| config.sensor.data_dir.clone()),
         download_max: c.download_max,
     };
-    let limits =
-        SpoolLimits::from_config(&config.output.spool, c.payload_max, PayloadEncoding::Base64);
-    SpoolSink::start(
-        "postgres",
-        &config.data_path(&config.output.spool.dir).join("postgres"),
-        limits,
-        Box::new(PostgresDelivery::new(c, opts, Arc::clone(stats))?),
-        Arc::clone(stats),
-        Arc::new(Throttle::default()),
-    )
+    Ok(Output {
+        member: Member {
+            name: "postgres",
+            dir: config.data_path(&config.output.spool.dir).join("postgres"),
+            delivery: Box::new(PostgresDelivery::new(c, opts, Arc::clone(stats))?),
+            throttle: Arc::new(Throttle::default()),
+        },
+        payload_max: c.payload_max,
+        encoding: PayloadEncoding::Base64,
+    })
 }

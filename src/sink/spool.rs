@@ -293,78 +293,195 @@ struct State {
     stop: bool,
 }
 
+/// One network output fed by a spool: its delivery, and its own directory, which
+/// holds its acknowledged position (`ack`) and its links to the segments it has yet
+/// to deliver.
+pub struct Member {
+    /// Short name (`postgres`, `nats`, ...), for logs and the delivery thread's name.
+    pub name: &'static str,
+    /// `<output.spool.dir>/<name>`.
+    pub dir: PathBuf,
+    pub delivery: Box<dyn Delivery>,
+    /// Rate limit of this output's warnings (its delivery may share it).
+    pub throttle: Arc<Throttle>,
+}
+
 /// A [`Sink`] that appends every event to an on-disk spool and never waits for the
-/// network; a delivery thread drains it.
+/// network; one delivery thread per member output drains it.
+///
+/// Several outputs that take the same event share one spool: each segment is one
+/// file, written once and hard-linked into every member's directory, so an event
+/// costs one write however many outputs deliver it. Each member reads its own links
+/// and acknowledges on its own; a segment's disk is freed when the last member has
+/// passed it. A member whose undelivered bytes reach `max_bytes` (its server has
+/// been away a long time) is left out of new segments, so the others go on: its
+/// events are dropped and counted until it has drained a segment's worth, then
+/// the next segment is linked for it again.
 pub struct SpoolSink {
     name: &'static str,
-    dir: PathBuf,
     limits: SpoolLimits,
-    /// The segment being written (shared with the sync thread).
-    file: Arc<File>,
+    /// The member outputs, in the order given.
+    members: Vec<Writing>,
+    /// The segment being written: one file linked into every attached member's
+    /// directory (more than one only where a link could not be made). Shared with
+    /// the sync thread.
+    files: Vec<Arc<File>>,
     /// The sync thread (`Fsync::Batch` with an interval).
     syncer: Option<(Arc<Syncer>, JoinHandle<()>)>,
     /// The segment being written and the bytes already in it.
     at: Pos,
     /// Records not yet written to the file.
     buf: Vec<u8>,
-    shared: Arc<Shared>,
     stats: Arc<Stats>,
     throttle: Arc<Throttle>,
-    thread: Option<JoinHandle<()>>,
     /// The sink thread's priority is lowered on its first event (the sink is
     /// created on the main thread, then runs on its own).
     niced: bool,
 }
 
-impl SpoolSink {
-    /// Open (or create) the spool in `dir`, start the delivery thread, and deliver
-    /// whatever an earlier run left undelivered.
-    pub fn start(
-        name: &'static str,
-        dir: &Path,
-        limits: SpoolLimits,
-        delivery: Box<dyn Delivery>,
-        stats: Arc<Stats>,
-        throttle: Arc<Throttle>,
-    ) -> anyhow::Result<SpoolSink> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let acked = read_ack(dir)?;
-        let segments = list_segments(dir)?;
-        let pending = undelivered_bytes(dir, &segments, acked)?;
-        // Always a fresh segment: never append behind a torn tail.
-        let seq = segments.last().map_or(0, |s| s + 1).max(acked.seq + 1);
-        let at = Pos { seq, offset: 0 };
-        let file = create_segment(dir, seq, limits.segment_bytes)?;
-        Stats::add(&stats.spool_bytes, pending);
-        if pending > 0 {
-            tracing::info!(
-                output = name,
-                bytes = pending,
-                "spool: undelivered events from an earlier run"
-            );
+/// The writer's view of one member output.
+struct Writing {
+    name: &'static str,
+    dir: PathBuf,
+    /// What the writer and this member's delivery thread share.
+    shared: Arc<Shared>,
+    /// Whether the segment being written is linked into its directory (false while
+    /// its spool is full).
+    attached: bool,
+    /// Whether it takes the event being appended (set per event).
+    room: bool,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writing {
+    fn pending(&self) -> u64 {
+        self.shared.state.lock().unwrap().pending
+    }
+}
+
+/// A network output as `sink::build` hands it over: the spool member and the event
+/// it takes (payload cap and encoding).
+pub struct Output {
+    pub member: Member,
+    pub payload_max: u64,
+    pub encoding: PayloadEncoding,
+}
+
+/// Start the spools of `outputs` with the settings of `[output.spool]`: one spool for
+/// each set of outputs taking the same event, so each event is written once per
+/// set, in the order the outputs were given.
+pub fn start_shared(
+    config: &SpoolConfig,
+    outputs: Vec<Output>,
+    stats: &Arc<Stats>,
+) -> anyhow::Result<Vec<SpoolSink>> {
+    let mut groups: Vec<((u64, PayloadEncoding), Vec<Member>)> = Vec::new();
+    for o in outputs {
+        let event = (o.payload_max, o.encoding);
+        match groups.iter_mut().find(|(e, _)| *e == event) {
+            Some((_, members)) => members.push(o.member),
+            None => groups.push((event, vec![o.member])),
         }
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                head: at,
-                pending,
-                stop: false,
-            }),
-            wake: Condvar::new(),
-        });
-        let reader = Reader {
-            name,
-            dir: dir.to_path_buf(),
-            cursor: acked,
-            file: None,
-            shared: Arc::clone(&shared),
-            stats: Arc::clone(&stats),
-            throttle: Arc::clone(&throttle),
-        };
-        let file = Arc::new(file);
+    }
+    groups
+        .into_iter()
+        .map(|((payload_max, encoding), members)| {
+            let limits = SpoolLimits::from_config(config, payload_max, encoding);
+            SpoolSink::start(members, limits, Arc::clone(stats))
+        })
+        .collect()
+}
+
+/// The name of a spool shared by `names` (`postgres+nats`), made once per set.
+fn group_name(names: &[&'static str]) -> &'static str {
+    if let [one] = names {
+        return one;
+    }
+    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let joined = names.join("+");
+    let mut known = NAMES.lock().unwrap();
+    if let Some(n) = known.iter().find(|n| **n == joined) {
+        return n;
+    }
+    let n: &'static str = Box::leak(joined.into_boxed_str());
+    known.push(n);
+    n
+}
+
+impl SpoolSink {
+    /// Open (or create) each member's spool directory, start a delivery thread per
+    /// member, and deliver whatever an earlier run left undelivered.
+    pub fn start(
+        members: Vec<Member>,
+        limits: SpoolLimits,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<SpoolSink> {
+        anyhow::ensure!(!members.is_empty(), "a spool needs at least one output");
+        let names: Vec<_> = members.iter().map(|m| m.name).collect();
+        let name = group_name(&names);
+        // Where each member stands, and the first segment number none has used.
+        let mut seq = 0;
+        let mut found = Vec::new();
+        for m in &members {
+            let dir = &m.dir;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let acked = read_ack(dir)?;
+            let segments = list_segments(dir)?;
+            let pending = undelivered_bytes(dir, &segments, acked)?;
+            // Always a fresh segment: never append behind a torn tail.
+            seq = seq
+                .max(segments.last().map_or(0, |s| s + 1))
+                .max(acked.seq + 1);
+            Stats::add(&stats.spool_bytes, pending);
+            if pending > 0 {
+                tracing::info!(
+                    output = m.name,
+                    bytes = pending,
+                    "spool: undelivered events from an earlier run"
+                );
+            }
+            found.push((acked, pending));
+        }
+        let at = Pos { seq, offset: 0 };
+        let dirs: Vec<&Path> = members.iter().map(|m| m.dir.as_path()).collect();
+        let files = create_segments(&dirs, seq, limits.segment_bytes)?;
+        let mut writing = Vec::new();
+        for (m, (acked, pending)) in members.into_iter().zip(found) {
+            let shared = Arc::new(Shared {
+                state: Mutex::new(State {
+                    head: at,
+                    pending,
+                    stop: false,
+                }),
+                wake: Condvar::new(),
+            });
+            let reader = Reader {
+                name: m.name,
+                dir: m.dir.clone(),
+                cursor: acked,
+                file: None,
+                shared: Arc::clone(&shared),
+                stats: Arc::clone(&stats),
+                throttle: m.throttle,
+            };
+            let (l, delivery) = (limits.clone(), m.delivery);
+            let thread = std::thread::Builder::new()
+                .name(format!("deliver-{}", m.name))
+                .spawn(move || run_delivery(reader, delivery, l))?;
+            writing.push(Writing {
+                name: m.name,
+                dir: m.dir,
+                shared,
+                attached: true,
+                room: true,
+                thread: Some(thread),
+            });
+        }
+        let throttle = Arc::new(Throttle::default());
         let syncer = if limits.fsync == Fsync::Batch && !limits.fsync_interval.is_zero() {
             let sy = Arc::new(Syncer {
                 state: Mutex::new(SyncState {
-                    file: Arc::clone(&file),
+                    files: files.clone(),
                     dirty_since: None,
                     stop: false,
                 }),
@@ -381,22 +498,16 @@ impl SpoolSink {
         } else {
             None
         };
-        let l = limits.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("deliver-{name}"))
-            .spawn(move || run_delivery(reader, delivery, l))?;
         Ok(SpoolSink {
             name,
-            dir: dir.to_path_buf(),
             limits,
-            file,
+            members: writing,
+            files,
             syncer,
             at,
             buf: Vec::with_capacity(WRITE_CHUNK),
-            shared,
             stats,
             throttle,
-            thread: Some(thread),
             niced: false,
         })
     }
@@ -409,14 +520,29 @@ impl SpoolSink {
     /// Append one event given by its parts, encoded straight into the buffer.
     fn append_parts(&mut self, key: &str, kind: &str, body: &[u8]) -> anyhow::Result<()> {
         let size = record_len(key, kind, body);
-        let pending = self.shared.state.lock().unwrap().pending;
-        if pending + self.buf.len() as u64 + size > self.limits.max_bytes {
-            Stats::inc(&self.stats.spool_dropped);
-            limit_warn!(self.throttle, "spool_full", output = self.name, id = %key, max_bytes = self.limits.max_bytes, "spool full: event dropped (the newest is dropped; see output.spool.max_bytes)");
+        let (max, buffered) = (self.limits.max_bytes, self.buf.len() as u64);
+        let (mut any_room, mut change) = (false, false);
+        for m in &mut self.members {
+            let pending = m.pending();
+            m.room = if m.attached {
+                pending + buffered + size <= max
+            } else {
+                // Taken back once a segment's worth has drained, not at the first
+                // free byte: each change of members starts a new segment.
+                pending + self.limits.segment_bytes <= max
+            };
+            any_room |= m.room;
+            change |= m.room != m.attached;
+            if !m.room {
+                Stats::inc(&self.stats.spool_dropped);
+                limit_warn!(self.throttle, "spool_full", output = m.name, id = %key, max_bytes = max, "spool full: event dropped (the newest is dropped; see output.spool.max_bytes)");
+            }
+        }
+        if !any_room {
             return Ok(());
         }
         let used = self.at.offset + self.buf.len() as u64;
-        if used > 0 && used + size > self.limits.segment_bytes {
+        if change || (used > 0 && used + size > self.limits.segment_bytes) {
             self.write_out()?;
             self.rotate()?;
         }
@@ -428,14 +554,16 @@ impl SpoolSink {
     }
 
     /// Write the buffer to the segment, sync it per the policy, and let the delivery
-    /// thread see it.
+    /// threads of the attached members see it.
     fn write_out(&mut self) -> anyhow::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        (&*self.file)
-            .write_all(&self.buf)
-            .with_context(|| format!("writing the spool in {}", self.dir.display()))?;
+        for f in &self.files {
+            (&**f)
+                .write_all(&self.buf)
+                .with_context(|| format!("writing the spool of {}", self.name))?;
+        }
         match &self.syncer {
             // The sync thread syncs it within the interval.
             Some((sy, _)) => sy.written(),
@@ -445,19 +573,22 @@ impl SpoolSink {
         let n = self.buf.len() as u64;
         self.buf.clear();
         self.at.offset += n;
-        Stats::add(&self.stats.spool_bytes, n);
-        let mut st = self.shared.state.lock().unwrap();
-        st.head = self.at;
-        st.pending += n;
-        self.shared.wake.notify_all();
+        for m in self.members.iter().filter(|m| m.attached) {
+            Stats::add(&self.stats.spool_bytes, n);
+            let mut st = m.shared.state.lock().unwrap();
+            st.head = self.at;
+            st.pending += n;
+            m.shared.wake.notify_all();
+        }
         Ok(())
     }
 
     /// Sync the segment being written, on this thread.
     fn sync_now(&self) -> anyhow::Result<()> {
-        self.file
-            .sync_data()
-            .with_context(|| format!("syncing the spool in {}", self.dir.display()))?;
+        for f in &self.files {
+            f.sync_data()
+                .with_context(|| format!("syncing the spool of {}", self.name))?;
+        }
         #[cfg(test)]
         if let Some((sy, _)) = &self.syncer {
             sy.syncs.fetch_add(1, Relaxed);
@@ -475,19 +606,44 @@ impl SpoolSink {
         Ok(())
     }
 
-    /// Close the segment and start the next one.
+    /// Close the segment and start the next one, linked into the directories of
+    /// the members with room (`Writing::room`); a member left out keeps its head at
+    /// the end of the segment just closed.
     fn rotate(&mut self) -> anyhow::Result<()> {
         // The sync thread only knows the segment being written: sync this one now.
         self.sync_rest()?;
         let seq = self.at.seq + 1;
-        self.file = Arc::new(create_segment(&self.dir, seq, self.limits.segment_bytes)?);
+        for m in &mut self.members {
+            if m.attached != m.room {
+                tracing::info!(
+                    output = m.name,
+                    segment = seq,
+                    "spool: {}",
+                    if m.room {
+                        "room again: new events are spooled for this output"
+                    } else {
+                        "full: this output is left out of new segments until it has delivered a segment's worth"
+                    }
+                );
+            }
+            m.attached = m.room;
+        }
+        let dirs: Vec<&Path> = self
+            .members
+            .iter()
+            .filter(|m| m.attached)
+            .map(|m| m.dir.as_path())
+            .collect();
+        self.files = create_segments(&dirs, seq, self.limits.segment_bytes)?;
         if let Some((sy, _)) = &self.syncer {
-            sy.state.lock().unwrap().file = Arc::clone(&self.file);
+            sy.state.lock().unwrap().files = self.files.clone();
         }
         self.at = Pos { seq, offset: 0 };
-        let mut st = self.shared.state.lock().unwrap();
-        st.head = self.at;
-        self.shared.wake.notify_all();
+        for m in self.members.iter().filter(|m| m.attached) {
+            let mut st = m.shared.state.lock().unwrap();
+            st.head = self.at;
+            m.shared.wake.notify_all();
+        }
         Ok(())
     }
 }
@@ -518,7 +674,7 @@ impl Sink for SpoolSink {
 }
 
 impl Drop for SpoolSink {
-    /// Stop the delivery thread: it delivers what it can within `limits.drain`;
+    /// Stop the delivery threads: each delivers what it can within `limits.drain`;
     /// the rest stays spooled for the next start.
     fn drop(&mut self) {
         if let Err(e) = self.write_out().and_then(|()| self.sync_rest()) {
@@ -529,10 +685,14 @@ impl Drop for SpoolSink {
             sy.wake.notify_all();
             let _ = t.join();
         }
-        self.shared.state.lock().unwrap().stop = true;
-        self.shared.wake.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        for m in &self.members {
+            m.shared.state.lock().unwrap().stop = true;
+            m.shared.wake.notify_all();
+        }
+        for m in &mut self.members {
+            if let Some(t) = m.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -572,8 +732,8 @@ struct Syncer {
 }
 
 struct SyncState {
-    /// The segment being written.
-    file: Arc<File>,
+    /// The segment being written (its files).
+    files: Vec<Arc<File>>,
     /// When the first write not yet synced was made; None: all synced.
     dirty_since: Option<Instant>,
     stop: bool,
@@ -617,11 +777,13 @@ fn run_sync(
         // Everything written before this point is in the file: the sync covers it;
         // a later write marks the segment again.
         st.dirty_since = None;
-        let file = Arc::clone(&st.file);
+        let files = st.files.clone();
         drop(st);
-        if let Err(e) = file.sync_data() {
-            Stats::inc(&stats.output_errors);
-            limit_warn!(throttle, "spool_sync", output = name, error = %e, "spool: sync failed");
+        for file in files {
+            if let Err(e) = file.sync_data() {
+                Stats::inc(&stats.output_errors);
+                limit_warn!(throttle, "spool_sync", output = name, error = %e, "spool: sync failed");
+            }
         }
         #[cfg(test)]
         sy.syncs.fetch_add(1, Relaxed);
@@ -664,6 +826,24 @@ fn create_segment(dir: &Path, seq: u64, size: u64) -> anyhow::Result<File> {
         .with_context(|| format!("creating {}", p.display()))?;
     preallocate(&f, size);
     Ok(f)
+}
+
+/// Create segment `seq` in the first of `dirs` and hard-link it into the others, so
+/// it is written once for all of them. Where a link cannot be made (another file
+/// system), that directory gets a file of its own, written alongside.
+fn create_segments(dirs: &[&Path], seq: u64, size: u64) -> anyhow::Result<Vec<Arc<File>>> {
+    let Some((first, rest)) = dirs.split_first() else {
+        return Ok(Vec::new());
+    };
+    let mut files = vec![Arc::new(create_segment(first, seq, size)?)];
+    for dir in rest {
+        let to = segment_path(dir, seq);
+        if let Err(e) = std::fs::hard_link(segment_path(first, seq), &to) {
+            tracing::warn!(segment = %to.display(), error = %e, "spool: segment not shared by a hard link; written once more for this output");
+            files.push(Arc::new(create_segment(dir, seq, size)?));
+        }
+    }
+    Ok(files)
 }
 
 /// Reserve `size` bytes of disk for a new segment without changing its length
@@ -1132,7 +1312,13 @@ mod tests {
         assert!(took < Duration::from_secs(4), "{took:?}");
         assert_eq!(stats.spool_deferred.load(Relaxed), 1);
         // With everything delivered, the next event starts a new deferral, which
-        // ends as soon as the host is no longer saturated.
+        // ends as soon as the host is no longer saturated. (The delivery thread
+        // must have seen the spool empty first: give it a moment after the ack.)
+        let idle = Instant::now();
+        while stats.spool_bytes.load(Relaxed) > 0 && idle.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
         let t = Instant::now();
         s.append(&ev(3)).unwrap();
         s.flush().unwrap();
@@ -1158,16 +1344,17 @@ mod tests {
         }
     }
 
+    fn member(name: &'static str, dir: &Path, p: &Probe) -> Member {
+        Member {
+            name,
+            dir: dir.to_path_buf(),
+            delivery: Box::new(p.clone()),
+            throttle: Arc::new(Throttle::default()),
+        }
+    }
+
     fn start(dir: &Path, l: SpoolLimits, p: &Probe, stats: &Arc<Stats>) -> SpoolSink {
-        SpoolSink::start(
-            "test",
-            dir,
-            l,
-            Box::new(p.clone()),
-            Arc::clone(stats),
-            Arc::new(Throttle::default()),
-        )
-        .unwrap()
+        SpoolSink::start(vec![member("test", dir, p)], l, Arc::clone(stats)).unwrap()
     }
 
     fn wait_for(p: &Probe, n: usize) {
@@ -1329,6 +1516,168 @@ mod tests {
         let mut want = keys(0..10);
         want.push(ev(99).key);
         assert_eq!(*p.got.lock().unwrap(), want);
+    }
+
+    /// The sink of two outputs sharing a spool, in `root/a` and `root/b`.
+    fn start_two(
+        root: &Path,
+        l: SpoolLimits,
+        a: &Probe,
+        b: &Probe,
+        stats: &Arc<Stats>,
+    ) -> SpoolSink {
+        let members = vec![
+            member("a", &root.join("a"), a),
+            member("b", &root.join("b"), b),
+        ];
+        SpoolSink::start(members, l, Arc::clone(stats)).unwrap()
+    }
+
+    /// The inode of each segment in `dir`, and how many links it has.
+    fn inodes(dir: &Path) -> Vec<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        list_segments(dir)
+            .unwrap()
+            .into_iter()
+            .map(|s| {
+                let m = std::fs::metadata(segment_path(dir, s)).unwrap();
+                (m.ino(), m.nlink())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn outputs_sharing_a_spool_get_every_event_written_once() {
+        let root = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let (a, b) = (Probe::default(), Probe::default());
+        b.down.store(true, SeqCst);
+        let l = SpoolLimits {
+            segment_bytes: 300,
+            batch_max: 7,
+            ..limits()
+        };
+        let mut s = start_two(root.path(), l, &a, &b, &stats);
+        assert_eq!(s.name(), "a+b");
+        for i in 0..50 {
+            s.append(&ev(i)).unwrap();
+            if i % 10 == 0 {
+                s.flush().unwrap();
+            }
+        }
+        s.flush().unwrap();
+        wait_for(&a, 50);
+        // `a` has delivered and let go of its links; `b` (down) still holds every
+        // segment, each one file: written once, linked into `a` while `a` needed it.
+        let held = inodes(&root.path().join("b"));
+        assert!(held.len() > 5, "{held:?}");
+        let on_disk: u64 = list_segments(&root.path().join("b"))
+            .unwrap()
+            .iter()
+            .map(|&q| {
+                std::fs::metadata(segment_path(&root.path().join("b"), q))
+                    .unwrap()
+                    .len()
+            })
+            .sum();
+        assert_eq!(on_disk, 50 * encode(&ev(0)).len() as u64);
+        let (last_a, last_b) = (
+            *inodes(&root.path().join("a")).last().unwrap(),
+            *held.last().unwrap(),
+        );
+        assert_eq!(last_a.0, last_b.0, "the segment being written is one file");
+        assert_eq!(last_a.1, 2, "linked into both directories");
+        assert!(held[..held.len() - 1].iter().all(|&(_, n)| n == 1));
+        b.down.store(false, SeqCst);
+        wait_for(&b, 50);
+        drop(s);
+        assert_eq!(*a.got.lock().unwrap(), keys(0..50));
+        assert_eq!(*b.got.lock().unwrap(), keys(0..50));
+        assert_eq!(stats.spool_delivered.load(Relaxed), 100);
+        assert_eq!(stats.spool_bytes.load(Relaxed), 0);
+        assert!(list_segments(&root.path().join("b")).unwrap().len() <= 1);
+    }
+
+    #[test]
+    fn a_full_member_is_left_out_and_the_others_lose_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let (a, b) = (Probe::default(), Probe::default());
+        b.down.store(true, SeqCst);
+        let one = encode(&ev(0)).len() as u64;
+        let l = SpoolLimits {
+            max_bytes: one * 10,
+            segment_bytes: one * 4,
+            ..limits()
+        };
+        let mut s = start_two(root.path(), l.clone(), &a, &b, &stats);
+        for i in 0..40 {
+            s.append(&ev(i)).unwrap();
+            s.flush().unwrap();
+            // `a` keeps up (its own spool never fills).
+            let t = Instant::now();
+            while s.members[0].pending() > 0 && t.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        assert_eq!(*a.got.lock().unwrap(), keys(0..40), "a loses nothing");
+        assert_eq!(stats.spool_dropped.load(Relaxed), 30, "dropped for b only");
+        let b_dir = root.path().join("b");
+        let held: u64 = list_segments(&b_dir)
+            .unwrap()
+            .iter()
+            .map(|&q| std::fs::metadata(segment_path(&b_dir, q)).unwrap().len())
+            .sum();
+        assert_eq!(held, one * 10, "b's directory holds at most max_bytes");
+        // A restart while b is full: b still has its ten, a nothing to deliver.
+        drop(s);
+        b.down.store(false, SeqCst);
+        let mut s = start_two(root.path(), l, &a, &b, &stats);
+        wait_for(&b, 10);
+        assert_eq!(*b.got.lock().unwrap(), keys(0..10));
+        // Drained: b takes new events again.
+        let t = Instant::now();
+        while stats.spool_bytes.load(Relaxed) > 0 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for i in 40..45 {
+            s.append(&ev(i)).unwrap();
+        }
+        s.flush().unwrap();
+        wait_for(&a, 45);
+        wait_for(&b, 15);
+        drop(s);
+        assert_eq!(*a.got.lock().unwrap(), keys(0..45), "nothing twice");
+        let mut want = keys(0..10);
+        want.extend(keys(40..45));
+        assert_eq!(*b.got.lock().unwrap(), want);
+    }
+
+    #[test]
+    fn a_member_on_another_file_system_gets_its_own_copy() {
+        use std::os::unix::fs::MetadataExt;
+        let disk = tempfile::tempdir().unwrap();
+        let shm = tempfile::tempdir_in("/dev/shm").expect("/dev/shm (tmpfs) is needed");
+        let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+        assert_ne!(
+            dev(disk.path()),
+            dev(shm.path()),
+            "this test needs the temporary directory and /dev/shm on two file systems"
+        );
+        let stats = Arc::new(Stats::default());
+        let (a, b) = (Probe::default(), Probe::default());
+        let members = vec![member("a", disk.path(), &a), member("b", shm.path(), &b)];
+        let mut s = SpoolSink::start(members, limits(), Arc::clone(&stats)).unwrap();
+        assert_eq!(s.files.len(), 2, "no link across file systems: two files");
+        for i in 0..20 {
+            s.append(&ev(i)).unwrap();
+        }
+        s.flush().unwrap();
+        wait_for(&a, 20);
+        wait_for(&b, 20);
+        drop(s);
+        assert_eq!(*a.got.lock().unwrap(), keys(0..20));
+        assert_eq!(*b.got.lock().unwrap(), keys(0..20));
     }
 
     #[test]
