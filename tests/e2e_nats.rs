@@ -860,3 +860,93 @@ fn sigkill_while_the_spool_holds_events_and_nats_is_down_loses_and_duplicates_no
     );
     assert_eq!(stream_messages(&net.honeypot, &url, "HONEYTRAP").len(), 10);
 }
+
+/// The inode and link count of each spool segment in `dir`.
+fn segments(dir: &Path) -> BTreeMap<String, (u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                (m.ino(), m.nlink()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn postgresql_and_nats_on_one_sensor_share_one_spool_and_one_outage_holds_back_neither() {
+    if !require_root() {
+        return;
+    }
+    let pg = Pg::start(None, None);
+    let net = NetPair::new("natsshare");
+    let mut nats = NatsServer::start(&net.honeypot, "127.0.0.1");
+    let url = format!("nats://127.0.0.1:{PORT}");
+    nats.stop();
+    let conf = sensor_config("shared", &url).replace(
+        "[output.spool]",
+        &format!(
+            "[output.postgres]\nenabled = true\nurl = \"{}\"\n\n[output.spool]",
+            pg.url()
+        ),
+    );
+    let mut d = Daemon::start(&net, &conf);
+    for i in 0..10 {
+        clients::nc_once(&net, &net.hp_v4, 8080, format!("shared {i}").as_bytes());
+    }
+    let events = d.wait_events(10, Duration::from_secs(20));
+    let want: BTreeMap<String, String> = ids(&events)
+        .into_iter()
+        .map(|id| (id, "shared".to_string()))
+        .collect();
+    // NATS is down: PostgreSQL gets every attack all the same.
+    let mut got = BTreeMap::new();
+    wait_until(Duration::from_secs(30), || {
+        got = db_attacks(&pg);
+        got.len() >= want.len()
+    });
+    assert_eq!(got, want, "{}", d.log());
+    assert!(
+        d.wait_log("spool: delivery failed", Duration::from_secs(20)),
+        "{}",
+        d.log()
+    );
+    // One spool: the segment being written is one file, linked into both outputs'
+    // directories; nothing was written twice.
+    let spool = d.data().join("spool");
+    let (in_pg, in_nats) = (
+        segments(&spool.join("postgres")),
+        segments(&spool.join("nats")),
+    );
+    let (name, (ino, links)) = in_pg
+        .iter()
+        .next_back()
+        .map(|(n, &v)| (n.clone(), v))
+        .expect("a segment");
+    assert_eq!(
+        in_nats.get(&name),
+        Some(&(ino, links)),
+        "{in_pg:?} {in_nats:?}"
+    );
+    assert_eq!(links, 2);
+    assert!(d.log().contains("postgres+nats"), "{}", d.log());
+    // NATS back: it gets every attack once.
+    nats.start_again();
+    let stream = wait_stream(&net.honeypot, &url, 10, Duration::from_secs(30));
+    let stored: Vec<String> = stream.iter().map(|m| m.msg_id.clone()).collect();
+    assert_eq!(stored.len(), 10, "nothing twice: {stored:?}");
+    assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), ids(&events));
+    d.stop();
+    assert_eq!(
+        final_counter(&d.log(), "spool_delivered"),
+        20,
+        "{}",
+        d.log()
+    );
+    assert_eq!(pg.count("SELECT * FROM attacks"), 10);
+}

@@ -539,5 +539,8 @@ pub(super) fn scenario_outputs(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
         );
         rows.push(r);
     }
+    if ratios.len() > 1 {
+        rows.push(summary_row("outputs", &ratios));
+    }
     Ok(())
 }

@@ -419,6 +419,12 @@ impl SpoolSink {
         anyhow::ensure!(!members.is_empty(), "a spool needs at least one output");
         let names: Vec<_> = members.iter().map(|m| m.name).collect();
         let name = group_name(&names);
+        if names.len() > 1 {
+            tracing::info!(
+                spool = name,
+                "spool: these outputs take the same event and share one spool (each event written once)"
+            );
+        }
         // Where each member stands, and the first segment number none has used.
         let mut seq = 0;
         let mut found = Vec::new();
