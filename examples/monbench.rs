@@ -107,6 +107,11 @@ struct Args {
     /// honeytrap's `monitor.tproxy.port` (excluded from every scan, like 22).
     #[arg(long, default_value_t = 65499)]
     tproxy_port: u16,
+    /// Extra TOML for honeytrap's configuration, appended after the harness's
+    /// (repeatable; may open new tables), e.g. `--honeytrap-set '[analysis]
+    /// enabled = false'`: for diagnostics, the verdict runs keep the defaults.
+    #[arg(long)]
+    honeytrap_set: Vec<String>,
     /// Longest an nmap scan may take, in seconds (it is killed after that).
     #[arg(long, default_value_t = 900)]
     nmap_timeout: u64,
@@ -279,7 +284,11 @@ fn set_up(args: &Args, kind: Kind, tag: &str, bare_ports: &[u16]) -> Result<Setu
                 max_listeners: args.max_listeners,
                 max_sessions: args.max_sessions,
             };
-            Target::honeytrap(&net, &args.honeytrap, &cfg.toml())?
+            Target::honeytrap(
+                &net,
+                &args.honeytrap,
+                &(cfg.toml() + &args.honeytrap_set.join("\n") + "\n"),
+            )?
         }
     };
     Ok(Setup { net, target })
