@@ -140,6 +140,17 @@ impl<T: Default> Labeled<T> {
         v
     }
 
+    /// Show `v` under `labels` as well (several outputs sharing one queue).
+    pub fn alias(&self, labels: &[&str], v: &Arc<T>) {
+        let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        if !sets.iter().any(|(k, _)| k.iter().eq(labels.iter())) {
+            sets.push((
+                labels.iter().map(|s| s.to_string()).collect(),
+                Arc::clone(v),
+            ));
+        }
+    }
+
     /// Every label set and its value, in the order they first appeared.
     pub fn entries(&self) -> Vec<(Vec<String>, Arc<T>)> {
         self.sets.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -339,6 +350,20 @@ macro_rules! limit_warn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_alias_shows_the_same_value_under_another_label() {
+        let l: Labeled = Labeled::default();
+        let v = l.handle(&["postgres"]);
+        l.alias(&["nats"], &v);
+        l.alias(&["nats"], &v);
+        v.store(7, Relaxed);
+        let e = l.entries();
+        assert_eq!(e.len(), 2, "an alias is added once");
+        assert_eq!(e[1].0, vec!["nats".to_string()]);
+        assert_eq!(e[1].1.load(Relaxed), 7);
+        assert_eq!(l.handle(&["nats"]).load(Relaxed), 7);
+    }
 
     #[test]
     fn throttle_counts_held_back() {

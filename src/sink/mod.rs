@@ -42,6 +42,11 @@ pub trait Sink: Send + 'static {
     fn event_settings(&self) -> Option<(u64, crate::config::PayloadEncoding)> {
         None
     }
+    /// The outputs this sink writes for, as metrics name them: its own name, or
+    /// each output sharing it (a shared spool).
+    fn outputs(&self) -> Vec<&'static str> {
+        vec![self.name()]
+    }
     /// Make everything written so far durable (called when the queue has stayed empty for
     /// `linger::LINGER`, and at shutdown).
     fn flush(&mut self) -> anyhow::Result<()> {
@@ -220,7 +225,13 @@ impl Recorder {
             let name = sink.name();
             let st = Arc::clone(&stats);
             let th = Arc::clone(&throttle);
-            let depth = stats.output_queue.handle(&[name]);
+            // Under each output's own name: a shared spool's queue is each of its
+            // outputs' queue.
+            let outputs = sink.outputs();
+            let depth = stats.output_queue.handle(&[outputs[0]]);
+            for o in &outputs[1..] {
+                stats.output_queue.alias(&[o], &depth);
+            }
             let d = Arc::clone(&depth);
             let handle = std::thread::Builder::new()
                 .name(format!("sink-{name}"))
@@ -611,6 +622,64 @@ mod tests {
             100,
             "every attack was either written or counted as dropped"
         );
+    }
+
+    /// A slow sink that writes for two outputs (like a shared spool).
+    struct SlowPair(Arc<AtomicUsize>);
+
+    impl Sink for SlowPair {
+        fn name(&self) -> &'static str {
+            "a+b"
+        }
+        fn outputs(&self) -> Vec<&'static str> {
+            vec!["a", "b"]
+        }
+        fn write(&mut self, a: &Attack, e: &Rendered) -> anyhow::Result<()> {
+            Slow(Arc::clone(&self.0)).write(a, e)
+        }
+    }
+
+    #[test]
+    fn a_sink_shared_by_outputs_shows_its_queue_under_each_outputs_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.sensor.data_dir = dir.path().to_path_buf();
+        config.output.transcripts.enabled = false;
+        let stats = Arc::new(Stats::default());
+        let written = Arc::new(AtomicUsize::new(0));
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(SlowPair(Arc::clone(&written)))];
+        let r = Recorder::start(
+            &config,
+            sinks,
+            AnalyzerSet::default(),
+            Arc::clone(&stats),
+            Arc::default(),
+        )
+        .unwrap();
+        for _ in 0..10 {
+            r.submit(captured());
+        }
+        let depth = |name: &str| {
+            let e = stats.output_queue.entries();
+            e.iter()
+                .find(|(k, _)| k == &[name.to_string()])
+                .map(|(_, v)| v.load(Relaxed))
+        };
+        let t = Instant::now();
+        while depth("a").unwrap_or(0) == 0 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(depth("a").unwrap() > 0, "attacks wait behind the slow sink");
+        let e = stats.output_queue.entries();
+        let get = |n: &str| &e.iter().find(|(k, _)| k == &[n.to_string()]).unwrap().1;
+        assert!(
+            Arc::ptr_eq(get("a"), get("b")),
+            "one queue, shown under both names"
+        );
+        assert_eq!(depth("a+b"), None);
+        r.close();
+        assert_eq!(written.load(Relaxed), 10);
+        assert_eq!(depth("b"), Some(0));
     }
 
     #[test]

@@ -659,6 +659,10 @@ impl Sink for SpoolSink {
         self.name
     }
 
+    fn outputs(&self) -> Vec<&'static str> {
+        self.members.iter().map(|m| m.name).collect()
+    }
+
     fn event_settings(&self) -> Option<(u64, crate::config::PayloadEncoding)> {
         Some((self.limits.payload_max, self.limits.encoding))
     }
