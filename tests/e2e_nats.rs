@@ -591,6 +591,29 @@ fn db_attacks(pg: &Pg) -> BTreeMap<String, String> {
     }
 }
 
+/// The attacks of `events` as the database should hold them: id and sensor.
+fn by_sensor(events: &[Value], sensor: &str) -> BTreeMap<String, String> {
+    ids(events)
+        .into_iter()
+        .map(|id| (id, sensor.to_string()))
+        .collect()
+}
+
+/// Wait until the database holds as many attacks as `want` (or `limit` is up);
+/// returns what it holds.
+fn wait_db_attacks(
+    pg: &Pg,
+    want: &BTreeMap<String, String>,
+    limit: Duration,
+) -> BTreeMap<String, String> {
+    let mut got = BTreeMap::new();
+    wait_until(limit, || {
+        got = db_attacks(pg);
+        got.len() >= want.len()
+    });
+    got
+}
+
 #[test]
 fn the_collector_acknowledges_nothing_before_postgresql_has_stored_it_and_rides_out_outages() {
     if !require_root() {
@@ -628,15 +651,8 @@ fn the_collector_acknowledges_nothing_before_postgresql_has_stored_it_and_rides_
     assert!(info["num_ack_pending"].as_u64().unwrap() > 0, "{info:#}");
     // Back: every attack stored once, and only then acknowledged.
     pg.start_again();
-    let want: BTreeMap<String, String> = ids(&events)
-        .into_iter()
-        .map(|id| (id, "coll".to_string()))
-        .collect();
-    let mut got = BTreeMap::new();
-    wait_until(Duration::from_secs(30), || {
-        got = db_attacks(&pg);
-        got.len() >= want.len()
-    });
+    let want = by_sensor(&events, "coll");
+    let got = wait_db_attacks(&pg, &want, Duration::from_secs(30));
     assert_eq!(got, want, "collector log:\n{}", c.log());
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -654,14 +670,8 @@ fn the_collector_acknowledges_nothing_before_postgresql_has_stored_it_and_rides_
     let events = d.wait_events(12, Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs(1));
     nats.start_again();
-    let want: BTreeMap<String, String> = ids(&events)
-        .into_iter()
-        .map(|id| (id, "coll".to_string()))
-        .collect();
-    wait_until(Duration::from_secs(30), || {
-        got = db_attacks(&pg);
-        got.len() >= want.len()
-    });
+    let want = by_sensor(&events, "coll");
+    let got = wait_db_attacks(&pg, &want, Duration::from_secs(30));
     assert_eq!(
         got,
         want,
@@ -714,11 +724,7 @@ fn a_three_sensor_fleet_reaches_postgresql_through_nats_and_two_collectors() {
         }
     }
     assert_eq!(want.len(), 3 * PER_SENSOR as usize);
-    let mut got = BTreeMap::new();
-    wait_until(Duration::from_secs(60), || {
-        got = db_attacks(&pg);
-        got.len() >= want.len()
-    });
+    let got = wait_db_attacks(&pg, &want, Duration::from_secs(60));
     let logs = || {
         collectors
             .iter()
@@ -900,16 +906,9 @@ fn postgresql_and_nats_on_one_sensor_share_one_spool_and_one_outage_holds_back_n
         clients::nc_once(&net, &net.hp_v4, 8080, format!("shared {i}").as_bytes());
     }
     let events = d.wait_events(10, Duration::from_secs(20));
-    let want: BTreeMap<String, String> = ids(&events)
-        .into_iter()
-        .map(|id| (id, "shared".to_string()))
-        .collect();
+    let want = by_sensor(&events, "shared");
     // NATS is down: PostgreSQL gets every attack all the same.
-    let mut got = BTreeMap::new();
-    wait_until(Duration::from_secs(30), || {
-        got = db_attacks(&pg);
-        got.len() >= want.len()
-    });
+    let got = wait_db_attacks(&pg, &want, Duration::from_secs(30));
     assert_eq!(got, want, "{}", d.log());
     assert!(
         d.wait_log("spool: delivery failed", Duration::from_secs(20)),

@@ -238,6 +238,7 @@ impl Recorder {
                 .spawn(move || run_sink(sink, rx, st, th, d))?;
             lanes.push(Lane {
                 name,
+                outputs: outputs.len() as u64,
                 tx,
                 handle,
                 depth,
@@ -365,6 +366,8 @@ impl Recorder {
 
 struct Lane {
     name: &'static str,
+    /// How many outputs this lane writes for (a shared spool: several).
+    outputs: u64,
     tx: SyncSender<LaneMsg>,
     handle: JoinHandle<()>,
     /// Records in `tx` not yet taken by the sink (a metric).
@@ -424,7 +427,8 @@ impl Writer {
                 lane.tx.try_send(LaneMsg::Record(Arc::clone(&record)))
             {
                 lane.depth.fetch_sub(1, Relaxed);
-                Stats::inc(&self.stats.records_dropped);
+                // One per output that misses it.
+                Stats::add(&self.stats.records_dropped, lane.outputs);
                 limit_warn!(self.throttle, "sink_queue_full", sink = lane.name, id = %record.attack.id, "attack record not written: output queue full");
             }
         }
@@ -585,24 +589,29 @@ mod tests {
         Captured::test_session(b"payload")
     }
 
-    #[test]
-    fn a_slow_sink_never_blocks_submit_and_overflow_is_counted() {
+    /// A recorder for `sinks` without analysis and transcripts, its configuration
+    /// changed by `tweak`; its data directory lasts as long as the `TempDir`.
+    fn recorder(
+        sinks: Vec<Box<dyn Sink>>,
+        stats: &Arc<Stats>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> (tempfile::TempDir, Recorder) {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.sensor.data_dir = dir.path().to_path_buf();
         config.output.transcripts.enabled = false;
-        config.output.queue_size = 4;
+        tweak(&mut config);
+        let set = AnalyzerSet::default();
+        let r = Recorder::start(&config, sinks, set, Arc::clone(stats), Arc::default());
+        (dir, r.unwrap())
+    }
+
+    #[test]
+    fn a_slow_sink_never_blocks_submit_and_overflow_is_counted() {
         let stats = Arc::new(Stats::default());
         let written = Arc::new(AtomicUsize::new(0));
         let sinks: Vec<Box<dyn Sink>> = vec![Box::new(Slow(Arc::clone(&written)))];
-        let r = Recorder::start(
-            &config,
-            sinks,
-            AnalyzerSet::default(),
-            Arc::clone(&stats),
-            Arc::default(),
-        )
-        .unwrap();
+        let (_dir, r) = recorder(sinks, &stats, |c| c.output.queue_size = 4);
         let started = Instant::now();
         for _ in 0..100 {
             r.submit(captured());
@@ -641,21 +650,10 @@ mod tests {
 
     #[test]
     fn a_sink_shared_by_outputs_shows_its_queue_under_each_outputs_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.sensor.data_dir = dir.path().to_path_buf();
-        config.output.transcripts.enabled = false;
         let stats = Arc::new(Stats::default());
         let written = Arc::new(AtomicUsize::new(0));
         let sinks: Vec<Box<dyn Sink>> = vec![Box::new(SlowPair(Arc::clone(&written)))];
-        let r = Recorder::start(
-            &config,
-            sinks,
-            AnalyzerSet::default(),
-            Arc::clone(&stats),
-            Arc::default(),
-        )
-        .unwrap();
+        let (_dir, r) = recorder(sinks, &stats, |_| {});
         for _ in 0..10 {
             r.submit(captured());
         }
@@ -684,22 +682,10 @@ mod tests {
 
     #[test]
     fn the_byte_budget_bounds_queued_attacks() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.sensor.data_dir = dir.path().to_path_buf();
-        config.output.transcripts.enabled = false;
-        config.output.queue_bytes = 1 << 20;
         let stats = Arc::new(Stats::default());
         let written = Arc::new(AtomicUsize::new(0));
         let sinks: Vec<Box<dyn Sink>> = vec![Box::new(Slow(Arc::clone(&written)))];
-        let r = Recorder::start(
-            &config,
-            sinks,
-            AnalyzerSet::default(),
-            Arc::clone(&stats),
-            Arc::default(),
-        )
-        .unwrap();
+        let (_dir, r) = recorder(sinks, &stats, |c| c.output.queue_bytes = 1 << 20);
         // 40 attacks of 100 KiB: only about 10 fit in 1 MiB at a time.
         for _ in 0..40 {
             let mut c = captured();
@@ -729,23 +715,12 @@ mod tests {
 
     #[test]
     fn every_sink_gets_the_same_rendering_of_an_attack() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.sensor.data_dir = dir.path().to_path_buf();
-        config.output.transcripts.enabled = false;
         let (one, two) = (Arc::default(), Arc::default());
         let sinks: Vec<Box<dyn Sink>> = vec![
             Box::new(Keep(Arc::clone(&one))),
             Box::new(Keep(Arc::clone(&two))),
         ];
-        let r = Recorder::start(
-            &config,
-            sinks,
-            AnalyzerSet::default(),
-            Arc::default(),
-            Arc::default(),
-        )
-        .unwrap();
+        let (_dir, r) = recorder(sinks, &Arc::default(), |_| {});
         for _ in 0..3 {
             r.submit(captured());
         }

@@ -283,13 +283,14 @@ struct Pos {
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    /// Undelivered bytes on disk: read by the writer for every event, so outside
+    /// the lock.
+    pending: std::sync::atomic::AtomicU64,
 }
 
 struct State {
     /// The end of what the writer has written to its segment (readable up to here).
     head: Pos,
-    /// Undelivered bytes on disk.
-    pending: u64,
     stop: bool,
 }
 
@@ -355,7 +356,7 @@ struct Writing {
 
 impl Writing {
     fn pending(&self) -> u64 {
-        self.shared.state.lock().unwrap().pending
+        self.shared.pending.load(Relaxed)
     }
 }
 
@@ -456,10 +457,10 @@ impl SpoolSink {
             let shared = Arc::new(Shared {
                 state: Mutex::new(State {
                     head: at,
-                    pending,
                     stop: false,
                 }),
                 wake: Condvar::new(),
+                pending: pending.into(),
             });
             let reader = Reader {
                 name: m.name,
@@ -583,7 +584,7 @@ impl SpoolSink {
             Stats::add(&self.stats.spool_bytes, n);
             let mut st = m.shared.state.lock().unwrap();
             st.head = self.at;
-            st.pending += n;
+            m.shared.pending.fetch_add(n, Relaxed);
             m.shared.wake.notify_all();
         }
         Ok(())
@@ -1114,8 +1115,10 @@ impl Reader {
             }
         }
         self.cursor = to;
-        let mut st = self.shared.state.lock().unwrap();
-        st.pending = st.pending.saturating_sub(bytes);
+        let _ = self
+            .shared
+            .pending
+            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(bytes)));
         let _ = self
             .stats
             .spool_bytes
@@ -1324,10 +1327,7 @@ mod tests {
         // With everything delivered, the next event starts a new deferral, which
         // ends as soon as the host is no longer saturated. (The delivery thread
         // must have seen the spool empty first: give it a moment after the ack.)
-        let idle = Instant::now();
-        while stats.spool_bytes.load(Relaxed) > 0 && idle.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_drained(&stats);
         std::thread::sleep(Duration::from_millis(100));
         let t = Instant::now();
         s.append(&ev(3)).unwrap();
@@ -1372,6 +1372,19 @@ mod tests {
         while p.got.lock().unwrap().len() < n && t.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Wait until every spool has delivered everything (at most 5 s).
+    fn wait_drained(stats: &Stats) {
+        let t = Instant::now();
+        while stats.spool_bytes.load(Relaxed) > 0 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Bytes of all segments in `dir`.
+    fn on_disk(dir: &Path) -> u64 {
+        undelivered_bytes(dir, &list_segments(dir).unwrap(), Pos::default()).unwrap()
     }
 
     fn keys(r: std::ops::Range<usize>) -> Vec<String> {
@@ -1515,10 +1528,7 @@ mod tests {
         p.down.store(false, SeqCst);
         wait_for(&p, 10);
         // Delivered: room again.
-        let t = Instant::now();
-        while stats.spool_bytes.load(Relaxed) > 0 && t.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_drained(&stats);
         s.append(&ev(99)).unwrap();
         s.flush().unwrap();
         wait_for(&p, 11);
@@ -1581,16 +1591,10 @@ mod tests {
         // segment, each one file: written once, linked into `a` while `a` needed it.
         let held = inodes(&root.path().join("b"));
         assert!(held.len() > 5, "{held:?}");
-        let on_disk: u64 = list_segments(&root.path().join("b"))
-            .unwrap()
-            .iter()
-            .map(|&q| {
-                std::fs::metadata(segment_path(&root.path().join("b"), q))
-                    .unwrap()
-                    .len()
-            })
-            .sum();
-        assert_eq!(on_disk, 50 * encode(&ev(0)).len() as u64);
+        assert_eq!(
+            on_disk(&root.path().join("b")),
+            50 * encode(&ev(0)).len() as u64
+        );
         let (last_a, last_b) = (
             *inodes(&root.path().join("a")).last().unwrap(),
             *held.last().unwrap(),
@@ -1633,12 +1637,11 @@ mod tests {
         assert_eq!(*a.got.lock().unwrap(), keys(0..40), "a loses nothing");
         assert_eq!(stats.spool_dropped.load(Relaxed), 30, "dropped for b only");
         let b_dir = root.path().join("b");
-        let held: u64 = list_segments(&b_dir)
-            .unwrap()
-            .iter()
-            .map(|&q| std::fs::metadata(segment_path(&b_dir, q)).unwrap().len())
-            .sum();
-        assert_eq!(held, one * 10, "b's directory holds at most max_bytes");
+        assert_eq!(
+            on_disk(&b_dir),
+            one * 10,
+            "b's directory holds at most max_bytes"
+        );
         // A restart while b is full: b still has its ten, a nothing to deliver.
         drop(s);
         b.down.store(false, SeqCst);
@@ -1646,10 +1649,7 @@ mod tests {
         wait_for(&b, 10);
         assert_eq!(*b.got.lock().unwrap(), keys(0..10));
         // Drained: b takes new events again.
-        let t = Instant::now();
-        while stats.spool_bytes.load(Relaxed) > 0 && t.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_drained(&stats);
         for i in 40..45 {
             s.append(&ev(i)).unwrap();
         }
