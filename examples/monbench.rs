@@ -27,6 +27,12 @@
 //! ever sees a second SYN; it reports the namespace's TCP retransmissions to prove it.
 //! The baseline is this example re-executed with `--bare-server` in the honeypot
 //! namespace.
+//!
+//! `--pin` runs the attacker side (client, nmap) on CPU 0 and the target on the
+//! other CPUs, as if the attacker were another machine; without it the two share
+//! every CPU (the figures before 2026-11-28). The client waits with epoll
+//! (`--client-wait ppoll` for the earlier ppoll client) and reports its own CPU time
+//! and wake-ups; the notes give the target's CPU time by thread name.
 
 #[path = "monbench/child.rs"]
 mod child;
@@ -112,6 +118,10 @@ struct Args {
     /// enabled = false'`: for diagnostics, the verdict runs keep the defaults.
     #[arg(long)]
     honeytrap_set: Vec<String>,
+    /// Run the attacker side (client, nmap) on CPU 0 only and the target on the
+    /// other CPUs, as if the attacker were another machine (needs 2 CPUs or more).
+    #[arg(long)]
+    pin: bool,
     /// Longest an nmap scan may take, in seconds (it is killed after that).
     #[arg(long, default_value_t = 900)]
     nmap_timeout: u64,
@@ -127,6 +137,10 @@ struct Args {
     /// Internal: attempts in flight of --client.
     #[arg(long, hide = true, default_value_t = 1)]
     concurrency: usize,
+    /// How the client waits for its attempts: epoll, or ppoll over all of them
+    /// (the client of the figures before 2026-11-28; slower per completion).
+    #[arg(long, value_enum, default_value = "epoll")]
+    client_wait: child::Wait,
     #[command(flatten)]
     proxy: proxy::ProxyArgs,
 }
@@ -139,7 +153,7 @@ fn main() -> Result<()> {
     if let Some(host) = args.client {
         let ports = parse_ports(args.ports.as_deref().unwrap_or(""))?;
         let timeout = Duration::from_millis(args.timeout_ms);
-        return child::client(host, &ports, args.concurrency, timeout);
+        return child::client(host, &ports, args.concurrency, timeout, args.client_wait);
     }
     if let Some(spec) = &args.proxy.proxy_child {
         return proxy::child(spec);
@@ -152,11 +166,17 @@ fn main() -> Result<()> {
     // Children (the bare server above all) inherit it.
     let nofile = child::raise_nofile(70_000);
     println!(
-        "# monbench: {}; open files {nofile}; attempt timeout {} ms; listener cap {}; max_sessions {}",
+        "# monbench: {}; open files {nofile}; attempt timeout {} ms; listener cap {}; max_sessions {}; client waits with {:?}; {}",
         machine_line(),
         args.timeout_ms,
         args.max_listeners,
-        args.max_sessions
+        args.max_sessions,
+        args.client_wait,
+        if args.pin {
+            "pinned: attacker on CPU 0, target on the others"
+        } else {
+            "attacker and target share every CPU"
+        }
     );
     let mut rows = Vec::new();
     if matches!(args.scenario, Scenario::A | Scenario::All) {
@@ -193,6 +213,12 @@ fn check(args: &Args) -> Result<Vec<Kind>> {
     if !(1..=2000).contains(&args.burst_concurrency) || args.seq_count == 0 || args.burst_count == 0
     {
         bail!("--seq-count and --burst-count must be > 0, --burst-concurrency in 1..=2000");
+    }
+    if args.pin {
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+            bail!("--pin needs two CPUs or more (the attacker on CPU 0, the target on the rest)");
+        }
+        netns::PIN.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let end = range_end(args);
     if args.first_port <= 22 || end >= args.tproxy_port as u32 {
@@ -300,6 +326,7 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Output> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     netns::child_setup(&mut cmd);
+    netns::pin(&mut cmd, netns::Side::Attacker);
     let mut child = cmd.spawn().context("spawn")?;
     let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
@@ -353,6 +380,9 @@ fn server_notes(
             "busy_us",
             "bind_us",
             "verdict_us",
+            "verdicts",
+            "max_bind_us",
+            "max_verdict_us",
         ];
         let kv: Vec<&str> = l
             .split_whitespace()
@@ -413,14 +443,21 @@ fn peak_note(p: &Peak, kind: Kind) -> String {
     } else {
         String::new()
     };
+    let top: Vec<String> = c
+        .by_name
+        .iter()
+        .take(6)
+        .map(|(n, ms)| format!("{n} {ms:.1}"))
+        .collect();
     format!(
-        "{what} peak RSS {:.1} MiB (VmHWM {:.1}), max fds {} ({} samples); {queue}other threads cpu {:.1} ms (wait {:.1} ms)",
+        "{what} peak RSS {:.1} MiB (VmHWM {:.1}), max fds {} ({} samples); {queue}other threads cpu {:.1} ms (wait {:.1} ms); cpu ms by thread: {}",
         p.max_rss_kib as f64 / 1024.0,
         p.hwm_kib as f64 / 1024.0,
         p.max_fds,
         p.samples,
         c.other_cpu_ms,
-        c.other_wait_ms
+        c.other_wait_ms,
+        top.join(", ")
     )
 }
 
@@ -445,6 +482,11 @@ struct ClientResult {
     retrans_segs: Option<u64>,
     wall_ms: u64,
     lat_ns: Vec<u64>,
+    /// The client's own CPU time and wake-ups (ppoll / epoll_wait returns).
+    #[serde(default)]
+    cpu_ms: f64,
+    #[serde(default)]
+    wakeups: u64,
 }
 
 impl ClientResult {
@@ -504,6 +546,13 @@ fn connect_scenario(
         let mut cmd = NetPair::exec_in(&s.net.attacker, exe.as_os_str());
         cmd.args(["--client", &s.net.hp_v4, "--ports", &format_ports(&ports)])
             .args(["--concurrency", &concurrency.to_string()])
+            .args([
+                "--client-wait",
+                args.client_wait
+                    .to_possible_value()
+                    .expect("a value")
+                    .get_name(),
+            ])
             .args(["--timeout-ms", &args.timeout_ms.to_string()]);
         let limit = Duration::from_millis(args.timeout_ms) * (ports.len() / concurrency + 2) as u32
             + Duration::from_secs(90);
@@ -587,12 +636,14 @@ fn connect_row(
         }
     };
     let mut notes = format!(
-        "ok {} refused {} timeout {} error {}; client TCP retransmissions {}; {}",
+        "ok {} refused {} timeout {} error {}; client TCP retransmissions {}, cpu {:.1} ms, {} wake-ups; {}",
         r.ok,
         r.refused,
         r.timeout,
         r.error,
         r.retrans_segs.map_or("?".into(), |n| n.to_string()),
+        r.cpu_ms,
+        r.wakeups,
         peak_note(peak, kind)
     );
     if let Some(e) = &r.first_error {

@@ -13,7 +13,7 @@
 
 use anyhow::{bail, Context as _, Result};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 /// Parse `A-B,C,D-E` into the list of ports.
@@ -83,6 +83,15 @@ struct Tally {
     error: u64,
     lat_ns: Vec<u64>,
     first_error: Option<String>,
+    /// Returns from ppoll / epoll_wait.
+    wakeups: u64,
+}
+
+impl Tally {
+    fn start_failed(&mut self, e: std::io::Error) {
+        self.error += 1;
+        self.first_error.get_or_insert_with(|| e.to_string());
+    }
 }
 
 /// Start a non-blocking connect (the clock starts right before the call).
@@ -124,37 +133,45 @@ fn retrans_segs() -> Option<u64> {
     super::netns::net_counter(&text, "Tcp", "RetransSegs")
 }
 
+/// How the client waits for its attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Wait {
+    /// epoll: each wake-up costs what became ready (the default).
+    Epoll,
+    /// ppoll over every attempt in flight: each wake-up costs all of them, which
+    /// slows the client itself when connections complete one by one (as under
+    /// NFQUEUE, where the handshake happens after the verdict, not inside
+    /// `connect`); the client of the earlier figures in docs/benchmarks.md.
+    Ppoll,
+}
+
 /// One attempt per port, at most `concurrency` in flight, each given up after
 /// `timeout`; prints the JSON result line.
-pub fn client(host: Ipv4Addr, ports: &[u16], concurrency: usize, timeout: Duration) -> Result<()> {
+pub fn client(
+    host: Ipv4Addr,
+    ports: &[u16],
+    concurrency: usize,
+    timeout: Duration,
+    wait: Wait,
+) -> Result<()> {
     raise_nofile(concurrency as u64 + 1024);
     let retrans0 = retrans_segs();
     let t0 = Instant::now();
     // A hard bound on the whole run, beyond which the rest is abandoned.
     let limit = timeout * (ports.len() / concurrency.max(1) + 2) as u32 + Duration::from_secs(60);
     let mut tally = Tally::default();
-    let mut flights: Vec<Flight> = Vec::with_capacity(concurrency);
-    let mut next = ports.iter();
-    let mut exhausted = false;
-    loop {
-        while !exhausted && flights.len() < concurrency {
-            match next.next() {
-                Some(&p) => match start_connect(SocketAddrV4::new(host, p).into()) {
-                    Ok(f) => flights.push(f),
-                    Err(e) => {
-                        tally.error += 1;
-                        tally.first_error.get_or_insert_with(|| e.to_string());
-                    }
-                },
-                None => exhausted = true,
-            }
-        }
-        if flights.is_empty() || t0.elapsed() > limit {
-            break;
-        }
-        poll_once(&mut flights, timeout, &mut tally)?;
-    }
-    let abandoned = flights.len() as u64;
+    let addrs = ports.iter().map(|&p| SocketAddrV4::new(host, p).into());
+    let abandoned = match wait {
+        Wait::Ppoll => run_ppoll(addrs, concurrency, timeout, t0 + limit, &mut tally)?,
+        Wait::Epoll => run_epoll(addrs, concurrency, timeout, t0 + limit, &mut tally)?,
+    };
+    let cpu_ms = {
+        // SAFETY: getrusage fills the zeroed struct it is given.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+        let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+        ms(ru.ru_utime) + ms(ru.ru_stime)
+    };
     let retrans = match (retrans0, retrans_segs()) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
@@ -168,10 +185,142 @@ pub fn client(host: Ipv4Addr, ports: &[u16], concurrency: usize, timeout: Durati
         "first_error": tally.first_error,
         "retrans_segs": retrans,
         "wall_ms": t0.elapsed().as_millis() as u64,
+        "cpu_ms": cpu_ms,
+        "wakeups": tally.wakeups,
         "lat_ns": tally.lat_ns,
     });
     println!("{line}");
     Ok(())
+}
+
+/// The ppoll client loop (see [`Wait::Ppoll`]). Returns the attempts abandoned at
+/// `deadline`.
+fn run_ppoll(
+    mut addrs: impl Iterator<Item = SocketAddr>,
+    concurrency: usize,
+    timeout: Duration,
+    deadline: Instant,
+    tally: &mut Tally,
+) -> Result<u64> {
+    let mut flights: Vec<Flight> = Vec::with_capacity(concurrency);
+    let mut exhausted = false;
+    loop {
+        while !exhausted && flights.len() < concurrency {
+            match addrs.next() {
+                Some(a) => match start_connect(a) {
+                    Ok(f) => flights.push(f),
+                    Err(e) => tally.start_failed(e),
+                },
+                None => exhausted = true,
+            }
+        }
+        if flights.is_empty() || Instant::now() > deadline {
+            return Ok(flights.len() as u64);
+        }
+        poll_once(&mut flights, timeout, tally)?;
+    }
+}
+
+/// The epoll client loop (see [`Wait::Epoll`]). Attempts time out in the order
+/// they started, so a queue in start order finds the expired ones without a scan.
+/// Returns the attempts abandoned at `deadline`.
+fn run_epoll(
+    mut addrs: impl Iterator<Item = SocketAddr>,
+    concurrency: usize,
+    timeout: Duration,
+    deadline: Instant,
+    tally: &mut Tally,
+) -> Result<u64> {
+    use std::collections::{HashMap, VecDeque};
+    // SAFETY: epoll_create1 takes no pointers; the result is checked.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(std::io::Error::last_os_error()).context("epoll_create1");
+    }
+    // SAFETY: `ep` was just created and is owned by nothing else.
+    let ep = unsafe { std::os::fd::OwnedFd::from_raw_fd(ep) };
+    let mut flights: HashMap<u64, Flight> = HashMap::with_capacity(concurrency);
+    let mut order: VecDeque<(u64, Instant)> = VecDeque::with_capacity(concurrency);
+    let mut serial = 0u64;
+    let mut exhausted = false;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; concurrency.max(1)];
+    loop {
+        while !exhausted && flights.len() < concurrency {
+            let Some(a) = addrs.next() else {
+                exhausted = true;
+                break;
+            };
+            let f = match start_connect(a) {
+                Ok(f) => f,
+                Err(e) => {
+                    tally.start_failed(e);
+                    continue;
+                }
+            };
+            serial += 1;
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLOUT as u32,
+                u64: serial,
+            };
+            // SAFETY: both descriptors are open; `ev` is a valid event.
+            if unsafe {
+                libc::epoll_ctl(
+                    ep.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    f.sock.as_raw_fd(),
+                    &mut ev,
+                )
+            } < 0
+            {
+                tally.start_failed(std::io::Error::last_os_error());
+                continue;
+            }
+            order.push_back((serial, f.started));
+            flights.insert(serial, f);
+        }
+        if flights.is_empty() || Instant::now() > deadline {
+            return Ok(flights.len() as u64);
+        }
+        // Wait until the oldest attempt in flight expires (rounded up to a ms).
+        while order
+            .front()
+            .is_some_and(|(id, _)| !flights.contains_key(id))
+        {
+            order.pop_front();
+        }
+        let wait = order.front().map_or(Duration::ZERO, |&(_, started)| {
+            (started + timeout).saturating_duration_since(Instant::now())
+        });
+        let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: `events` is valid for `events.len()` entries.
+        let n = unsafe {
+            libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, ms)
+        };
+        let now = Instant::now();
+        tally.wakeups += 1;
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e).context("epoll_wait");
+            }
+        }
+        for ev in &events[..n.max(0) as usize] {
+            // Closing the socket (in finish) removes it from the epoll set.
+            if let Some(f) = flights.remove(&{ ev.u64 }) {
+                finish(f, now, tally);
+            }
+        }
+        while let Some(&(id, started)) = order.front() {
+            if now.duration_since(started) < timeout {
+                break;
+            }
+            order.pop_front();
+            if flights.remove(&id).is_some() {
+                // Closed before the kernel's 1 s retransmission: one SYN only.
+                tally.timeout += 1;
+            }
+        }
+    }
 }
 
 /// One poll over the flights: finish the ready ones, time out the expired ones.
@@ -194,6 +343,7 @@ fn poll_once(flights: &mut Vec<Flight>, timeout: Duration, tally: &mut Tally) ->
         tv_sec: wait.as_secs() as libc::time_t,
         tv_nsec: wait.subsec_nanos() as libc::c_long,
     };
+    tally.wakeups += 1;
     // SAFETY: fds is a valid array of fds.len() pollfd structs.
     let n = unsafe {
         libc::ppoll(

@@ -66,6 +66,44 @@ pub fn child_setup(cmd: &mut Command) {
     }
 }
 
+/// Which side of the measurement a process is on, for [`pin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client or nmap (attacker namespace).
+    Attacker,
+    /// honeytrap or the bare server (honeypot namespace).
+    Target,
+}
+
+/// `--pin`: the attacker side runs on CPU 0 only, the target on every other CPU,
+/// as if the attacker were another machine (set once, before any process starts).
+pub static PIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Under `--pin`, restrict what `cmd` runs (and every thread it starts) to its
+/// side's CPUs.
+pub fn pin(cmd: &mut Command, side: Side) {
+    use std::os::unix::process::CommandExt as _;
+    if !PIN.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    match side {
+        Side::Attacker => unsafe { libc::CPU_SET(0, &mut set) },
+        Side::Target => (1..cpus).for_each(|c| unsafe { libc::CPU_SET(c, &mut set) }),
+    }
+    // SAFETY: sched_setaffinity is async-signal-safe; `set` is a valid cpu_set_t.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Remove every registered namespace and directory (the processes in them die with the harness,
 /// through their parent-death signal; iptables rules and routes go with the namespace).
 fn remove_all() {

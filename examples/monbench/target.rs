@@ -148,6 +148,7 @@ impl Target {
         // It dies with the harness, whatever way the harness ends. `ip netns exec`
         // execs the program, so the pid is the server's own.
         super::netns::child_setup(&mut cmd);
+        super::netns::pin(&mut cmd, super::netns::Side::Target);
         let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         let (log, rx) = read_lines(child.stderr.take().expect("piped"));
         let deadline = Instant::now() + limit;
@@ -264,7 +265,7 @@ fn strip_ansi(s: &str) -> String {
 // Sampling
 
 /// What the sampler saw.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Peak {
     /// Largest VmRSS seen (summed over the process and its children).
     pub max_rss_kib: u64,
@@ -279,16 +280,18 @@ pub struct Peak {
 }
 
 /// CPU and run-queue wait (ms) of the queue thread(s) and of the other threads.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct ThreadTimes {
     pub queue_cpu_ms: f64,
     pub queue_wait_ms: f64,
     pub other_cpu_ms: f64,
     pub other_wait_ms: f64,
+    /// CPU (ms) by thread name (all threads of one name summed), largest first.
+    pub by_name: Vec<(String, f64)>,
 }
 
-/// Per-thread (cpu ns, wait ns, is a queue thread) of `pid` now, by thread id.
-fn thread_times(pid: u32) -> std::collections::HashMap<u32, (u64, u64, bool)> {
+/// Per-thread (cpu ns, wait ns, name) of `pid` now, by thread id.
+fn thread_times(pid: u32) -> std::collections::HashMap<u32, (u64, u64, String)> {
     let mut out = std::collections::HashMap::new();
     let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
@@ -304,7 +307,7 @@ fn thread_times(pid: u32) -> std::collections::HashMap<u32, (u64, u64, bool)> {
             .split_whitespace()
             .filter_map(|v| v.parse::<u64>().ok());
         if let (Some(cpu), Some(wait)) = (f.next(), f.next()) {
-            out.insert(tid, (cpu, wait, comm.trim() == "nfqueue"));
+            out.insert(tid, (cpu, wait, comm.trim().to_string()));
         }
     }
     out
@@ -313,17 +316,19 @@ fn thread_times(pid: u32) -> std::collections::HashMap<u32, (u64, u64, bool)> {
 /// What the threads of `last` used since `first` (threads born meanwhile count
 /// from zero).
 fn times_between(
-    first: &std::collections::HashMap<u32, (u64, u64, bool)>,
-    last: &std::collections::HashMap<u32, (u64, u64, bool)>,
+    first: &std::collections::HashMap<u32, (u64, u64, String)>,
+    last: &std::collections::HashMap<u32, (u64, u64, String)>,
 ) -> ThreadTimes {
     let mut t = ThreadTimes::default();
-    for (tid, &(cpu, wait, queue)) in last {
-        let (c0, w0, _) = first.get(tid).copied().unwrap_or((0, 0, queue));
+    let mut by_name = std::collections::BTreeMap::<&str, f64>::new();
+    for (tid, (cpu, wait, name)) in last {
+        let (c0, w0) = first.get(tid).map_or((0, 0), |f| (f.0, f.1));
         let (dc, dw) = (
             cpu.saturating_sub(c0) as f64 / 1e6,
             wait.saturating_sub(w0) as f64 / 1e6,
         );
-        if queue {
+        *by_name.entry(name).or_default() += dc;
+        if name == "nfqueue" {
             t.queue_cpu_ms += dc;
             t.queue_wait_ms += dw;
         } else {
@@ -331,6 +336,11 @@ fn times_between(
             t.other_wait_ms += dw;
         }
     }
+    t.by_name = by_name
+        .into_iter()
+        .map(|(n, c)| (n.to_string(), c))
+        .collect();
+    t.by_name.sort_by(|a, b| b.1.total_cmp(&a.1));
     t
 }
 
