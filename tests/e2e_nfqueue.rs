@@ -70,10 +70,7 @@ fn tcp_first_attempt_is_caught_over_ipv4_and_ipv6() {
     assert!(log.contains("servers_started=2"), "{log}");
     assert!(log.contains("overflows=0"), "{log}");
     assert!(!log.contains("was not found"), "{log}");
-    // With two CPUs the verdicts go out on their own thread (one per attempt here).
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
-        assert!(log.contains("verdict_thread=true"), "{log}");
-    }
+    // One batch verdict per attempt here (they came one at a time).
     let verdicts = log
         .split_whitespace()
         .find_map(|kv| kv.strip_prefix("verdicts="))

@@ -28,12 +28,6 @@
 //! one verdict per batch; registration with the runtime and the serving tasks run
 //! on the runtime's threads meanwhile.
 //!
-//! Verdicts. With two CPUs or more the batch verdict is sent by a second thread
-//! (`nfqueue-verdict`, see [`Verdicts`]): the kernel runs the accepted packets'
-//! processing (for a local attacker, the whole handshake) inside that `sendto`, and
-//! meanwhile the queue thread reads and binds the next batch. Verdicts still go
-//! out in order and only after their ports listen.
-//!
 //! Overload. The queue is configured fail-open (`NFQA_CFG_F_FAIL_OPEN`): a packet
 //! that does not fit is not dropped but accepted by the kernel
 //! (`__nfqnl_enqueue_packet` in net/netfilter/nfnetlink_queue.c reinjects it with
@@ -66,7 +60,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Name of this monitor (in events: `honeytrap.monitor`).
@@ -168,20 +162,18 @@ struct Counters {
     overflow_packets: AtomicU64,
     errors: AtomicU64,
     verdict_errors: AtomicU64,
-    /// Batches handled; the queue thread's wall time per batch from its first
-    /// packet read to its verdict sent or handed to the verdict thread
-    /// (`busy_us`), of which reading and binding (`bind_us`); the time in the
+    /// Batches handled; the wall time per batch from its first packet read to its
+    /// verdict sent (`busy_us`), of which reading and binding (`bind_us`) and the
     /// verdict system call (`verdict_us`: the kernel re-injects the packets there,
     /// and on a host where the attacker is local, it runs the whole handshake too).
     batches: AtomicU64,
-    /// Batch verdict messages sent (fewer than batches when the verdict thread
-    /// covers several batches with one).
+    /// Batch verdict messages sent (one per batch, with the queue's descriptor).
     verdicts: AtomicU64,
     busy_us: AtomicU64,
     bind_us: AtomicU64,
     verdict_us: AtomicU64,
-    /// The longest batch (read to verdict handed on) and the longest verdict call,
-    /// in µs.
+    /// The longest reading and binding of a batch and the longest verdict call, in
+    /// µs.
     max_bind_us: AtomicU64,
     max_verdict_us: AtomicU64,
 }
@@ -454,85 +446,6 @@ fn send_batch_verdict_retrying(fd: RawFd, queue: u16, last: u32) -> io::Result<(
     result
 }
 
-/// The verdict thread's inbox: the id of the newest packet whose port is ready.
-///
-/// Why a second thread: the kernel re-injects the accepted packets inside the
-/// verdict's `sendto`, and when the attacker is local it runs their whole handshake
-/// there too (docs/benchmarks.md, "nfqueue burst: where the verdict time goes").
-/// With the verdict on its own thread, the queue thread reads and binds the next
-/// batch meanwhile, on another CPU. Batch verdicts are cumulative (every packet up
-/// to an id), so only the newest id matters: what arrives while a verdict is being
-/// sent is accepted by the next one.
-#[derive(Default)]
-struct Verdicts {
-    inbox: Mutex<Inbox>,
-    wake: Condvar,
-}
-
-#[derive(Default)]
-struct Inbox {
-    /// The newest batch's last packet id not yet sent in a verdict.
-    last: Option<u32>,
-    /// The queue thread has posted its last batch: send it and stop.
-    closed: bool,
-}
-
-impl Verdicts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inbox> {
-        // The lock guards two plain fields; a panic elsewhere cannot leave them torn.
-        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Every packet up to `last` may be accepted (its port listens).
-    fn post(&self, last: u32) {
-        self.lock().last = Some(last);
-        self.wake.notify_one();
-    }
-
-    /// No more batches will be posted.
-    fn close(&self) {
-        self.lock().closed = true;
-        self.wake.notify_one();
-    }
-
-    /// The next id to send a verdict through; None once closed and sent.
-    fn next(&self) -> Option<u32> {
-        let mut inbox = self.lock();
-        loop {
-            if let Some(last) = inbox.last.take() {
-                return Some(last);
-            }
-            if inbox.closed {
-                return None;
-            }
-            inbox = self.wake.wait(inbox).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
-
-/// The verdict thread: sends a batch verdict for whatever [`Verdicts`] holds, until
-/// it is closed.
-fn verdict_loop(
-    verdicts: &Verdicts,
-    fd: RawFd,
-    queue: u16,
-    counters: &Counters,
-    throttle: &crate::stats::Throttle,
-) {
-    while let Some(last) = verdicts.next() {
-        let t = std::time::Instant::now();
-        let result = send_batch_verdict_retrying(fd, queue, last);
-        counters.verdicts.fetch_add(1, Relaxed);
-        let us = t.elapsed().as_micros() as u64;
-        counters.verdict_us.fetch_add(us, Relaxed);
-        counters.max_verdict_us.fetch_max(us, Relaxed);
-        if let Err(e) = result {
-            counters.verdict_errors.fetch_add(1, Relaxed);
-            limit_warn!(throttle, "nfqueue_verdict", error = %e, "nfqueue: cannot send a verdict (the kernel accepts the packets when the queue is torn down)");
-        }
-    }
-}
-
 /// How much higher than the rest of the process the queue thread's priority is
 /// (in nice steps): every attempt on a new port waits for this thread, while the
 /// runtime's work (sessions, records) is not on the attacker's handshake path.
@@ -609,8 +522,6 @@ struct Loop {
     /// Without the socket's descriptor there is no batch verdict: the batch's
     /// messages wait here for one verdict each.
     held: Vec<nfq::Message>,
-    /// The verdict thread's inbox, when it runs (it needs the descriptor).
-    verdicts: Option<Arc<Verdicts>>,
 }
 
 impl Loop {
@@ -716,21 +627,16 @@ impl Loop {
         id
     }
 
-    /// ACCEPT every packet of the batch, the last being packet `last`: on the
-    /// verdict thread when it runs, else here.
+    /// ACCEPT every packet of the batch, the last being packet `last`.
     fn accept_through(&mut self, last: u32) {
-        if let Some(verdicts) = &self.verdicts {
-            verdicts.post(last);
-            return;
-        }
         let ctx = Arc::clone(self.table.context());
         if let Some(fd) = self.fd {
             let t = std::time::Instant::now();
             let result = send_batch_verdict_retrying(fd, self.number, last);
             self.counters.verdicts.fetch_add(1, Relaxed);
-            self.counters
-                .verdict_us
-                .fetch_add(t.elapsed().as_micros() as u64, Relaxed);
+            let us = t.elapsed().as_micros() as u64;
+            self.counters.verdict_us.fetch_add(us, Relaxed);
+            self.counters.max_verdict_us.fetch_max(us, Relaxed);
             if let Err(e) = result {
                 self.counters.verdict_errors.fetch_add(1, Relaxed);
                 limit_warn!(ctx.throttle, "nfqueue_verdict", error = %e, "nfqueue: cannot send a verdict (the kernel accepts the packets when the queue is torn down)");
@@ -742,40 +648,6 @@ impl Loop {
             if let Err(e) = self.queue.verdict(msg) {
                 self.counters.verdict_errors.fetch_add(1, Relaxed);
                 limit_warn!(ctx.throttle, "nfqueue_verdict", error = %e, "nfqueue: cannot send a verdict (the kernel accepts the packet when the queue is torn down)");
-            }
-        }
-    }
-
-    /// Start the verdict thread (see [`Verdicts`]) if the socket's descriptor is
-    /// known. If it cannot be started, this thread sends the verdicts itself.
-    fn start_verdict_thread(&mut self) -> Option<std::thread::JoinHandle<()>> {
-        let fd = self.fd?;
-        // With one CPU the two threads would only take turns, and pay for the
-        // hand-over.
-        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-            return None;
-        }
-        let verdicts = Arc::new(Verdicts::default());
-        let (v, counters, number) = (
-            Arc::clone(&verdicts),
-            Arc::clone(&self.counters),
-            self.number,
-        );
-        let throttle = Arc::clone(&self.table.context().throttle);
-        let spawned = std::thread::Builder::new()
-            .name("nfqueue-verdict".into())
-            .spawn(move || {
-                raise_priority();
-                verdict_loop(&v, fd, number, &counters, &throttle);
-            });
-        match spawned {
-            Ok(thread) => {
-                self.verdicts = Some(verdicts);
-                Some(thread)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "nfqueue: cannot start the verdict thread; the queue thread sends the verdicts");
-                None
             }
         }
     }
@@ -835,7 +707,6 @@ impl Loop {
 
     /// Receive and judge packets until a stop is requested.
     fn run(&mut self) {
-        let verdict_thread = self.start_verdict_thread();
         while !self.stop.requested() {
             match self.queue.recv() {
                 Ok(msg) => {
@@ -852,19 +723,11 @@ impl Loop {
         while let Ok(msg) = self.queue.recv() {
             self.batch(msg);
         }
-        let verdict_thread = self
-            .verdicts
-            .take()
-            .zip(verdict_thread)
-            .map(|(verdicts, thread)| {
-                verdicts.close();
-                let _ = thread.join();
-            });
         let _ = self.queue.unbind(self.number);
-        self.log_summary(verdict_thread.is_some());
+        self.log_summary();
     }
 
-    fn log_summary(&self, verdict_thread: bool) {
+    fn log_summary(&self) {
         let c = &self.counters;
         let g = |a: &AtomicU64| a.load(Relaxed);
         tracing::info!(
@@ -883,7 +746,6 @@ impl Loop {
             errors = g(&c.errors),
             verdict_errors = g(&c.verdict_errors),
             batches = g(&c.batches),
-            verdict_thread,
             verdicts = g(&c.verdicts),
             busy_us = g(&c.busy_us),
             bind_us = g(&c.bind_us),
@@ -923,7 +785,6 @@ impl Monitor for NfqueueMonitor {
             number: cfg.queue,
             last_id: 0,
             held: Vec::new(),
-            verdicts: None,
         };
         let thread = std::thread::Builder::new()
             .name("nfqueue".into())
@@ -1017,42 +878,6 @@ mod tests {
     }
 
     const SYN: u8 = 0x02;
-
-    #[test]
-    fn the_verdict_inbox_keeps_the_newest_id_and_ends_after_the_last_post() {
-        let v = Verdicts::default();
-        v.post(3);
-        v.post(7);
-        // Batch verdicts are cumulative: one verdict through 7 covers 3.
-        assert_eq!(v.next(), Some(7));
-        v.post(9);
-        v.close();
-        // A post before close is still sent; then the thread stops.
-        assert_eq!(v.next(), Some(9));
-        assert_eq!(v.next(), None);
-    }
-
-    #[test]
-    fn the_verdict_thread_wakes_for_a_post_and_for_close() {
-        let v = Arc::new(Verdicts::default());
-        let v2 = Arc::clone(&v);
-        let seen = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            while let Some(id) = v2.next() {
-                seen.push(id);
-            }
-            seen
-        });
-        std::thread::sleep(Duration::from_millis(20));
-        v.post(1);
-        std::thread::sleep(Duration::from_millis(20));
-        v.post(2);
-        v.close();
-        let seen = seen.join().unwrap();
-        // Every id posted is covered: the last one is always sent.
-        assert_eq!(seen.last(), Some(&2));
-        assert!(seen == [1, 2] || seen == [2], "{seen:?}");
-    }
 
     #[test]
     fn batch_verdict_accepts_up_to_the_last_id_of_the_queue() {
