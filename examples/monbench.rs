@@ -383,6 +383,9 @@ fn server_notes(
             "verdicts",
             "max_bind_us",
             "max_verdict_us",
+            "close_waits",
+            "close_wait_us",
+            "limit_max_listeners",
         ];
         let kv: Vec<&str> = l
             .split_whitespace()

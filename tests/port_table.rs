@@ -200,3 +200,60 @@ async fn eviction_stays_least_recently_used_with_many_servers() {
         && !connects(old[2])));
     assert!(connects(old[1]) && connects(new[2]));
 }
+
+/// Servers closed to make room keep their sockets until their tasks run; when the
+/// runtime falls behind (one CPU under a full-range scan), at most
+/// max_listeners / 16 of them may wait, then new ports are refused until some are
+/// released, so the sockets stay bounded by the listener cap.
+#[tokio::test(flavor = "current_thread")]
+async fn closed_servers_not_yet_released_bound_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[sensor]\ndata_dir = \"{}\"\n[network]\nbind_addresses = [\"127.0.0.1\"]\n[monitor.listen]\ntcp = []\nudp = []\n[limits]\nmax_listeners = 16\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let ctx = Context::start(config::load(Some(&path)).unwrap()).unwrap();
+    let table = PortTable::new(ctx.clone());
+    // One thread: the servers' tasks run only when this test awaits.
+    // Held while choosing, so the 18 ports differ.
+    let held: Vec<TcpListener> = (0..18)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = held
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    drop(held);
+    for &p in &ports[..16] {
+        assert_eq!(trigger(&table, Protocol::Tcp, p), Ensured::Started);
+    }
+    assert_eq!(table.servers_holding_sockets(), 16);
+    // The 17th evicts the least recently used server, whose task has not run yet:
+    // it still holds its socket (the allowance at 16 is one such server).
+    assert_eq!(trigger(&table, Protocol::Tcp, ports[16]), Ensured::Started);
+    assert_eq!(table.servers_holding_sockets(), 17);
+    assert!(table.closing_backlog());
+    // So the 18th is refused, and nothing more is bound.
+    assert_eq!(trigger(&table, Protocol::Tcp, ports[17]), Ensured::Full);
+    assert_eq!(table.servers_holding_sockets(), 17);
+    assert_eq!(ctx.stats.limit_max_listeners.load(Relaxed), 1);
+    // Once the runtime has run the closed server's task, its socket is gone and
+    // the next port is bound.
+    let released = async {
+        while table.servers_holding_sockets() > 16 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), released)
+        .await
+        .expect("the closed server released its socket");
+    assert!(!table.closing_backlog());
+    assert_eq!(trigger(&table, Protocol::Tcp, ports[17]), Ensured::Started);
+    assert_eq!(table.servers_holding_sockets(), 17);
+    ctx.stop_accepting.cancel();
+}

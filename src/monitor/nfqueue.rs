@@ -176,6 +176,10 @@ struct Counters {
     /// µs.
     max_bind_us: AtomicU64,
     max_verdict_us: AtomicU64,
+    /// Attempts that waited for closed servers to release their sockets, and the
+    /// time they waited in all (µs).
+    close_waits: AtomicU64,
+    close_wait_us: AtomicU64,
 }
 
 /// The `nfqueue` monitor.
@@ -379,6 +383,11 @@ fn unseen_between(last: u32, id: u32) -> u32 {
     }
 }
 
+/// Longest an attempt waits for the runtime to release closed servers' sockets
+/// (see [`Loop::wait_for_closes`]): well below the 1 s after which a client
+/// retransmits its SYN.
+const CLOSE_WAIT: Duration = Duration::from_millis(100);
+
 /// Most packets read before their verdicts are given: a burst is handled in
 /// batches, but a verdict never waits for more than this many ports to be bound.
 const BATCH: usize = 64;
@@ -546,6 +555,7 @@ impl Loop {
             Protocol::Tcp => c.tcp_syns.fetch_add(1, Relaxed),
             Protocol::Udp => c.udp_datagrams.fetch_add(1, Relaxed),
         };
+        self.wait_for_closes();
         // The policy is applied (ignore: nothing bound) and the port bound
         // synchronously, so the listener exists before the verdict.
         let result = self.table.trigger_deferred(
@@ -606,6 +616,27 @@ impl Loop {
             .fetch_max((t1 - t0).as_micros() as u64, Relaxed);
         c.busy_us.fetch_add((t2 - t0).as_micros() as u64, Relaxed);
         drained
+    }
+
+    /// Wait (at most [`CLOSE_WAIT`]) while servers closed to make room still hold
+    /// their sockets beyond what the port table allows (see
+    /// `PortTable::closing_backlog`). The runtime closes them, and with one CPU
+    /// under a full-range scan this thread, at a higher priority, would leave it
+    /// too little time: the listeners piled up to three times the cap. Waiting
+    /// here gives the runtime the CPU while the packets wait in the queue; new
+    /// ports are refused only if that is not enough.
+    fn wait_for_closes(&self) {
+        if !self.table.closing_backlog() {
+            return;
+        }
+        let start = std::time::Instant::now();
+        self.counters.close_waits.fetch_add(1, Relaxed);
+        while start.elapsed() < CLOSE_WAIT && self.table.closing_backlog() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.counters
+            .close_wait_us
+            .fetch_add(start.elapsed().as_micros() as u64, Relaxed);
     }
 
     /// Count and handle one message; its verdict waits for the end of the batch.
@@ -752,6 +783,8 @@ impl Loop {
             verdict_us = g(&c.verdict_us),
             max_bind_us = g(&c.max_bind_us),
             max_verdict_us = g(&c.max_verdict_us),
+            close_waits = g(&c.close_waits),
+            close_wait_us = g(&c.close_wait_us),
             "nfqueue monitor stopped"
         );
     }

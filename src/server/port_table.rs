@@ -26,7 +26,7 @@ use crate::proto::Protocol;
 use crate::stats::Stats;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -115,6 +115,26 @@ struct Launch {
     handle: ServerHandle,
     sockets: Vec<Bound>,
     pinned: bool,
+    /// Counts the server in [`PortTable::open`] until its sockets are gone (it is
+    /// kept until the last of the server's tasks ends).
+    open: OpenServer,
+}
+
+/// One server whose sockets exist, counted in [`PortTable::open`] from its bind
+/// until dropped.
+struct OpenServer(Arc<AtomicUsize>);
+
+impl OpenServer {
+    fn new(count: &Arc<AtomicUsize>) -> OpenServer {
+        count.fetch_add(1, Relaxed);
+        OpenServer(Arc::clone(count))
+    }
+}
+
+impl Drop for OpenServer {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Servers bound by [`PortTable::trigger_deferred`], waiting for
@@ -140,6 +160,19 @@ pub struct PortTable {
     reported_addrs: Mutex<HashSet<std::net::IpAddr>>,
     next_id: AtomicU64,
     epoch: Instant,
+    /// Servers whose sockets exist: those in the table plus those closed (evicted,
+    /// idle, cancelled) whose tasks have not yet dropped their sockets. The
+    /// runtime closes them, and a runtime short of CPU (one CPU, a full-range
+    /// scan) falls behind: see [`PortTable::closing_backlog`].
+    open: Arc<AtomicUsize>,
+}
+
+/// How many closed servers may still hold their sockets before new ports are
+/// refused: 1/16 of the listener cap (at least one), so sockets stay within
+/// `max_listeners` plus that much even when the runtime cannot keep up with
+/// closing them.
+fn closing_allowance(max_listeners: usize) -> usize {
+    (max_listeners / 16).max(1)
 }
 
 impl PortTable {
@@ -161,7 +194,22 @@ impl PortTable {
             reported_addrs: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(1),
             epoch: Instant::now(),
+            open: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Servers whose sockets exist (in the table or closed and not yet released).
+    pub fn servers_holding_sockets(&self) -> usize {
+        self.open.load(Relaxed)
+    }
+
+    /// Whether closed servers still holding their sockets have reached
+    /// [`closing_allowance`], so that new ports are refused until the runtime has
+    /// released some.
+    pub fn closing_backlog(&self) -> bool {
+        let max = self.ctx.config().config.limits.max_listeners;
+        let listed = self.servers.lock().unwrap().map.len();
+        self.open.load(Relaxed).saturating_sub(listed) >= closing_allowance(max)
     }
 
     /// The shared context.
@@ -245,7 +293,13 @@ impl PortTable {
         if cfg.policy.mode(proto, port) == Mode::Ignore {
             return Ensured::Ignored;
         }
-        if servers.map.len() >= cfg.config.limits.max_listeners && !self.evict_lru(&mut servers) {
+        let max = cfg.config.limits.max_listeners;
+        if self.open.load(Relaxed).saturating_sub(servers.map.len()) >= closing_allowance(max) {
+            Stats::inc(&self.ctx.stats.limit_max_listeners);
+            limit_warn!(self.ctx.throttle, "listeners_closing", %proto, port, max, "listener cap reached and the servers closed to make room have not yet released their sockets (runtime short of CPU): not binding");
+            return Ensured::Full;
+        }
+        if servers.map.len() >= max && !self.evict_lru(&mut servers) {
             Stats::inc(&self.ctx.stats.limit_max_listeners);
             limit_warn!(self.ctx.throttle, "max_listeners", %proto, port, max = cfg.config.limits.max_listeners, "listener cap reached and every server is pinned: not binding");
             return Ensured::Full;
@@ -278,6 +332,7 @@ impl PortTable {
             handle,
             sockets,
             pinned,
+            open: OpenServer::new(&self.open),
         });
         Ensured::Started
     }
@@ -342,13 +397,21 @@ impl PortTable {
             handle,
             sockets,
             pinned,
+            open,
         } = l;
+        // Dropped after every socket of the server: declared first, and a clone
+        // in each task serving another address.
+        let open = Arc::new(open);
         let mut sockets = sockets.into_iter();
         let Some(first) = sockets.next() else { return };
         for more in sockets {
             let table = Arc::clone(&self);
             let handle = handle.clone();
-            tokio::spawn(async move { table.serve_socket(key, id, more, handle).await });
+            let open = Arc::clone(&open);
+            tokio::spawn(async move {
+                let _open = open;
+                table.serve_socket(key, id, more, handle).await
+            });
         }
         let serve = Arc::clone(&self).serve_socket(key, id, first, handle.clone());
         if pinned {
