@@ -203,7 +203,7 @@ async fn eviction_stays_least_recently_used_with_many_servers() {
 
 /// Servers closed to make room keep their sockets until their tasks run; when the
 /// runtime falls behind (one CPU under a full-range scan), at most
-/// max_listeners / 16 of them may wait, then new ports are refused until some are
+/// max_listeners / 4 of them may wait, then new ports are refused until some are
 /// released, so the sockets stay bounded by the listener cap.
 #[tokio::test(flavor = "current_thread")]
 async fn closed_servers_not_yet_released_bound_new_ones() {
@@ -212,7 +212,7 @@ async fn closed_servers_not_yet_released_bound_new_ones() {
     std::fs::write(
         &path,
         format!(
-            "[sensor]\ndata_dir = \"{}\"\n[network]\nbind_addresses = [\"127.0.0.1\"]\n[monitor.listen]\ntcp = []\nudp = []\n[limits]\nmax_listeners = 16\n",
+            "[sensor]\ndata_dir = \"{}\"\n[network]\nbind_addresses = [\"127.0.0.1\"]\n[monitor.listen]\ntcp = []\nudp = []\n[limits]\nmax_listeners = 4\n",
             dir.path().join("data").display()
         ),
     )
@@ -220,8 +220,8 @@ async fn closed_servers_not_yet_released_bound_new_ones() {
     let ctx = Context::start(config::load(Some(&path)).unwrap()).unwrap();
     let table = PortTable::new(ctx.clone());
     // One thread: the servers' tasks run only when this test awaits.
-    // Held while choosing, so the 18 ports differ.
-    let held: Vec<TcpListener> = (0..18)
+    // Held while choosing, so the 6 ports differ.
+    let held: Vec<TcpListener> = (0..6)
         .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
     let ports: Vec<u16> = held
@@ -229,23 +229,23 @@ async fn closed_servers_not_yet_released_bound_new_ones() {
         .map(|l| l.local_addr().unwrap().port())
         .collect();
     drop(held);
-    for &p in &ports[..16] {
+    for &p in &ports[..4] {
         assert_eq!(trigger(&table, Protocol::Tcp, p), Ensured::Started);
     }
-    assert_eq!(table.servers_holding_sockets(), 16);
-    // The 17th evicts the least recently used server, whose task has not run yet:
-    // it still holds its socket (the allowance at 16 is one such server).
-    assert_eq!(trigger(&table, Protocol::Tcp, ports[16]), Ensured::Started);
-    assert_eq!(table.servers_holding_sockets(), 17);
+    assert_eq!(table.servers_holding_sockets(), 4);
+    // The 5th evicts the least recently used server, whose task has not run yet:
+    // it still holds its socket (the allowance at 4 is one such server).
+    assert_eq!(trigger(&table, Protocol::Tcp, ports[4]), Ensured::Started);
+    assert_eq!(table.servers_holding_sockets(), 5);
     assert!(table.closing_backlog());
-    // So the 18th is refused, and nothing more is bound.
-    assert_eq!(trigger(&table, Protocol::Tcp, ports[17]), Ensured::Full);
-    assert_eq!(table.servers_holding_sockets(), 17);
+    // So the 6th is refused, and nothing more is bound.
+    assert_eq!(trigger(&table, Protocol::Tcp, ports[5]), Ensured::Full);
+    assert_eq!(table.servers_holding_sockets(), 5);
     assert_eq!(ctx.stats.limit_max_listeners.load(Relaxed), 1);
     // Once the runtime has run the closed server's task, its socket is gone and
     // the next port is bound.
     let released = async {
-        while table.servers_holding_sockets() > 16 {
+        while table.servers_holding_sockets() > 4 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
@@ -253,7 +253,7 @@ async fn closed_servers_not_yet_released_bound_new_ones() {
         .await
         .expect("the closed server released its socket");
     assert!(!table.closing_backlog());
-    assert_eq!(trigger(&table, Protocol::Tcp, ports[17]), Ensured::Started);
-    assert_eq!(table.servers_holding_sockets(), 17);
+    assert_eq!(trigger(&table, Protocol::Tcp, ports[5]), Ensured::Started);
+    assert_eq!(table.servers_holding_sockets(), 5);
     ctx.stop_accepting.cancel();
 }

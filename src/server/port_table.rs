@@ -168,11 +168,11 @@ pub struct PortTable {
 }
 
 /// How many closed servers may still hold their sockets before new ports are
-/// refused: 1/16 of the listener cap (at least one), so sockets stay within
-/// `max_listeners` plus that much even when the runtime cannot keep up with
+/// refused: a quarter of the listener cap (at least one), so sockets stay within
+/// 1.25 × `max_listeners` even when the runtime cannot keep up with
 /// closing them.
 fn closing_allowance(max_listeners: usize) -> usize {
-    (max_listeners / 16).max(1)
+    (max_listeners / 4).max(1)
 }
 
 impl PortTable {
