@@ -47,6 +47,30 @@ fn trigger(table: &std::sync::Arc<PortTable>, proto: Protocol, port: u16) -> Ens
     })
 }
 
+/// A port table on 127.0.0.1 with `max_listeners` servers at most (the directory
+/// holds its data until dropped).
+fn loopback_table(
+    max_listeners: usize,
+) -> (
+    tempfile::TempDir,
+    std::sync::Arc<Context>,
+    std::sync::Arc<PortTable>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[sensor]\ndata_dir = \"{}\"\n[network]\nbind_addresses = [\"127.0.0.1\"]\n[monitor.listen]\ntcp = []\nudp = []\n[limits]\nmax_listeners = {max_listeners}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let ctx = Context::start(config::load(Some(&path)).unwrap()).unwrap();
+    let table = PortTable::new(ctx.clone());
+    (dir, ctx, table)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_start_on_demand_idle_out_and_are_evicted_lru() {
     let dir = tempfile::tempdir().unwrap();
@@ -152,18 +176,7 @@ async fn servers_start_on_demand_idle_out_and_are_evicted_lru() {
 /// candidate touched after it was picked is skipped, the next oldest goes instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eviction_stays_least_recently_used_with_many_servers() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[sensor]\ndata_dir = \"{}\"\n[network]\nbind_addresses = [\"127.0.0.1\"]\n[monitor.listen]\ntcp = []\nudp = []\n[limits]\nmax_listeners = 32\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let ctx = Context::start(config::load(Some(&path)).unwrap()).unwrap();
-    let table = PortTable::new(ctx.clone());
+    let (_dir, ctx, table) = loopback_table(32);
     // Distinct ports, kept bound by nobody else (a listener each, closed below).
     let mut ports = Vec::new();
     while ports.len() < 35 {
@@ -207,18 +220,7 @@ async fn eviction_stays_least_recently_used_with_many_servers() {
 /// released, so the sockets stay bounded by the listener cap.
 #[tokio::test(flavor = "current_thread")]
 async fn closed_servers_not_yet_released_bound_new_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[sensor]\ndata_dir = \"{}\"\n[network]\nbind_addresses = [\"127.0.0.1\"]\n[monitor.listen]\ntcp = []\nudp = []\n[limits]\nmax_listeners = 4\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let ctx = Context::start(config::load(Some(&path)).unwrap()).unwrap();
-    let table = PortTable::new(ctx.clone());
+    let (_dir, ctx, table) = loopback_table(4);
     // One thread: the servers' tasks run only when this test awaits.
     // Held while choosing, so the 6 ports differ.
     let held: Vec<TcpListener> = (0..6)
