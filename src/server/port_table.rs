@@ -294,7 +294,11 @@ impl PortTable {
             return Ensured::Ignored;
         }
         let max = cfg.config.limits.max_listeners;
-        if self.open.load(Relaxed).saturating_sub(servers.map.len()) >= closing_allowance(max) {
+        // Pinned servers (the listen monitor's configured ports, a few) are exempt:
+        // a reload that closes many servers at once must not leave them unbound.
+        if !pinned
+            && self.open.load(Relaxed).saturating_sub(servers.map.len()) >= closing_allowance(max)
+        {
             Stats::inc(&self.ctx.stats.limit_max_listeners);
             limit_warn!(self.ctx.throttle, "listeners_closing", %proto, port, max, "listener cap reached and the servers closed to make room have not yet released their sockets (runtime short of CPU): not binding");
             return Ensured::Full;
