@@ -138,7 +138,7 @@ struct Args {
     #[arg(long, hide = true, default_value_t = 1)]
     concurrency: usize,
     /// How the client waits for its attempts: epoll, or ppoll over all of them
-    /// (the client of the figures before 2026-11-28; slower per completion).
+    /// (the client of the figures before the second 2026-11-28 session).
     #[arg(long, value_enum, default_value = "epoll")]
     client_wait: child::Wait,
     #[command(flatten)]

@@ -47,10 +47,10 @@ fn trigger(table: &std::sync::Arc<PortTable>, proto: Protocol, port: u16) -> Ens
     })
 }
 
-/// A port table on 127.0.0.1 with `max_listeners` servers at most (the directory
-/// holds its data until dropped).
+/// A port table on 127.0.0.1 with `limits` (TOML lines of `[limits]`, which may
+/// open further tables after them); the directory holds its data until dropped.
 fn loopback_table(
-    max_listeners: usize,
+    limits: &str,
 ) -> (
     tempfile::TempDir,
     std::sync::Arc<Context>,
@@ -61,7 +61,7 @@ fn loopback_table(
     std::fs::write(
         &path,
         format!(
-            "[sensor]\ndata_dir = \"{}\"\n[network]\nbind_addresses = [\"127.0.0.1\"]\n[monitor.listen]\ntcp = []\nudp = []\n[limits]\nmax_listeners = {max_listeners}\n",
+            "[sensor]\ndata_dir = \"{}\"\n[network]\nbind_addresses = [\"127.0.0.1\"]\n[monitor.listen]\ntcp = []\nudp = []\n[limits]\n{limits}",
             dir.path().join("data").display()
         ),
     )
@@ -73,20 +73,10 @@ fn loopback_table(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_start_on_demand_idle_out_and_are_evicted_lru() {
-    let dir = tempfile::tempdir().unwrap();
     let ignored = free_port();
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[sensor]\ndata_dir = \"{}\"\n[network]\nbind_addresses = [\"127.0.0.1\"]\n[monitor.listen]\ntcp = []\nudp = []\n[limits]\nconn_timeout = \"1500ms\"\nread_timeout = \"200ms\"\nmax_listeners = 2\n[ports]\nresponses = 1\n[[ports.rule]]\nprotocol = \"tcp\"\nports = [{ignored}]\nmode = \"ignore\"\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let loaded = config::load(Some(&path)).unwrap();
-    let ctx = Context::start(loaded).unwrap();
-    let table = PortTable::new(ctx.clone());
+    let (dir, ctx, table) = loopback_table(&format!(
+        "conn_timeout = \"1500ms\"\nread_timeout = \"200ms\"\nmax_listeners = 2\n[ports]\nresponses = 1\n[[ports.rule]]\nprotocol = \"tcp\"\nports = [{ignored}]\nmode = \"ignore\"\n"
+    ));
 
     // Ignore mode: nothing is bound.
     assert_eq!(trigger(&table, Protocol::Tcp, ignored), Ensured::Ignored);
@@ -176,7 +166,7 @@ async fn servers_start_on_demand_idle_out_and_are_evicted_lru() {
 /// candidate touched after it was picked is skipped, the next oldest goes instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eviction_stays_least_recently_used_with_many_servers() {
-    let (_dir, ctx, table) = loopback_table(32);
+    let (_dir, ctx, table) = loopback_table("max_listeners = 32\n");
     // Distinct ports, kept bound by nobody else (a listener each, closed below).
     let mut ports = Vec::new();
     while ports.len() < 35 {
@@ -220,7 +210,7 @@ async fn eviction_stays_least_recently_used_with_many_servers() {
 /// released, so the sockets stay bounded by the listener cap.
 #[tokio::test(flavor = "current_thread")]
 async fn closed_servers_not_yet_released_bound_new_ones() {
-    let (_dir, ctx, table) = loopback_table(4);
+    let (_dir, ctx, table) = loopback_table("max_listeners = 4\n");
     // One thread: the servers' tasks run only when this test awaits.
     // Held while choosing, so the 6 ports differ.
     let held: Vec<TcpListener> = (0..6)

@@ -138,10 +138,9 @@ fn retrans_segs() -> Option<u64> {
 pub enum Wait {
     /// epoll: each wake-up costs what became ready (the default).
     Epoll,
-    /// ppoll over every attempt in flight: each wake-up costs all of them, which
-    /// slows the client itself when connections complete one by one (as under
-    /// NFQUEUE, where the handshake happens after the verdict, not inside
-    /// `connect`); the client of the earlier figures in docs/benchmarks.md.
+    /// ppoll over every attempt in flight: each wake-up costs all of them; the
+    /// client of the figures before the second 2026-11-28 session. Both woke
+    /// 10-12 times per 2,000 attempts and measured the same (docs/benchmarks.md).
     Ppoll,
 }
 

@@ -209,7 +209,13 @@ impl PortTable {
     pub fn closing_backlog(&self) -> bool {
         let max = self.ctx.config().config.limits.max_listeners;
         let listed = self.servers.lock().unwrap().map.len();
-        self.open.load(Relaxed).saturating_sub(listed) >= closing_allowance(max)
+        self.closing_full(listed, max)
+    }
+
+    /// The test behind [`PortTable::closing_backlog`], given the number of servers
+    /// in the table (`listed`): the rest of those holding sockets are closed ones.
+    fn closing_full(&self, listed: usize, max_listeners: usize) -> bool {
+        self.open.load(Relaxed).saturating_sub(listed) >= closing_allowance(max_listeners)
     }
 
     /// The shared context.
@@ -296,16 +302,14 @@ impl PortTable {
         let max = cfg.config.limits.max_listeners;
         // Pinned servers (the listen monitor's configured ports, a few) are exempt:
         // a reload that closes many servers at once must not leave them unbound.
-        if !pinned
-            && self.open.load(Relaxed).saturating_sub(servers.map.len()) >= closing_allowance(max)
-        {
+        if !pinned && self.closing_full(servers.map.len(), max) {
             Stats::inc(&self.ctx.stats.limit_max_listeners);
             limit_warn!(self.ctx.throttle, "listeners_closing", %proto, port, max, "listener cap reached and the servers closed to make room have not yet released their sockets (runtime short of CPU): not binding");
             return Ensured::Full;
         }
         if servers.map.len() >= max && !self.evict_lru(&mut servers) {
             Stats::inc(&self.ctx.stats.limit_max_listeners);
-            limit_warn!(self.ctx.throttle, "max_listeners", %proto, port, max = cfg.config.limits.max_listeners, "listener cap reached and every server is pinned: not binding");
+            limit_warn!(self.ctx.throttle, "max_listeners", %proto, port, max, "listener cap reached and every server is pinned: not binding");
             return Ensured::Full;
         }
         let net = &cfg.config.network;
