@@ -26,6 +26,7 @@ use crate::context::Context;
 use crate::limit_warn;
 use crate::mode::normal::DatagramPeer;
 use crate::proto::Protocol;
+use crate::server::accept::Acceptor;
 use crate::server::{tcp, udp, PortTable};
 use nix::sys::socket::{self as nsock, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
 use socket2::{Domain, Socket, Type};
@@ -37,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::io::Interest;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 /// Name of this monitor (in events: `honeytrap.monitor`).
@@ -120,11 +121,11 @@ fn transparent_socket(addr: SocketAddr, proto: Protocol) -> io::Result<Socket> {
 }
 
 /// The transparent listener and UDP socket for one address family.
-fn open(ip: IpAddr, port: u16, backlog: u32) -> io::Result<(TcpListener, UdpSocket)> {
+fn open(ip: IpAddr, port: u16, backlog: u32) -> io::Result<(Acceptor, UdpSocket)> {
     let addr = SocketAddr::new(ip, port);
     let tcp = transparent_socket(addr, Protocol::Tcp)?;
     tcp.listen(backlog.min(i32::MAX as u32) as i32)?;
-    let tcp = TcpListener::from_std(tcp.into())?;
+    let tcp = Acceptor::new(tcp.into())?;
     let udp = transparent_socket(addr, Protocol::Udp)?;
     if ip.is_ipv4() {
         nsock::setsockopt(&udp.as_fd(), sockopt::Ipv4OrigDstAddr, &true)?;
@@ -184,7 +185,7 @@ fn recv(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Op
 
 async fn tcp_loop(
     ctx: Arc<Context>,
-    listener: TcpListener,
+    mut listener: Acceptor,
     monitor: Arc<str>,
     counters: Arc<Counters>,
 ) {

@@ -1,6 +1,7 @@
 //! Dynamic servers: the port table that owns every listening socket, and the TCP and
 //! UDP servers it starts on demand.
 
+pub mod accept;
 pub mod bind;
 pub mod limits;
 mod port_table;

@@ -437,7 +437,7 @@ impl PortTable {
     /// cancelled. If registration fails, the server is closed.
     async fn serve_socket(self: Arc<Self>, key: Key, id: u64, socket: Bound, handle: ServerHandle) {
         let result = match socket {
-            Bound::Tcp(l) => match tokio::net::TcpListener::from_std(l) {
+            Bound::Tcp(l) => match super::accept::Acceptor::new(l) {
                 Ok(l) => {
                     tcp::serve(Arc::clone(&self), l, handle.clone()).await;
                     Ok(())

@@ -1,6 +1,7 @@
 //! A dynamic TCP server: accepts on one listening socket and runs one task per
 //! connection in the port's mode.
 
+use super::accept::Acceptor;
 use super::port_table::{PortTable, ServerHandle};
 use crate::attack::Mode;
 use crate::context::Context;
@@ -9,10 +10,10 @@ use crate::proto::Protocol;
 use crate::stats::Stats;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Accept on `listener` until the server is cancelled (run in the server's task).
-pub async fn serve(table: Arc<PortTable>, listener: TcpListener, handle: ServerHandle) {
+pub async fn serve(table: Arc<PortTable>, mut listener: Acceptor, handle: ServerHandle) {
     loop {
         let accepted = tokio::select! {
             _ = handle.cancel.cancelled() => return,
