@@ -43,14 +43,43 @@ pub struct Identity {
     pub name: String,
 }
 
-/// Lower the calling thread's priority to `nice` (Linux nice values are per
-/// thread), so background work (analysis, outputs) yields the CPU to capture.
-/// Failure only costs priority: logged at debug level with `what`.
+/// The calling thread's nice value (Linux nice values are per thread).
+pub fn thread_nice() -> i32 {
+    // SAFETY: getpriority takes no pointers; -1 is a valid result, so errno is
+    // cleared first and checked after.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let n = libc::getpriority(libc::PRIO_PROCESS, 0);
+        if n == -1 && *libc::__errno_location() != 0 {
+            return 0;
+        }
+        n
+    }
+}
+
+/// Lower the calling thread's priority to `nice`, never raising it (a thread
+/// already below it stays there), so background work (analysis, outputs) yields
+/// the CPU to capture. Failure only costs priority: logged at debug level with
+/// `what`.
 pub fn lower_thread_priority(nice: i32, what: &str) {
+    if nice <= thread_nice() {
+        return;
+    }
     // SAFETY: setpriority only reads its arguments; `0` is the calling thread.
-    if nice > 0 && unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
         tracing::debug!(nice, what, "cannot set the thread's nice value");
     }
+}
+
+/// Run the whole process at `process.nice`: set on the calling thread before any
+/// other exists, since every thread inherits its creator's nice value. A honeypot
+/// shares its host (a T-Pot host runs a score of them beside their databases): under
+/// a flood of attack traffic it must not take the CPU from the host's own work. The
+/// nfqueue monitor's queue thread raises itself back above the rest (it keeps
+/// CAP_SYS_NICE for that when root is dropped).
+pub fn lower_process_priority(nice: i32) {
+    lower_thread_priority(nice, "process");
+    tracing::debug!(nice = thread_nice(), "process priority");
 }
 
 /// Resolve `process.user` / `process.group` (None when no user is configured).

@@ -41,22 +41,6 @@ fn broker_program() -> String {
     BROKER.to_string()
 }
 
-/// The nice value of the thread of `pid` named `name` (field 19 of its stat).
-fn thread_nice(pid: u32, name: &str) -> Option<i64> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-        .find_map(|t| {
-            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
-            if comm.trim() != name {
-                return None;
-            }
-            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
-            let rest = &stat[stat.rfind(')')? + 2..];
-            rest.split_whitespace().nth(16)?.parse().ok()
-        })
-}
-
 /// Run a statement on the broker's sqlite auth database in `dir` (created with
 /// the broker's schema, `hpfeeds/broker/auth/sqlite.py`, if missing).
 fn sql(dir: &Path, statement: &str) {
@@ -248,7 +232,11 @@ fn events_reach_hpfeeds_subscribers_across_a_broker_restart() {
     assert!(d.log().contains("hpfeeds: connected"), "{}", d.log());
     // The output's threads yield the CPU to capture (output.spool.nice = 10).
     for thread in ["sink-hpfeeds", "deliver-hpfeeds"] {
-        assert_eq!(thread_nice(d.pid(), thread), Some(10), "{thread}");
+        assert_eq!(
+            support::daemon::thread_nice(d.pid(), thread),
+            Some(10),
+            "{thread}"
+        );
     }
 
     // The broker dies; attacks go on and wait in the spool.

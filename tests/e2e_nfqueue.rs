@@ -56,6 +56,20 @@ fn tcp_first_attempt_is_caught_over_ipv4_and_ipv6() {
     let Some(net) = setup("nfqtcp") else { return };
     let mut d = Daemon::start(&net, &config(""));
     assert!(d.log().contains("reading new TCP SYNs"), "{}", d.log());
+    // process.nice (10 by default) for everything but the queue thread, raised to 0
+    // with the ordinary policy (0: SCHED_OTHER).
+    let threads = support::daemon::threads(d.pid());
+    assert!(threads.contains(&("nfqueue".into(), 0, 0)), "{threads:?}");
+    assert!(
+        threads.contains(&("honeytrap".into(), 10, 0)),
+        "{threads:?}"
+    );
+    assert!(
+        threads
+            .iter()
+            .all(|(n, nice, _)| n == "nfqueue" || *nice >= 10),
+        "{threads:?}"
+    );
     tcp_first_try_caught(&d, &net, &net.hp_v4.clone(), 22001);
     tcp_first_try_caught(&d, &net, &net.hp_v6.clone(), 22002);
     let v6 = d
@@ -205,9 +219,19 @@ fn after_dropping_root_it_keeps_net_admin_and_works() {
     let mut d = Daemon::start(&net, &cfg);
     let status = support::daemon::proc_status(d.pid());
     let cap = |field: &str| support::daemon::capability_set(&status, field);
-    // CAP_NET_BIND_SERVICE (10) and CAP_NET_ADMIN (12), nothing else.
-    assert_eq!(cap("CapEff:"), (1 << 10) | (1 << 12), "{status}");
-    assert_eq!(cap("CapPrm:"), (1 << 10) | (1 << 12), "{status}");
+    // CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12) and CAP_SYS_NICE (23), nothing
+    // else.
+    let kept = (1 << 10) | (1 << 12) | (1 << 23);
+    assert_eq!(cap("CapEff:"), kept, "{status}");
+    assert_eq!(cap("CapPrm:"), kept, "{status}");
+    // With it the queue thread raised itself above the process.
+    assert_eq!(
+        support::daemon::thread_nice(d.pid(), "nfqueue"),
+        Some(0),
+        "{}",
+        d.log()
+    );
+    assert_eq!(support::daemon::thread_nice(d.pid(), "honeytrap"), Some(10));
     // Port 21 needs CAP_NET_BIND_SERVICE for the server the monitor starts.
     tcp_first_try_caught(&d, &net, &net.hp_v4.clone(), 21);
     assert!(d.stop().success());

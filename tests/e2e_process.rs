@@ -278,6 +278,38 @@ fn drops_root_and_keeps_only_net_bind_service() {
     assert_eq!(events[0]["destination"]["port"], 21);
 }
 
+/// `process.nice` reaches every thread; threads with a nice value of their own go
+/// lower (analysis: 19) but never above it (the outputs' 10 stays 15).
+#[test]
+fn process_nice_applies_to_every_thread() {
+    if !require_root() {
+        return;
+    }
+    let net = NetPair::new("nice");
+    let config = base_config(std::path::Path::new("@DATA@"), "7320", "7321").replacen(
+        "[process]\n",
+        "[process]\nnice = 15\n",
+        1,
+    );
+    let d = Daemon::spawn(&net, &config);
+    assert!(d.wait_log("ready", Duration::from_secs(15)), "{}", d.log());
+    assert!(d.log().contains("nice=15"), "{}", d.log());
+    let threads = support::daemon::threads(d.pid());
+    let nice = |name: &str| {
+        threads
+            .iter()
+            .filter(|(n, _, _)| n.starts_with(name))
+            .map(|(_, nice, _)| *nice)
+            .collect::<Vec<_>>()
+    };
+    assert!(!nice("honeytrap").is_empty(), "{threads:?}");
+    assert!(nice("honeytrap").iter().all(|n| *n == 15), "{threads:?}");
+    assert!(nice("recorder") == [15], "{threads:?}");
+    assert!(!nice("analysis-").is_empty(), "{threads:?}");
+    assert!(nice("analysis-").iter().all(|n| *n == 19), "{threads:?}");
+    assert!(threads.iter().all(|(_, n, _)| *n >= 15), "{threads:?}");
+}
+
 /// Started unprivileged as `process.user` already (what T-Pot does with file
 /// capabilities): nothing to switch, so it starts and captures instead of refusing.
 #[test]

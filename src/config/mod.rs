@@ -84,6 +84,10 @@ pub struct ProcessConfig {
     /// How long in-flight sessions may run on after SIGTERM/SIGINT.
     #[serde(with = "units::duration")]
     pub shutdown_grace: Duration,
+    /// Nice value (0-19) of every thread honeytrap starts, except the nfqueue
+    /// monitor's queue thread, which is raised above it; threads with a nice value
+    /// of their own (analysis, outputs) never go above this one.
+    pub nice: i32,
 }
 
 impl Default for ProcessConfig {
@@ -93,6 +97,7 @@ impl Default for ProcessConfig {
             group: String::new(),
             log_level: "info".into(),
             shutdown_grace: Duration::from_secs(5),
+            nice: 10,
         }
     }
 }
@@ -1002,6 +1007,9 @@ impl Config {
                 ));
             }
         }
+        if !(0..=19).contains(&self.process.nice) {
+            return Err(Invalid::new("process.nice", "must be between 0 and 19"));
+        }
         let a = &self.analysis;
         positive("analysis.workers", a.workers as u64)?;
         if a.workers > 256 {
@@ -1220,6 +1228,10 @@ mod tests {
         assert_eq!(e.line, Some(3), "{e}");
         let e = err("[[ports.rule]]\nprotocol = \"tcp\"\nports = [\"90-80\"]\nmode = \"ignore\"\n");
         assert!(e.message.contains("ends before it starts"), "{e}");
+        for bad in ["-1", "20"] {
+            let e = err(&format!("[process]\nnice = {bad}\n"));
+            assert_eq!((e.key.as_str(), e.line), ("process.nice", Some(2)), "{e}");
+        }
     }
 
     #[test]

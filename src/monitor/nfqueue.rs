@@ -12,9 +12,9 @@
 //!
 //! The `nfq` crate (pure Rust netlink) is blocking, so the queue is read on a
 //! dedicated OS thread that enters the tokio runtime (the port table spawns tasks).
-//! Every attempt on a new port waits for this thread, so it runs at a higher
-//! priority than the rest of the process when allowed (root or CAP_SYS_NICE):
-//! real-time (SCHED_RR) with two CPUs or more, see [`raise_priority`]. It also
+//! Every attempt on a new port waits for this thread, so it runs 10 nice steps
+//! above the rest of the process (`process.nice`) when allowed (CAP_SYS_NICE), see
+//! [`raise_priority`]. It also
 //! grows its malloc arena at start ([`warm_allocator`]), and the port table grows
 //! the descriptor table ([`crate::server::bind::reserve_descriptors`]), so that
 //! neither grows on the verdict path in a burst.
@@ -458,46 +458,25 @@ fn send_batch_verdict_retrying(fd: RawFd, queue: u16, last: u32) -> io::Result<(
 /// How much higher than the rest of the process the queue thread's priority is
 /// (in nice steps): every attempt on a new port waits for this thread, while the
 /// runtime's work (sessions, records) is not on the attacker's handshake path.
-const THREAD_PRIORITY_BOOST: libc::c_int = 10;
+const THREAD_PRIORITY_BOOST: i32 = 10;
 
-/// Raise the calling thread's priority if allowed (root, or CAP_SYS_NICE):
-/// real-time round-robin at the lowest real-time priority on a host with two CPUs
-/// or more, else [`THREAD_PRIORITY_BOOST`] nice steps; otherwise it keeps the
-/// process's priority.
+/// Raise the calling thread [`THREAD_PRIORITY_BOOST`] nice steps above the process
+/// (`process.nice`, 10 by default, gives 0), if allowed (CAP_SYS_NICE, kept for
+/// this monitor when root is dropped); otherwise it keeps the process's priority,
+/// which is logged.
 ///
-/// A nice value does not stop preemption: in bursts on a busy 2-CPU host the
-/// thread waited for a CPU about as long as it ran (docs/benchmarks.md, "nfqueue
-/// burst: where the verdict time goes"). SCHED_RR makes it run as soon as a packet
-/// is queued. It is one thread that sleeps whenever the queue is empty, so even
-/// a flood takes at most one CPU from the rest, and the kernel's real-time
-/// throttling keeps a share of that CPU for ordinary threads. With one CPU the
-/// whole honeypot would be left that share, so the nice boost is used there.
+/// A nice boost, not a real-time policy. Real-time round-robin (used before
+/// `process.nice` existed, when the rest of honeytrap ran at nice 0 beside it) woke
+/// the thread at once for every packet: batches of one, and twice the CPU time per
+/// packet of this thread at nice 0 above a process at nice 10, which sees several
+/// packets per wake-up under a burst (docs/benchmarks.md, "Third 2026-11-28
+/// session"). It also took the CPU from every ordinary process of the host.
 fn raise_priority() {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cpus >= 2 {
-        // SAFETY: sched_param is plain data; pid 0 is the calling thread.
-        let rc = unsafe {
-            let param = libc::sched_param { sched_priority: 1 };
-            libc::sched_setscheduler(0, libc::SCHED_RR, &param)
-        };
-        if rc == 0 {
-            return;
-        }
-    }
-    // SAFETY: gettid, getpriority and setpriority take no pointers. getpriority
-    // returns the nice value itself (-20..19), errors are not expected for our
-    // own thread.
-    let rc = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
-        libc::setpriority(
-            libc::PRIO_PROCESS,
-            tid,
-            (nice - THREAD_PRIORITY_BOOST).max(-20),
-        )
-    };
-    if rc != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "nfqueue: cannot raise the queue thread's priority; it keeps the process's");
+    let nice = crate::privileges::thread_nice();
+    let boosted = (nice - THREAD_PRIORITY_BOOST).max(-20);
+    // SAFETY: setpriority only reads its arguments; `0` is the calling thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, boosted) } != 0 {
+        tracing::info!(error = %io::Error::last_os_error(), nice, "nfqueue: cannot raise the queue thread's priority (no CAP_SYS_NICE): it runs at the process's (process.nice)");
     }
 }
 
@@ -797,10 +776,11 @@ impl Monitor for NfqueueMonitor {
 
     fn capabilities(&self) -> Vec<caps::Capability> {
         // The queue is opened after the privilege drop; servers may be started on
-        // ports below 1024.
+        // ports below 1024; the queue thread raises itself above process.nice.
         vec![
             caps::Capability::CAP_NET_ADMIN,
             caps::Capability::CAP_NET_BIND_SERVICE,
+            caps::Capability::CAP_SYS_NICE,
         ]
     }
 

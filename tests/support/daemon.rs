@@ -241,6 +241,34 @@ pub fn transcript_of(event: &Value) -> Value {
     doc
 }
 
+/// The threads of `pid`: (name, nice value, scheduling policy), from
+/// `/proc/PID/task/*/stat` (fields 19 and 41).
+pub fn threads(pid: u32) -> Vec<(String, i64, i64)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            let name = stat[stat.find('(')? + 1..stat.rfind(')')?].to_string();
+            let rest: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+            Some((
+                name,
+                rest.get(16)?.parse().ok()?,
+                rest.get(38)?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The nice value of the thread of `pid` named `name`.
+pub fn thread_nice(pid: u32, name: &str) -> Option<i64> {
+    threads(pid)
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .map(|(_, nice, _)| nice)
+}
+
 /// `/proc/PID/status` of a process.
 pub fn proc_status(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status")
