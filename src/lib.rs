@@ -45,8 +45,8 @@ pub type LogControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 /// reloaded `process.log_level`; None when the command line fixed the level.
 pub fn run(loaded: Loaded, log: Option<LogControl>) -> anyhow::Result<()> {
     let cfg = &loaded.config;
-    // Before any thread exists: they all inherit it.
-    privileges::lower_process_priority(cfg.process.nice);
+    // Before any thread exists: each lowers itself to it.
+    privileges::set_process_nice(cfg.process.nice);
     let nofile = privileges::raise_nofile();
     let who = privileges::resolve(&cfg.process.user, &cfg.process.group)?;
     privileges::prepare_data_dir(&cfg.sensor.data_dir, who.as_ref())?;
@@ -90,13 +90,14 @@ pub fn run(loaded: Loaded, log: Option<LogControl>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("honeytrap")
+        .on_thread_start(|| privileges::lower_thread_priority(0, "runtime"))
         .build()
         .context("starting the runtime")?;
     tracing::info!(
         monitor = monitor.name(),
         reason = %why,
         open_files = nofile,
-        nice = privileges::thread_nice(),
+        nice = cfg.process.nice,
         "monitor chosen"
     );
     let result = runtime.block_on(daemon(loaded, monitor, log, metrics));

@@ -8,6 +8,7 @@ use caps::{CapSet, Capability, CapsHashSet};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::unistd::{Gid, Group, Uid, User};
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 
 /// Raise RLIMIT_NOFILE's soft limit to its hard limit. Returns the new soft limit.
 pub fn raise_nofile() -> u64 {
@@ -57,11 +58,28 @@ pub fn thread_nice() -> i32 {
     }
 }
 
-/// Lower the calling thread's priority to `nice`, never raising it (a thread
-/// already below it stays there), so background work (analysis, outputs) yields
-/// the CPU to capture. Failure only costs priority: logged at debug level with
-/// `what`.
+/// `process.nice`: the least nice value of every thread that does honeytrap's
+/// work (see [`set_process_nice`]).
+static PROCESS_NICE: AtomicI32 = AtomicI32::new(0);
+
+/// Record `process.nice`, before any thread is started. A honeypot shares its host
+/// (a T-Pot host runs a score of them beside their databases): under a flood of
+/// attack traffic it must not take the CPU from the host's own work. Every thread
+/// that does honeytrap's work lowers itself to at least this value when it starts
+/// ([`lower_thread_priority`]); the main thread (it only waits for signals) and the
+/// nfqueue monitor's queue thread (started from it; every new connection to the
+/// host waits for it) keep the priority honeytrap was started with, so no
+/// privilege is needed to run the verdict path above the rest.
+pub fn set_process_nice(nice: i32) {
+    PROCESS_NICE.store(nice, Relaxed);
+}
+
+/// Lower the calling thread's priority to `nice`, or to `process.nice` if that is
+/// lower still, never raising it (a thread already below stays there): background
+/// work (analysis, outputs) yields the CPU to capture, and all of honeytrap's work
+/// to the host's. Failure only costs priority: logged at debug level with `what`.
 pub fn lower_thread_priority(nice: i32, what: &str) {
+    let nice = nice.max(PROCESS_NICE.load(Relaxed));
     if nice <= thread_nice() {
         return;
     }
@@ -69,17 +87,6 @@ pub fn lower_thread_priority(nice: i32, what: &str) {
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
         tracing::debug!(nice, what, "cannot set the thread's nice value");
     }
-}
-
-/// Run the whole process at `process.nice`: set on the calling thread before any
-/// other exists, since every thread inherits its creator's nice value. A honeypot
-/// shares its host (a T-Pot host runs a score of them beside their databases): under
-/// a flood of attack traffic it must not take the CPU from the host's own work. The
-/// nfqueue monitor's queue thread raises itself back above the rest (it keeps
-/// CAP_SYS_NICE for that when root is dropped).
-pub fn lower_process_priority(nice: i32) {
-    lower_thread_priority(nice, "process");
-    tracing::debug!(nice = thread_nice(), "process priority");
 }
 
 /// Resolve `process.user` / `process.group` (None when no user is configured).

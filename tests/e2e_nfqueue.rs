@@ -56,8 +56,9 @@ fn tcp_first_attempt_is_caught_over_ipv4_and_ipv6() {
     let Some(net) = setup("nfqtcp") else { return };
     let mut d = Daemon::start(&net, &config(""));
     assert!(d.log().contains("reading new TCP SYNs"), "{}", d.log());
-    // process.nice (10 by default) for everything but the queue thread, raised to 0
-    // with the ordinary policy (0: SCHED_OTHER).
+    // process.nice (10 by default) for every thread but the queue thread (and the
+    // main thread, left out here), which keeps the start-up priority (0) and the
+    // ordinary policy (0: SCHED_OTHER).
     let threads = support::daemon::threads(d.pid());
     assert!(threads.contains(&("nfqueue".into(), 0, 0)), "{threads:?}");
     assert!(
@@ -219,12 +220,10 @@ fn after_dropping_root_it_keeps_net_admin_and_works() {
     let mut d = Daemon::start(&net, &cfg);
     let status = support::daemon::proc_status(d.pid());
     let cap = |field: &str| support::daemon::capability_set(&status, field);
-    // CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12) and CAP_SYS_NICE (23), nothing
-    // else.
-    let kept = (1 << 10) | (1 << 12) | (1 << 23);
-    assert_eq!(cap("CapEff:"), kept, "{status}");
-    assert_eq!(cap("CapPrm:"), kept, "{status}");
-    // With it the queue thread raised itself above the process.
+    // CAP_NET_BIND_SERVICE (10) and CAP_NET_ADMIN (12), nothing else.
+    assert_eq!(cap("CapEff:"), (1 << 10) | (1 << 12), "{status}");
+    assert_eq!(cap("CapPrm:"), (1 << 10) | (1 << 12), "{status}");
+    // The queue thread runs above the rest without any privilege for it.
     assert_eq!(
         support::daemon::thread_nice(d.pid(), "nfqueue"),
         Some(0),

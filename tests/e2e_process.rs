@@ -278,8 +278,9 @@ fn drops_root_and_keeps_only_net_bind_service() {
     assert_eq!(events[0]["destination"]["port"], 21);
 }
 
-/// `process.nice` reaches every thread; threads with a nice value of their own go
-/// lower (analysis: 19) but never above it (the outputs' 10 stays 15).
+/// `process.nice` reaches every thread but the main one (it only waits for
+/// signals); threads with a nice value of their own go lower (analysis: 19) but
+/// never above it.
 #[test]
 fn process_nice_applies_to_every_thread() {
     if !require_root() {

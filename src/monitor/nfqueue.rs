@@ -12,9 +12,14 @@
 //!
 //! The `nfq` crate (pure Rust netlink) is blocking, so the queue is read on a
 //! dedicated OS thread that enters the tokio runtime (the port table spawns tasks).
-//! Every attempt on a new port waits for this thread, so it runs 10 nice steps
-//! above the rest of the process (`process.nice`) when allowed (CAP_SYS_NICE), see
-//! [`raise_priority`]. It also
+//! Every attempt on a new port waits for this thread, so it keeps the priority
+//! honeytrap was started with, above the rest of the process (`process.nice`; see
+//! `privileges::set_process_nice`). It is not made real-time: `SCHED_RR` (used
+//! before `process.nice` existed) woke it for every packet the moment it was
+//! queued, batches of one that took twice its CPU time per packet, and preempted
+//! every ordinary process of the host (docs/benchmarks.md, "Third 2026-11-28
+//! session"); at nice 0 above the rest at nice 10, a burst has queued several
+//! packets by the time it runs, judged with one verdict. It also
 //! grows its malloc arena at start ([`warm_allocator`]), and the port table grows
 //! the descriptor table ([`crate::server::bind::reserve_descriptors`]), so that
 //! neither grows on the verdict path in a burst.
@@ -455,31 +460,6 @@ fn send_batch_verdict_retrying(fd: RawFd, queue: u16, last: u32) -> io::Result<(
     result
 }
 
-/// How much higher than the rest of the process the queue thread's priority is
-/// (in nice steps): every attempt on a new port waits for this thread, while the
-/// runtime's work (sessions, records) is not on the attacker's handshake path.
-const THREAD_PRIORITY_BOOST: i32 = 10;
-
-/// Raise the calling thread [`THREAD_PRIORITY_BOOST`] nice steps above the process
-/// (`process.nice`, 10 by default, gives 0), if allowed (CAP_SYS_NICE, kept for
-/// this monitor when root is dropped); otherwise it keeps the process's priority,
-/// which is logged.
-///
-/// A nice boost, not a real-time policy. Real-time round-robin (used before
-/// `process.nice` existed, when the rest of honeytrap ran at nice 0 beside it) woke
-/// the thread at once for every packet: batches of one, and twice the CPU time per
-/// packet of this thread at nice 0 above a process at nice 10, which sees several
-/// packets per wake-up under a burst (docs/benchmarks.md, "Third 2026-11-28
-/// session"). It also took the CPU from every ordinary process of the host.
-fn raise_priority() {
-    let nice = crate::privileges::thread_nice();
-    let boosted = (nice - THREAD_PRIORITY_BOOST).max(-20);
-    // SAFETY: setpriority only reads its arguments; `0` is the calling thread.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, boosted) } != 0 {
-        tracing::info!(error = %io::Error::last_os_error(), nice, "nfqueue: cannot raise the queue thread's priority (no CAP_SYS_NICE): it runs at the process's (process.nice)");
-    }
-}
-
 /// Bytes the queue thread allocates (and frees) once at start: see
 /// [`warm_allocator`].
 const ARENA_WARM: usize = 4 << 20;
@@ -776,11 +756,10 @@ impl Monitor for NfqueueMonitor {
 
     fn capabilities(&self) -> Vec<caps::Capability> {
         // The queue is opened after the privilege drop; servers may be started on
-        // ports below 1024; the queue thread raises itself above process.nice.
+        // ports below 1024.
         vec![
             caps::Capability::CAP_NET_ADMIN,
             caps::Capability::CAP_NET_BIND_SERVICE,
-            caps::Capability::CAP_SYS_NICE,
         ]
     }
 
@@ -804,7 +783,6 @@ impl Monitor for NfqueueMonitor {
             .spawn(move || {
                 // The port table spawns tokio tasks (the servers).
                 let _entered = runtime.enter();
-                raise_priority();
                 warm_allocator();
                 lp.run();
             })?;

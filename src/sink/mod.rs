@@ -235,7 +235,10 @@ impl Recorder {
             let d = Arc::clone(&depth);
             let handle = std::thread::Builder::new()
                 .name(format!("sink-{name}"))
-                .spawn(move || run_sink(sink, rx, st, th, d))?;
+                .spawn(move || {
+                    crate::privileges::lower_thread_priority(0, "sink");
+                    run_sink(sink, rx, st, th, d)
+                })?;
             lanes.push(Lane {
                 name,
                 outputs: outputs.len() as u64,
@@ -273,6 +276,7 @@ impl Recorder {
         let thread = std::thread::Builder::new()
             .name("recorder".into())
             .spawn(move || {
+                crate::privileges::lower_thread_priority(0, "recorder");
                 let mut out = Writer {
                     store,
                     lanes,

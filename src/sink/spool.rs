@@ -496,11 +496,14 @@ impl SpoolSink {
                 #[cfg(test)]
                 syncs: Default::default(),
             });
-            let (s2, interval) = (Arc::clone(&sy), limits.fsync_interval);
+            let (s2, interval, limits_nice) = (Arc::clone(&sy), limits.fsync_interval, limits.nice);
             let (st, th) = (Arc::clone(&stats), Arc::clone(&throttle));
             let t = std::thread::Builder::new()
                 .name(format!("sync-{name}"))
-                .spawn(move || run_sync(&s2, interval, name, &st, &th))?;
+                .spawn(move || {
+                    crate::privileges::lower_thread_priority(limits_nice, "spool sync");
+                    run_sync(&s2, interval, name, &st, &th)
+                })?;
             Some((sy, t))
         } else {
             None

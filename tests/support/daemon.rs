@@ -241,13 +241,14 @@ pub fn transcript_of(event: &Value) -> Value {
     doc
 }
 
-/// The threads of `pid`: (name, nice value, scheduling policy), from
-/// `/proc/PID/task/*/stat` (fields 19 and 41).
+/// The threads of `pid` but its main thread: (name, nice value, scheduling policy),
+/// from `/proc/PID/task/*/stat` (fields 19 and 41).
 pub fn threads(pid: u32) -> Vec<(String, i64, i64)> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
     dir.flatten()
+        .filter(|t| t.file_name().to_str() != Some(&pid.to_string()))
         .filter_map(|t| {
             let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
             let name = stat[stat.find('(')? + 1..stat.rfind(')')?].to_string();
