@@ -74,12 +74,18 @@ pub fn set_process_nice(nice: i32) {
     PROCESS_NICE.store(nice, Relaxed);
 }
 
-/// Lower the calling thread's priority to `nice`, or to `process.nice` if that is
-/// lower still, never raising it (a thread already below stays there): background
-/// work (analysis, outputs) yields the CPU to capture, and all of honeytrap's work
-/// to the host's. Failure only costs priority: logged at debug level with `what`.
-pub fn lower_thread_priority(nice: i32, what: &str) {
-    let nice = nice.max(PROCESS_NICE.load(Relaxed));
+/// Lower the calling thread's priority to `below` nice steps under `process.nice`
+/// (at most nice 19), never raising it (a thread already below stays there): all of
+/// honeytrap's work yields the CPU to the host's (`below` 0), and background work
+/// (analysis, outputs) to capture. Steps rather than absolute values keep that
+/// order, and the share of the CPU one gets beside the other, whatever
+/// `process.nice` is. Failure only costs priority: logged at debug level with
+/// `what`.
+pub fn lower_thread_priority(below: i32, what: &str) {
+    let nice = PROCESS_NICE
+        .load(Relaxed)
+        .saturating_add(below.max(0))
+        .min(19);
     if nice <= thread_nice() {
         return;
     }

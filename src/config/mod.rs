@@ -84,9 +84,9 @@ pub struct ProcessConfig {
     /// How long in-flight sessions may run on after SIGTERM/SIGINT.
     #[serde(with = "units::duration")]
     pub shutdown_grace: Duration,
-    /// Nice value (0-19) of every thread honeytrap starts, except the nfqueue
-    /// monitor's queue thread, which is raised above it; threads with a nice value
-    /// of their own (analysis, outputs) never go above this one.
+    /// Nice value (0-19) of every thread that does honeytrap's work (not the main
+    /// thread, nor the nfqueue monitor's queue thread, which keep the start-up
+    /// priority); `analysis.nice` and `output.spool.nice` count from it.
     pub nice: i32,
 }
 
@@ -499,7 +499,8 @@ pub struct AnalysisConfig {
     /// Analyzers see at most this many bytes of a payload (its start).
     #[serde(with = "units::bytesize")]
     pub max_input: u64,
-    /// Nice value of the worker threads (0-19): capture goes first.
+    /// Nice steps of the worker threads below `process.nice` (at most nice 19):
+    /// capture goes first.
     pub nice: i32,
     /// Run the worker threads under the `SCHED_IDLE` policy: they get the CPU
     /// only when capture leaves it (a waking capture thread preempts them at once).

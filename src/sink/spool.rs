@@ -110,7 +110,8 @@ pub struct SpoolLimits {
     pub retry_max: Duration,
     /// At shutdown, how long the delivery thread keeps delivering what is spooled.
     pub drain: Duration,
-    /// Nice value of the spool's writer and delivery threads (0 = as capture).
+    /// Nice steps of the spool's writer and delivery threads below `process.nice`
+    /// (0 = as capture).
     pub nice: i32,
     /// Longest deliveries are held back in a row while the host's CPUs are
     /// saturated (crate::saturation); zero: never.
@@ -167,8 +168,9 @@ pub struct SpoolConfig {
     /// At shutdown, how long delivery goes on with what is spooled.
     #[serde(with = "crate::config::units::duration")]
     pub drain: Duration,
-    /// Nice value (0-19) of the spool writer and delivery threads: capture and the
-    /// connection handlers (nice 0) come first when the CPU is short.
+    /// Nice steps (0-19) of the spool writer and delivery threads below
+    /// `process.nice` (at most nice 19): capture and the connection handlers come
+    /// first when the CPU is short.
     pub nice: i32,
     /// Longest deliveries are held back in a row while the host's CPUs are
     /// saturated; 0 never holds them back.
