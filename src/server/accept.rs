@@ -21,12 +21,10 @@ use tokio::net::TcpStream;
 /// A listening socket registered with the runtime, accepting as described above.
 pub struct Acceptor {
     listener: AsyncFd<std::net::TcpListener>,
-    /// Connections known to be queued (from the last [`queued`] query) and not yet
-    /// accepted.
+    /// Connections taken to be queued and not yet accepted: from the last
+    /// [`queued`] query, or 1 after a new readiness event (a connection is most
+    /// likely queued then, so it is accepted without asking first).
     known: u32,
-    /// The readiness was just reported by the runtime (a new event), so a
-    /// connection is most likely queued: accept without asking first.
-    fresh: bool,
     /// `accept4` calls that failed because nothing was queued after all.
     wasted: u64,
 }
@@ -39,8 +37,7 @@ impl Acceptor {
         let listener = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }?;
         Ok(Acceptor {
             listener,
-            known: 0,
-            fresh: true,
+            known: 1,
             wasted: 0,
         })
     }
@@ -60,18 +57,15 @@ impl Acceptor {
         loop {
             let mut guard = self.listener.readable().await?;
             let fd = guard.get_inner().as_raw_fd();
-            let (known, fresh, wasted) = (&mut self.known, &mut self.fresh, &mut self.wasted);
+            let (known, wasted) = (&mut self.known, &mut self.wasted);
             let attempt = guard.try_io(|_| {
-                if *fresh {
-                    *fresh = false;
-                } else if *known > 0 {
-                    *known -= 1;
-                } else {
-                    match queued(fd)? {
-                        0 => return Err(io::ErrorKind::WouldBlock.into()),
-                        n => *known = n - 1,
+                if *known == 0 {
+                    *known = queued(fd)?;
+                    if *known == 0 {
+                        return Err(io::ErrorKind::WouldBlock.into());
                     }
                 }
+                *known -= 1;
                 let accepted = accept4(fd);
                 if accepted
                     .as_ref()
@@ -85,10 +79,7 @@ impl Acceptor {
                 Ok(Ok((stream, remote))) => return Ok((TcpStream::from_std(stream)?, remote)),
                 Ok(Err(e)) => return Err(e),
                 // The readiness is cleared: the next one is a new event.
-                Err(_would_block) => {
-                    self.known = 0;
-                    self.fresh = true;
-                }
+                Err(_would_block) => self.known = 1,
             }
         }
     }
@@ -148,6 +139,14 @@ mod tests {
         l
     }
 
+    /// The next connection and its peer's address, within 5 s.
+    async fn accept_within(a: &mut Acceptor) -> (TcpStream, SocketAddr) {
+        tokio::time::timeout(Duration::from_secs(5), a.accept())
+            .await
+            .expect("accepted in time")
+            .unwrap()
+    }
+
     /// Wait until the kernel has queued `n` connections on `l`.
     fn wait_queued(l: &std::net::TcpListener, n: u32) {
         let start = std::time::Instant::now();
@@ -183,10 +182,7 @@ mod tests {
         assert_eq!(a.local_addr().unwrap(), addr);
         let mut peers = Vec::new();
         for _ in 0..5 {
-            let (s, remote) = tokio::time::timeout(Duration::from_secs(5), a.accept())
-                .await
-                .expect("accepted")
-                .unwrap();
+            let (s, remote) = accept_within(&mut a).await;
             assert_eq!(s.peer_addr().unwrap(), remote);
             peers.push(remote);
         }
@@ -199,10 +195,7 @@ mod tests {
         let pending = tokio::time::timeout(Duration::from_millis(50), a.accept()).await;
         assert!(pending.is_err(), "nothing was queued");
         let late = std::net::TcpStream::connect(addr).unwrap();
-        let (_, remote) = tokio::time::timeout(Duration::from_secs(5), a.accept())
-            .await
-            .expect("the late connection is accepted")
-            .unwrap();
+        let (_, remote) = accept_within(&mut a).await;
         assert_eq!(remote, late.local_addr().unwrap());
         // One queue query per wake-up found the queue empty; no accept4 failed.
         assert_eq!(a.wasted_accepts(), 0);
@@ -215,10 +208,7 @@ mod tests {
         let mut a = Acceptor::new(l).unwrap();
         for _ in 0..20 {
             let c = std::net::TcpStream::connect(addr).unwrap();
-            let (_, remote) = tokio::time::timeout(Duration::from_secs(5), a.accept())
-                .await
-                .expect("accepted")
-                .unwrap();
+            let (_, remote) = accept_within(&mut a).await;
             assert_eq!(remote, c.local_addr().unwrap());
         }
         // Tokio's accept would have failed once after each connection.
